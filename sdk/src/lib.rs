@@ -1,0 +1,79 @@
+//! # chiral-sdk
+//!
+//! Everything a Chiral protocol plugin (or a host) needs:
+//! - [`abi`]: the stable plugin boundary (descriptor, handler, source, events, root module);
+//! - [`plugin`]: the idiomatic [`plugin::Plugin`] trait and [`export_plugin!`], which wrap a plugin
+//!   so that every entry point catches panics and every future runs on the plugin's own runtime;
+//! - [`verify`]: the piece verifier (SHA-1 pieces, SHA-256 Merkle chunks with proofs);
+//! - [`layout`], [`picker`], [`resume`], [`engine`]: the multi-source engine, usable by a host
+//!   and by a plugin that runs a whole download itself;
+//! - [`testkit`]: conformance checks a plugin author runs against their plugin.
+//!
+//! No tokio type appears in the ABI: each plugin owns its runtime ([`runtime::PluginRuntime`]).
+
+pub mod abi;
+pub mod engine;
+pub mod layout;
+pub mod picker;
+pub mod plugin;
+pub mod resume;
+pub mod runtime;
+pub mod testkit;
+pub mod verify;
+
+pub use abi::*;
+pub use plugin::{Events, Plugin, PieceSource};
+
+/// Re-exported so `export_plugin!` works in crates that depend on `chiral-sdk` alone.
+#[doc(hidden)]
+pub use abi_stable;
+#[doc(hidden)]
+pub use async_ffi;
+
+/// The SDK version a plugin or host is built against.
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// [`SDK_VERSION`] with a trailing NUL, for the plain C version symbol.
+#[doc(hidden)]
+pub const SDK_VERSION_NUL: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+
+/// The compatibility rule between a host and a plugin's SDK versions (see `docs/abi.md`):
+/// same major (same minor while the major is 0), and the plugin's SDK at least as new as the
+/// host's. Returns a one-line reason when they do not match.
+pub fn check_compatible(host: &str, plugin: &str) -> Result<(), String> {
+    fn parse(v: &str) -> Option<(u64, u64, u64)> {
+        let core = v.split(['-', '+']).next()?;
+        let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+        Some((it.next()??, it.next()??, it.next().unwrap_or(Some(0))?))
+    }
+    let h = parse(host).ok_or_else(|| format!("host sdk version {host:?} is not semver"))?;
+    let p = parse(plugin).ok_or_else(|| format!("plugin sdk version {plugin:?} is not semver"))?;
+    let same_series = if h.0 == 0 { p.0 == 0 && p.1 == h.1 } else { p.0 == h.0 };
+    if !same_series || p < h {
+        let need = if h.0 == 0 { format!("{}.{}.x >= {host}", h.0, h.1) } else { format!("{}.x >= {host}", h.0) };
+        return Err(format!("built against sdk {plugin}, this host needs sdk {need}: rebuild it"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_rule() {
+        assert!(check_compatible("0.1.0", "0.1.0").is_ok());
+        assert!(check_compatible("0.1.0", "0.1.3").is_ok());
+        assert!(check_compatible("0.1.2", "0.1.1").unwrap_err().contains("rebuild"));
+        assert!(check_compatible("0.1.0", "0.2.0").is_err());
+        assert!(check_compatible("1.2.0", "1.3.1").is_ok());
+        assert!(check_compatible("1.2.0", "2.0.0").is_err());
+        assert!(check_compatible("1.2.0", "1.1.9").is_err());
+        assert!(check_compatible("1.2.0", "garbage").is_err());
+    }
+
+    #[test]
+    fn root_module_symbol_name_matches_abi_stable() {
+        // export_plugin! spells the loader static's name out; it must be abi_stable's.
+        assert_eq!(plugin::ROOT_MODULE_LOADER_NAME, abi_stable::library::ROOT_MODULE_LOADER_NAME);
+    }
+}

@@ -1,0 +1,379 @@
+//! The idiomatic side of the boundary: plugin authors implement [`Plugin`] (and
+//! [`PieceSource`] for engine access) with ordinary Rust futures, and [`export_plugin!`] turns it
+//! into the ABI objects of [`crate::abi`].
+//!
+//! The adapters here are why a plugin cannot take the host down:
+//! - every entry point runs under `catch_unwind`; a panic becomes `ErrorKind::Panic`;
+//! - every future is spawned on the plugin's own runtime; the host only awaits a channel, and
+//!   dropping that future aborts the plugin's task.
+
+use std::{
+    any::Any,
+    future::Future,
+    panic::{catch_unwind, AssertUnwindSafe},
+    pin::Pin,
+    sync::Arc,
+};
+
+use abi_stable::{
+    prefix_type::PrefixTypeTrait,
+    sabi_trait::TD_Opaque,
+    std_types::{RErr, ROk, RResult, RString, RVec},
+};
+use async_ffi::{FfiFuture, FutureExt as _};
+use futures::{
+    channel::oneshot,
+    future::{AbortHandle, Abortable},
+    FutureExt as _,
+};
+
+use crate::abi::*;
+
+/// A boxed, sendable future resolving to a plugin result.
+pub type BoxFut<T> = Pin<Box<dyn Future<Output = Result<T, PluginError>> + Send + 'static>>;
+
+/// The exported name of abi_stable's library header static (checked against abi_stable's own
+/// constant by a unit test), spelled out so `export_plugin!` needs no abi_stable proc macro.
+pub const ROOT_MODULE_LOADER_NAME: &str = "_1as_0lib_1header_0root_bmodule_bloader";
+
+/// Piece / byte-range access to one content, Rust side.
+pub trait PieceSource: Send + Sync + 'static {
+    fn info(&self) -> ContentInfo;
+    /// Per-piece availability for pieces of `piece_length`; empty = all available.
+    fn availability(&self, _piece_length: u64) -> Vec<u32> {
+        Vec::new()
+    }
+    /// Exactly `length` bytes at `offset`.
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>>;
+}
+
+/// A protocol plugin. Only `descriptor`, `new` and `runtime` are required; the rest answer
+/// "unsupported" until implemented.
+pub trait Plugin: Send + Sync + Sized + 'static {
+    fn descriptor() -> PluginDescriptor;
+    fn new(config: HostConfig, events: Events) -> Result<Self, PluginError>;
+    /// The runtime every call of this plugin is spawned on.
+    fn runtime(&self) -> tokio::runtime::Handle;
+
+    fn download(self: Arc<Self>, request: DownloadRequest, _events: Events) -> BoxFut<DownloadOutcome> {
+        let name = Self::descriptor().name;
+        Box::pin(async move {
+            Err(PluginError::unsupported(format!("plugin {name} cannot download {}", request.identifier)))
+        })
+    }
+    fn seed(self: Arc<Self>, _request: SeedRequest, _events: Events) -> BoxFut<SeedInfo> {
+        let name = Self::descriptor().name;
+        Box::pin(async move { Err(PluginError::unsupported(format!("plugin {name} cannot seed"))) })
+    }
+    fn list_seeds(&self) -> Vec<SeedInfo> {
+        Vec::new()
+    }
+    fn stop_seed(&self, id: &str) -> Result<(), PluginError> {
+        Err(PluginError::not_found(format!("no seed {id}")))
+    }
+    fn open_source(self: Arc<Self>, identifier: String, _events: Events) -> BoxFut<Arc<dyn PieceSource>> {
+        let name = Self::descriptor().name;
+        Box::pin(async move {
+            Err(PluginError::unsupported(format!("plugin {name} gives no piece access to {identifier}")))
+        })
+    }
+}
+
+impl PluginDescriptor {
+    /// A descriptor with this SDK's version filled in.
+    pub fn new(name: &str, version: &str) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            sdk_version: crate::SDK_VERSION.into(),
+            schemes: RVec::new(),
+            suffixes: RVec::new(),
+            capabilities: 0,
+            priority: 0,
+            description: RString::new(),
+        }
+    }
+    pub fn schemes(mut self, schemes: &[&str]) -> Self {
+        self.schemes = schemes.iter().map(|s| RString::from(s.to_ascii_lowercase())).collect();
+        self
+    }
+    pub fn suffixes(mut self, suffixes: &[&str]) -> Self {
+        self.suffixes = suffixes.iter().map(|s| RString::from(s.to_ascii_lowercase())).collect();
+        self
+    }
+    pub fn capabilities(mut self, bits: u32) -> Self {
+        self.capabilities = bits;
+        self
+    }
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+    pub fn description(mut self, text: &str) -> Self {
+        self.description = text.into();
+        self
+    }
+}
+
+/// Where a plugin sends events; cheap to clone, a no-op when the host gave no sink.
+#[derive(Clone, Default)]
+pub struct Events(Option<Arc<EventSinkBox>>);
+
+impl Events {
+    pub fn none() -> Self {
+        Self(None)
+    }
+    pub fn from_box(sink: EventSinkBox) -> Self {
+        Self(Some(Arc::new(sink)))
+    }
+    /// Host side: an event sink calling `f` (which must not block).
+    pub fn sink_from_fn(f: impl Fn(Event) + Send + Sync + 'static) -> EventSinkBox {
+        EventSink_TO::from_value(FnSink(Box::new(f)), TD_Opaque)
+    }
+    pub fn emit(&self, event: Event) {
+        if let Some(s) = &self.0 {
+            s.emit(event);
+        }
+    }
+    pub fn log(&self, level: u8, message: impl Into<String>) {
+        self.emit(Event::Log { level, message: RString::from(message.into()) });
+    }
+    pub fn info(&self, message: impl Into<String>) {
+        self.log(level::INFO, message)
+    }
+    pub fn warn(&self, message: impl Into<String>) {
+        self.log(level::WARN, message)
+    }
+    pub fn debug(&self, message: impl Into<String>) {
+        self.log(level::DEBUG, message)
+    }
+    pub fn progress(&self, done: u64, total: u64, peers: u32) {
+        self.emit(Event::Progress { done, total, peers });
+    }
+}
+
+struct FnSink(Box<dyn Fn(Event) + Send + Sync>);
+
+impl EventSink for FnSink {
+    fn emit(&self, event: Event) {
+        // A sink that panics must not unwind into the plugin's FFI frame.
+        let _ = catch_unwind(AssertUnwindSafe(|| (self.0)(event)));
+    }
+}
+
+/// The one-line text of a panic payload.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+fn panic_error(payload: Box<dyn Any + Send>) -> PluginError {
+    PluginError::new(ErrorKind::Panic, format!("plugin panicked: {}", panic_message(&*payload)))
+}
+
+/// Runs `f`, turning a panic into an error value.
+pub fn guard<T>(f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => ROk(v),
+        Ok(Err(e)) => RErr(e),
+        Err(p) => RErr(panic_error(p)),
+    }
+}
+
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Spawns the future `make` builds on the plugin's runtime and returns an FFI future that only
+/// waits for its result; dropping the FFI future aborts the task.
+pub fn bridge<T, F>(rt: &tokio::runtime::Handle, make: F) -> FfiFuture<RResult<T, PluginError>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> BoxFut<T> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel::<Result<T, PluginError>>();
+    let (abort, registration) = AbortHandle::new_pair();
+    let task = async move {
+        let fut = match catch_unwind(AssertUnwindSafe(make)) {
+            Ok(f) => f,
+            Err(p) => {
+                let _ = tx.send(Err(panic_error(p)));
+                return;
+            }
+        };
+        match Abortable::new(AssertUnwindSafe(fut).catch_unwind(), registration).await {
+            Ok(Ok(result)) => {
+                let _ = tx.send(result);
+            }
+            Ok(Err(p)) => {
+                let _ = tx.send(Err(panic_error(p)));
+            }
+            Err(_aborted) => {}
+        }
+    };
+    if let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(rt.spawn(task)))) {
+        let e = panic_error(p);
+        return async move { RErr(e) }.into_ffi();
+    }
+    let guard = AbortOnDrop(abort);
+    async move {
+        let _guard = guard;
+        match rx.await {
+            Ok(Ok(v)) => ROk(v),
+            Ok(Err(e)) => RErr(e),
+            Err(_) => RErr(PluginError::other("the plugin's task ended without a result")),
+        }
+    }
+    .into_ffi()
+}
+
+struct Handler<P: Plugin> {
+    inner: Arc<P>,
+}
+
+impl<P: Plugin> ProtocolHandler for Handler<P> {
+    fn descriptor(&self) -> PluginDescriptor {
+        catch_unwind(P::descriptor).unwrap_or_else(|_| PluginDescriptor::new("invalid", "0.0.0"))
+    }
+
+    fn download(&self, request: DownloadRequest, events: EventSinkBox) -> FfiFuture<RResult<DownloadOutcome, PluginError>> {
+        let inner = self.inner.clone();
+        bridge(&self.runtime(), move || inner.download(request, Events::from_box(events)))
+    }
+
+    fn seed(&self, request: SeedRequest, events: EventSinkBox) -> FfiFuture<RResult<SeedInfo, PluginError>> {
+        let inner = self.inner.clone();
+        bridge(&self.runtime(), move || inner.seed(request, Events::from_box(events)))
+    }
+
+    fn list_seeds(&self) -> RVec<SeedInfo> {
+        catch_unwind(AssertUnwindSafe(|| self.inner.list_seeds())).map(RVec::from).unwrap_or_default()
+    }
+
+    fn stop_seed(&self, id: RString) -> RResult<(), PluginError> {
+        guard(|| self.inner.stop_seed(&id))
+    }
+
+    fn open_source(&self, identifier: RString, events: EventSinkBox) -> FfiFuture<RResult<SourceBox, PluginError>> {
+        let inner = self.inner.clone();
+        let rt = self.runtime();
+        let rt2 = rt.clone();
+        bridge(&rt, move || {
+            let opening = inner.open_source(identifier.into_string(), Events::from_box(events));
+            Box::pin(async move {
+                let src = opening.await?;
+                let info = src.info();
+                Ok(Source_TO::from_value(SourceAdapter { inner: src, info, rt: rt2 }, TD_Opaque))
+            })
+        })
+    }
+}
+
+impl<P: Plugin> Handler<P> {
+    fn runtime(&self) -> tokio::runtime::Handle {
+        self.inner.runtime()
+    }
+}
+
+struct SourceAdapter {
+    inner: Arc<dyn PieceSource>,
+    /// Taken once when the source opens (under the panic guard of `open_source`).
+    info: ContentInfo,
+    rt: tokio::runtime::Handle,
+}
+
+impl Source for SourceAdapter {
+    fn info(&self) -> ContentInfo {
+        self.info.clone()
+    }
+
+    fn availability(&self, piece_length: u64) -> RVec<u32> {
+        catch_unwind(AssertUnwindSafe(|| self.inner.availability(piece_length))).map(RVec::from).unwrap_or_default()
+    }
+
+    fn fetch(&self, offset: u64, length: u64) -> FfiFuture<RResult<RVec<u8>, PluginError>> {
+        let inner = self.inner.clone();
+        bridge(&self.rt, move || inner.fetch(offset, length))
+    }
+}
+
+/// Host side: an ABI source seen as a [`PieceSource`], so the engine treats sources from every
+/// plugin (and in-process ones) alike.
+pub struct AbiSource {
+    inner: SourceBox,
+    info: ContentInfo,
+}
+
+impl AbiSource {
+    pub fn new(inner: SourceBox) -> Self {
+        let info = inner.info();
+        Self { inner, info }
+    }
+}
+
+impl PieceSource for AbiSource {
+    fn info(&self) -> ContentInfo {
+        self.info.clone()
+    }
+    fn availability(&self, piece_length: u64) -> Vec<u32> {
+        self.inner.availability(piece_length).into_vec()
+    }
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+        let f = self.inner.fetch(offset, length);
+        Box::pin(async move { f.await.into_result() })
+    }
+}
+
+#[doc(hidden)]
+pub extern "C" fn descriptor_entry<P: Plugin>() -> RResult<PluginDescriptor, PluginError> {
+    guard(|| Ok(P::descriptor()))
+}
+
+#[doc(hidden)]
+pub extern "C" fn new_handler_entry<P: Plugin>(config: HostConfig, events: EventSinkBox) -> RResult<HandlerBox, PluginError> {
+    guard(|| {
+        let plugin = P::new(config, Events::from_box(events))?;
+        Ok(ProtocolHandler_TO::from_value(Handler { inner: Arc::new(plugin) }, TD_Opaque))
+    })
+}
+
+#[doc(hidden)]
+pub fn root_module<P: Plugin>() -> PluginModRef {
+    PluginMod { descriptor: descriptor_entry::<P>, new_handler: new_handler_entry::<P> }.leak_into_prefix()
+}
+
+/// Exports `$ty` (a [`Plugin`]) from a `cdylib`: the plain SDK-version symbol the host reads
+/// first, and abi_stable's layout-checked root module.
+#[macro_export]
+macro_rules! export_plugin {
+    ($ty:ty) => {
+        /// The SDK version this plugin was built against (read by hosts before loading).
+        #[no_mangle]
+        pub extern "C" fn chiral_plugin_sdk_version() -> *const ::std::os::raw::c_char {
+            $crate::SDK_VERSION_NUL.as_ptr() as *const ::std::os::raw::c_char
+        }
+
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn __chiral_root_module() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader($crate::plugin::root_module::<$ty>)
+            }
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor::<$crate::abi::PluginModRef>(
+                    __chiral_root_module,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+}

@@ -1,0 +1,118 @@
+//! Resume state kept beside a partial download: which pieces are verified on disk.
+//!
+//! `<final name>.part` holds the data at its final offsets; `<final name>.chiral-resume` is a
+//! small JSON record (layout, content fingerprint, done-piece bitfield) written atomically
+//! (temporary file + rename) as pieces land. A restarted download that finds both, with the
+//! same layout and fingerprint, skips the pieces marked done.
+
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// State files larger than this are not ours (16M pieces fit in 4 MiB of hex).
+const MAX_STATE_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeState {
+    pub version: u32,
+    pub length: u64,
+    pub piece_length: u64,
+    /// Identifies the content (hash of its piece hashes) so another file of the same size is
+    /// never resumed into; for content without hashes, its length and name.
+    pub fingerprint: String,
+    /// Hex of the bitfield of done pieces (bit 7 of byte 0 = piece 0).
+    pub done: String,
+}
+
+impl ResumeState {
+    pub fn new(length: u64, piece_length: u64, fingerprint: String, done: &[bool]) -> Self {
+        Self { version: 1, length, piece_length, fingerprint, done: hex::encode(pack(done)) }
+    }
+
+    /// Done flags for `count` pieces, or `None` when the bitfield does not fit.
+    pub fn done_pieces(&self, count: u32) -> Option<Vec<bool>> {
+        let bytes = hex::decode(&self.done).ok()?;
+        if bytes.len() != (count as usize).div_ceil(8) {
+            return None;
+        }
+        Some((0..count as usize).map(|i| bytes[i / 8] & (0x80 >> (i % 8)) != 0).collect())
+    }
+
+    /// Reads a state file; `None` if missing, oversized or malformed (then the download starts
+    /// over, which loses time but never data).
+    pub fn load(path: &Path) -> Option<Self> {
+        let f = std::fs::File::open(path).ok()?;
+        let mut text = String::new();
+        f.take(MAX_STATE_BYTES).read_to_string(&mut text).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Writes the state atomically.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("chiral-resume.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+pub fn pack(bits: &[bool]) -> Vec<u8> {
+    let mut out = vec![0u8; bits.len().div_ceil(8)];
+    for (i, b) in bits.iter().enumerate() {
+        if *b {
+            out[i / 8] |= 0x80 >> (i % 8);
+        }
+    }
+    out
+}
+
+/// `name.part` beside `path`.
+pub fn part_path(path: &Path) -> PathBuf {
+    suffixed(path, ".part")
+}
+
+/// `name.chiral-resume` beside `path`.
+pub fn state_path(path: &Path) -> PathBuf {
+    suffixed(path, ".chiral-resume")
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.chiral-resume");
+        let done = [true, false, true, true, false, false, false, false, true];
+        let s = ResumeState::new(100, 12, "fp".into(), &done);
+        s.save(&p).unwrap();
+        let back = ResumeState::load(&p).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.done_pieces(9).unwrap(), done);
+        assert!(back.done_pieces(17).is_none(), "a bitfield of the wrong size is refused");
+    }
+
+    #[test]
+    fn garbage_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.chiral-resume");
+        std::fs::write(&p, b"{not json").unwrap();
+        assert!(ResumeState::load(&p).is_none());
+        assert!(ResumeState::load(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(part_path(Path::new("/a/b.bin")), PathBuf::from("/a/b.bin.part"));
+        assert_eq!(state_path(Path::new("b")), PathBuf::from("b.chiral-resume"));
+    }
+}
