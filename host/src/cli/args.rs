@@ -1,0 +1,128 @@
+//! The command line, as users and scripts call it (see docs/cli.md; the contract is stable).
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chiral",
+    version,
+    about = "Download and seed over HTTP, FTP, BitTorrent and the Chiral network through protocol plugins",
+    long_about = "Download and seed through protocol plugins.\n\n\
+Identifiers (http://, https://, ftp://, magnet:, FILE.torrent, chiral:) are dispatched to the \
+plugin that claims them; several identifiers of the same content are downloaded together, piece \
+by piece, every piece verified where hashes are known.\n\n\
+Identifiers print on stdout, one per line; progress and logs go to stderr; --json gives \
+machine-readable output on stdout. Exit code 0 only when what was asked is complete and verified.",
+    after_help = "Examples:\n  chiral get https://example.org/big.iso https://mirror.example.net/big.iso -o ~/Downloads\n  chiral seed ./big.iso --via http\n  chiral plugins\n  chiral demo"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Directory searched for plugins before all others (repeatable)
+    #[arg(long = "plugin-path", value_name = "DIR", global = true)]
+    pub plugin_path: Vec<PathBuf>,
+    /// State directory (resume files, seeds, identity); lets several nodes share a machine
+    #[arg(long, value_name = "DIR", env = "CHIRAL_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Config file (TOML); default: $XDG_CONFIG_HOME/chiral/config.toml
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Chiral network peer to join (repeatable)
+    #[arg(long, value_name = "MULTIADDR", global = true)]
+    pub bootstrap: Vec<String>,
+    /// Do not use DHTs
+    #[arg(long, global = true)]
+    pub no_dht: bool,
+    /// Address servers listen on (default 0.0.0.0)
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub listen: Option<String>,
+    /// Port servers listen on (default: any free port)
+    #[arg(long, value_name = "PORT", global = true)]
+    pub port: Option<u16>,
+    /// Host name or address put in printed URLs (default: the listen address, or 127.0.0.1)
+    #[arg(long, value_name = "HOST", global = true)]
+    pub advertise: Option<String>,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// No progress bar
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Download; several identifiers of the same content are sources of one download
+    Get(GetArgs),
+    /// Serve PATH: print each identifier first, then serve until SIGINT/SIGTERM
+    Seed(SeedArgs),
+    /// List the plugins found, loaded and skipped (with why), and which wins each scheme
+    Plugins(PluginsArgs),
+    /// Seed a generated file on loopback and download it through the plugins, with progress
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Identifiers: URLs, magnet links, .torrent files, chiral: ids
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Output folder
+    #[arg(short = 'o', long = "output", value_name = "DIR", default_value = ".")]
+    pub out_dir: PathBuf,
+    /// Print a machine-readable summary on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Plugin to use where several claim an identifier (e.g. rqbit, bittorrent)
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<String>,
+    /// Parallel connections per source [default: 8, or the config's]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub connections: Option<u32>,
+    /// Expected SHA-256 of the whole file (hex); checked before the final rename
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Keep seeding what was downloaded until SIGINT/SIGTERM
+    #[arg(long)]
+    pub seed: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SeedArgs {
+    /// File to serve
+    pub path: PathBuf,
+    /// Plugin to seed through (repeatable); default: every plugin that can seed
+    #[arg(long, value_name = "PLUGIN")]
+    pub via: Vec<String>,
+    /// Tracker announce URL for BitTorrent seeds (repeatable)
+    #[arg(long, value_name = "URL")]
+    pub tracker: Vec<String>,
+    /// Print the seeds as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PluginsArgs {
+    /// Print JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Size of the generated file in MiB
+    #[arg(long, default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub size: u64,
+    /// Print a machine-readable summary on stdout
+    #[arg(long)]
+    pub json: bool,
+}

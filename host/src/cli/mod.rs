@@ -1,0 +1,3 @@
+//! Pieces of the `chiral` binary.
+pub mod args;
+pub mod progress;

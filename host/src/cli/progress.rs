@@ -1,0 +1,71 @@
+//! The progress bar on stderr: bytes, speed, ETA and sources, fed by engine events.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use chiral_host::engine::EngineEvent;
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct ProgressUi {
+    bar: ProgressBar,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    sources: Vec<String>,
+    dropped: usize,
+    started: Option<Instant>,
+    fresh: u64,
+}
+
+impl ProgressUi {
+    pub fn new(quiet: bool) -> Self {
+        let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr_with_hz(8) };
+        let bar = ProgressBar::with_draw_target(Some(0), target);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner:.green} {wide_msg} {bytes:>10}/{total_bytes:<10} [{bar:30.cyan/blue}] {binary_bytes_per_sec:>12} ETA {eta:>4}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Self { bar, state: Mutex::new(State::default()) }
+    }
+
+    pub fn on_event(&self, e: EngineEvent) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match e {
+            EngineEvent::Started { name, total, resumed, sources } => {
+                self.bar.set_length(total);
+                self.bar.set_position(resumed);
+                self.bar.reset_eta();
+                st.sources = sources;
+                st.started = Some(Instant::now());
+                let msg = format!("{} · {} source(s)", name, st.sources.len());
+                self.bar.set_message(msg);
+                if resumed > 0 && resumed < total {
+                    self.bar.println(format!("resuming: {} already on disk", HumanBytes(resumed)));
+                }
+            }
+            EngineEvent::Piece { bytes, .. } => {
+                st.fresh += bytes;
+                self.bar.inc(bytes);
+            }
+            EngineEvent::SourceDropped { label, reason } => {
+                st.dropped += 1;
+                self.bar.println(format!("dropped source {label}: {reason}"));
+                let live = st.sources.len().saturating_sub(st.dropped);
+                self.bar.set_message(format!("{live} source(s)"));
+            }
+            EngineEvent::Finishing => self.bar.set_message("verifying and finishing"),
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

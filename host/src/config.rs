@@ -1,0 +1,127 @@
+//! Host configuration: defaults, the TOML config file, environment and flags, in that order
+//! of increasing precedence.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// The config file as written by users (every field optional).
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub data_dir: Option<PathBuf>,
+    pub connections: Option<u32>,
+    /// Address servers bind to.
+    pub listen: Option<String>,
+    pub port: Option<u16>,
+    /// Host name put in printed URLs.
+    pub advertise: Option<String>,
+    #[serde(default)]
+    pub plugin_path: Vec<PathBuf>,
+    pub proxy: Option<String>,
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    pub no_dht: Option<bool>,
+    /// scheme -> plugin name, e.g. `magnet = "rqbit"`.
+    #[serde(default)]
+    pub backend: BTreeMap<String, String>,
+    /// `[plugins.<name>]` tables, passed to that plugin as string options.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, BTreeMap<String, toml::Value>>,
+}
+
+impl ConfigFile {
+    /// Reads `path`; a missing default file is an empty config, a missing explicit one an error.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            format!("config {}: {first}", path.display())
+        })
+    }
+
+    /// Where the config is looked for when `--config` is not given.
+    pub fn default_path() -> Option<PathBuf> {
+        if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+            return Some(PathBuf::from(x).join("chiral/config.toml"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/chiral/config.toml"))
+    }
+
+    /// A plugin's options as key/value strings; an array gives the key once per element.
+    pub fn plugin_options(&self, plugin: &str) -> Vec<(String, String)> {
+        fn scalar(v: &toml::Value) -> Option<String> {
+            match v {
+                toml::Value::String(s) => Some(s.clone()),
+                toml::Value::Integer(i) => Some(i.to_string()),
+                toml::Value::Float(f) => Some(f.to_string()),
+                toml::Value::Boolean(b) => Some(b.to_string()),
+                toml::Value::Datetime(d) => Some(d.to_string()),
+                toml::Value::Array(_) | toml::Value::Table(_) => None,
+            }
+        }
+        let mut out = Vec::new();
+        for (k, v) in self.plugins.get(plugin).into_iter().flatten() {
+            match v {
+                toml::Value::Array(items) => out.extend(items.iter().filter_map(scalar).map(|s| (k.clone(), s))),
+                other => out.extend(scalar(other).map(|s| (k.clone(), s))),
+            }
+        }
+        out
+    }
+}
+
+/// The default data directory: `$CHIRAL_DATA_DIR`, else `$XDG_DATA_HOME/chiral`, else
+/// `~/.local/share/chiral`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("chiral");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/chiral"),
+        None => std::env::temp_dir().join("chiral"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            r#"
+connections = 4
+listen = "127.0.0.1"
+plugin_path = ["/opt/chiral/plugins"]
+[backend]
+magnet = "rqbit"
+[plugins.http]
+user_agent = "x"
+retries = 3
+"#,
+        )
+        .unwrap();
+        let c = ConfigFile::load(&p).unwrap();
+        assert_eq!(c.connections, Some(4));
+        assert_eq!(c.backend.get("magnet").map(String::as_str), Some("rqbit"));
+        let mut opts = c.plugin_options("http");
+        opts.sort();
+        assert_eq!(opts, vec![("retries".into(), "3".into()), ("user_agent".into(), "x".into())]);
+    }
+
+    #[test]
+    fn unknown_keys_are_one_line_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "conections = 4\n").unwrap();
+        let e = ConfigFile::load(&p).unwrap_err();
+        assert!(e.contains("c.toml") && !e.contains('\n'), "{e}");
+    }
+}

@@ -1,0 +1,366 @@
+//! What the host does with plugins: downloads (one content, every identifier a source) and
+//! seeds.
+//!
+//! A download opens a source per identifier through its plugin, merges them in the SDK's
+//! multi-source engine and verifies every piece. When no source gives piece access (a plugin
+//! without the `SOURCE` capability, an HTTP server that ignores `Range`), the first identifier's
+//! plugin runs the whole download itself.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use abi_stable::std_types::{RString, RVec, Tuple2};
+use chiral_sdk::{
+    capability,
+    engine::{self, EngineError, EngineEvent},
+    plugin::AbiSource,
+    DownloadRequest, Event, Events, PieceSource, SeedInfo, SeedRequest,
+};
+use futures::future::join_all;
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+use crate::registry::{DispatchError, Registry};
+
+#[derive(Debug, Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    #[error("{0}")]
+    Plugin(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One download as asked.
+#[derive(Clone, Debug)]
+pub struct GetRequest {
+    /// Identifiers of the same content; each one is a source.
+    pub identifiers: Vec<String>,
+    pub out_dir: PathBuf,
+    /// Plugin to use where it claims an identifier (`--backend`).
+    pub backend: Option<String>,
+    /// Parallel requests per source.
+    pub connections: u32,
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// Per-source totals of a finished download.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SourceLine {
+    pub identifier: String,
+    pub plugin: String,
+    pub label: String,
+    pub bytes: u64,
+    pub pieces: u32,
+    pub failures: u32,
+    pub dropped: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GetReport {
+    pub name: String,
+    pub files: Vec<PathBuf>,
+    pub bytes: u64,
+    pub resumed_bytes: u64,
+    pub seconds: f64,
+    /// `engine` (pieces from sources) or `plugin` (a plugin's own whole download).
+    pub mode: &'static str,
+    pub sources: Vec<SourceLine>,
+    /// Whole-file SHA-256 when it was checked.
+    pub sha256: Option<String>,
+}
+
+/// A seed started through a plugin.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SeedLine {
+    pub plugin: String,
+    pub id: String,
+    pub path: String,
+    pub identifiers: Vec<String>,
+}
+
+/// Host operations over a registry.
+pub struct Host {
+    pub registry: Registry,
+}
+
+type OnEvent = Arc<dyn Fn(EngineEvent) + Send + Sync>;
+
+fn options(pairs: &[(String, String)]) -> RVec<Tuple2<RString, RString>> {
+    pairs.iter().map(|(k, v)| Tuple2(RString::from(k.as_str()), RString::from(v.as_str()))).collect()
+}
+
+fn log_sink(plugin: String) -> chiral_sdk::EventSinkBox {
+    Events::sink_from_fn(move |e| log_event(&plugin, &e))
+}
+
+/// Plugin log lines and events go to the host's tracing output.
+pub fn log_event(plugin: &str, e: &Event) {
+    match e {
+        Event::Log { level, message } => match *level {
+            chiral_sdk::level::ERROR => tracing::error!(plugin, "{message}"),
+            chiral_sdk::level::WARN => tracing::warn!(plugin, "{message}"),
+            chiral_sdk::level::INFO => tracing::info!(plugin, "{message}"),
+            chiral_sdk::level::DEBUG => tracing::debug!(plugin, "{message}"),
+            _ => tracing::trace!(plugin, "{message}"),
+        },
+        Event::PaymentRequired { peer, wallet, bytes } => {
+            tracing::info!(plugin, %peer, wallet = ?wallet.as_ref().map(|w| w.as_str()), bytes, "payment required")
+        }
+        Event::Progress { .. } => {}
+    }
+}
+
+impl Host {
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+
+    /// Downloads one content from every identifier in `req`.
+    pub async fn get(&self, req: &GetRequest, on_event: OnEvent) -> Result<GetReport, HostError> {
+        if req.identifiers.is_empty() {
+            return Err(HostError::Other("nothing to download: give at least one identifier".into()));
+        }
+        let started = Instant::now();
+        // Dispatch every identifier first: an unclaimed one is the user's mistake, say so.
+        let mut routed = Vec::new();
+        for id in &req.identifiers {
+            let entry = self.registry.route(id, req.backend.as_deref())?;
+            let handler = self.registry.handler(entry).map_err(HostError::Plugin)?;
+            routed.push((id.clone(), entry.name().unwrap_or_default().to_string(), entry.has(capability::SOURCE), handler));
+        }
+
+        let opening = routed.iter().filter(|r| r.2).map(|(id, plugin, _, handler)| {
+            let f = handler.open_source(id.as_str().into(), log_sink(plugin.clone()));
+            async move { (id.clone(), plugin.clone(), f.await.into_result()) }
+        });
+        let opened = join_all(opening).await;
+        let mut sources: Vec<(String, String, Arc<dyn PieceSource>)> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        let mut streaming_only = Vec::new();
+        for (id, plugin, r) in opened {
+            match r {
+                Ok(src) => {
+                    let s = AbiSource::new(src);
+                    let info = s.info();
+                    if info.random_access && info.length_known {
+                        sources.push((id, plugin, Arc::new(s)));
+                    } else {
+                        streaming_only.push(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{id}: {e}");
+                    failures.push(e.message.to_string());
+                }
+            }
+        }
+
+        if sources.is_empty() {
+            // Nothing gives piece access: a plugin's own whole download, if one can.
+            let whole = routed
+                .iter()
+                .find(|r| r.3.descriptor().capabilities & capability::DOWNLOAD != 0 && (!r.2 || streaming_only.contains(&r.0)));
+            return match whole {
+                Some((id, plugin, _, handler)) => self.whole_download(req, id, plugin, handler, on_event, started).await,
+                None if failures.len() == 1 => Err(HostError::Plugin(failures.remove(0))),
+                None if !failures.is_empty() => Err(HostError::Plugin(format!("every source failed: {}", failures.join("; ")))),
+                None => Err(HostError::Other("no plugin can download these identifiers".into())),
+            };
+        }
+
+        let mut opts = engine::Options::new(&req.out_dir);
+        opts.slots_per_source = req.connections.max(1) as usize;
+        opts.sha256 = req.sha256;
+        let labels: Vec<(String, String)> = sources.iter().map(|(id, p, _)| (id.clone(), p.clone())).collect();
+        let srcs = sources.into_iter().map(|(_, _, s)| s).collect();
+        let cb = on_event.clone();
+        let out = engine::run(srcs, &opts, &move |e| cb(e)).await?;
+        Ok(GetReport {
+            name: out.name,
+            files: out.files,
+            bytes: out.length,
+            resumed_bytes: out.resumed_bytes,
+            seconds: started.elapsed().as_secs_f64(),
+            mode: "engine",
+            sha256: req.sha256.map(hex::encode),
+            sources: out
+                .sources
+                .into_iter()
+                .zip(labels)
+                .map(|(r, (identifier, plugin))| SourceLine {
+                    identifier,
+                    plugin,
+                    label: r.label,
+                    bytes: r.bytes,
+                    pieces: r.pieces,
+                    failures: r.failures + r.bad_pieces,
+                    dropped: r.dropped,
+                })
+                .collect(),
+        })
+    }
+
+    async fn whole_download(
+        &self,
+        req: &GetRequest,
+        id: &str,
+        plugin: &str,
+        handler: &chiral_sdk::HandlerBox,
+        on_event: OnEvent,
+        started: Instant,
+    ) -> Result<GetReport, HostError> {
+        // Map the plugin's progress events onto the engine's, so callers see one kind.
+        let last = Arc::new(Mutex::new(None::<u64>));
+        let (cb, name, p) = (on_event.clone(), plugin.to_string(), plugin.to_string());
+        let sink = Events::sink_from_fn(move |e| match e {
+            Event::Progress { done, total, .. } => {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                let prev = match *last {
+                    Some(prev) => prev,
+                    None => {
+                        cb(EngineEvent::Started { name: String::new(), total, resumed: done, sources: vec![name.clone()] });
+                        done
+                    }
+                };
+                if done > prev {
+                    cb(EngineEvent::Piece { source: 0, bytes: done - prev });
+                }
+                *last = Some(done.max(prev));
+            }
+            other => log_event(&p, &other),
+        });
+        let request = DownloadRequest {
+            identifier: id.into(),
+            out_dir: req.out_dir.to_string_lossy().into_owned().into(),
+            connections: req.connections,
+            options: RVec::new(),
+        };
+        let out = handler.download(request, sink).await.into_result().map_err(|e| HostError::Plugin(e.message.into()))?;
+        let files: Vec<PathBuf> = out.files.iter().map(|f| PathBuf::from(f.as_str())).collect();
+        if let Some(want) = req.sha256 {
+            let [file] = files.as_slice() else {
+                return Err(HostError::Other("--sha256 needs a single-file download".into()));
+            };
+            let got = sha256_file(file).map_err(|e| HostError::Other(format!("{}: {e}", file.display())))?;
+            if got != want {
+                let _ = std::fs::remove_file(file);
+                return Err(EngineError::Sha256Mismatch { got: hex::encode(got), want: hex::encode(want) }.into());
+            }
+        }
+        Ok(GetReport {
+            name: files.first().and_then(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            files,
+            bytes: out.bytes,
+            resumed_bytes: out.resumed_bytes,
+            seconds: started.elapsed().as_secs_f64(),
+            mode: "plugin",
+            sha256: req.sha256.map(hex::encode),
+            sources: out
+                .per_source
+                .iter()
+                .map(|s| SourceLine {
+                    identifier: id.to_string(),
+                    plugin: plugin.to_string(),
+                    label: s.label.to_string(),
+                    bytes: s.bytes,
+                    pieces: 0,
+                    failures: 0,
+                    dropped: None,
+                })
+                .collect(),
+        })
+    }
+
+    /// Starts seeding `path` through each plugin named in `via` (every seed-capable plugin if
+    /// empty); fails only if none could.
+    pub async fn seed(&self, path: &Path, via: &[String], opts: &[(String, String)]) -> Result<Vec<SeedLine>, HostError> {
+        let path = std::fs::canonicalize(path).map_err(|e| HostError::Other(format!("{}: {e}", path.display())))?;
+        let entries: Vec<_> = if via.is_empty() {
+            self.registry.loaded().filter(|e| e.has(capability::SEED)).collect()
+        } else {
+            via.iter()
+                .map(|n| {
+                    self.registry.by_name(n).ok_or_else(|| {
+                        HostError::Other(format!("no plugin named {n:?}; installed: {}", self.registry.installed_schemes()))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        if entries.is_empty() {
+            return Err(HostError::Other("no installed plugin can seed".into()));
+        }
+        let mut lines = Vec::new();
+        let mut errors = Vec::new();
+        for e in entries {
+            let name = e.name().unwrap_or_default().to_string();
+            let handler = match self.registry.handler(e) {
+                Ok(h) => h,
+                Err(m) => {
+                    errors.push(m);
+                    continue;
+                }
+            };
+            let req = SeedRequest { path: path.to_string_lossy().into_owned().into(), options: options(opts) };
+            match handler.seed(req, log_sink(name.clone())).await.into_result() {
+                Ok(info) => lines.push(seed_line(&name, info)),
+                Err(err) => errors.push(format!("{name}: {err}")),
+            }
+        }
+        if lines.is_empty() {
+            return Err(HostError::Plugin(errors.join("; ")));
+        }
+        for e in errors {
+            tracing::warn!("{e}");
+        }
+        Ok(lines)
+    }
+
+    /// Every seed every loaded plugin is running.
+    pub fn list_seeds(&self) -> Vec<SeedLine> {
+        let mut out = Vec::new();
+        for e in self.registry.loaded().filter(|e| e.has(capability::SEED_MANAGE)) {
+            if let Ok(h) = self.registry.handler(e) {
+                out.extend(h.list_seeds().into_iter().map(|s| seed_line(e.name().unwrap_or_default(), s)));
+            }
+        }
+        out
+    }
+
+    pub fn stop_seed(&self, plugin: &str, id: &str) -> Result<(), HostError> {
+        let e = self.registry.by_name(plugin).ok_or_else(|| HostError::Other(format!("no plugin named {plugin:?}")))?;
+        let h = self.registry.handler(e).map_err(HostError::Plugin)?;
+        h.stop_seed(id.into()).into_result().map_err(|e| HostError::Plugin(e.message.into()))
+    }
+}
+
+fn seed_line(plugin: &str, s: SeedInfo) -> SeedLine {
+    SeedLine {
+        plugin: plugin.to_string(),
+        id: s.id.into(),
+        path: s.path.into(),
+        identifiers: s.identifiers.into_iter().map(RString::into_string).collect(),
+    }
+}
+
+/// SHA-256 of a whole file.
+pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
