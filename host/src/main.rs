@@ -13,7 +13,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Parser as _;
 use cli::{
-    args::{Cli, Command, DemoArgs, GetArgs, Global, PluginsArgs, SeedArgs},
+    args::{Cli, Command, CreateArgs, DemoArgs, GetArgs, Global, PluginsArgs, SeedArgs},
     progress::ProgressUi,
 };
 use chiral_host::{
@@ -31,7 +31,10 @@ const DEFAULT_CONNECTIONS: u32 = 8;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
-    let json = matches!(&cli.command, Command::Get(GetArgs { json: true, .. }) | Command::Demo(DemoArgs { json: true, .. }));
+    let json = matches!(
+        &cli.command,
+        Command::Get(GetArgs { json: true, .. }) | Command::Demo(DemoArgs { json: true, .. }) | Command::Create(CreateArgs { json: true, .. })
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -73,6 +76,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plugins(a) => cmd_plugins(&cli.global, a),
         Command::Get(a) => cmd_get(&cli.global, a).await,
         Command::Seed(a) => cmd_seed(&cli.global, a).await,
+        Command::Create(a) => cmd_create(&cli.global, a).await,
         Command::Demo(a) => cmd_demo(&cli.global, a).await,
     }
 }
@@ -312,6 +316,32 @@ async fn cmd_seed(g: &Global, a: SeedArgs) -> Result<ExitCode> {
     serve_until_signal(&seeds, a.json).await;
     for s in &seeds {
         let _ = host.stop_seed(&s.plugin, &s.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
+    let s = settings(g)?;
+    let host = build_host(g, &s, false)?;
+    let path = std::fs::canonicalize(&a.path).with_context(|| format!("{}", a.path.display()))?;
+    let mut args = vec![
+        ("path".to_string(), path.to_string_lossy().into_owned()),
+        ("output".to_string(), a.output.to_string_lossy().into_owned()),
+        ("private".to_string(), a.private.to_string()),
+    ];
+    args.extend(a.tracker.iter().map(|t| ("tracker".to_string(), t.clone())));
+    args.extend(a.web_seed.iter().map(|w| ("web_seed".to_string(), w.clone())));
+    if let Some(p) = a.piece_size {
+        args.push(("piece_size".to_string(), p.to_string()));
+    }
+    let answer = host.command(a.via.as_deref(), "x.torrent", "create", &args).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&json!({ "ok": true, "created": answer }))?);
+    } else if let Some(m) = answer.get("magnet").and_then(|m| m.as_str()) {
+        println!("{m}");
+    }
+    if !g.quiet {
+        eprintln!("wrote {}", a.output.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -155,13 +155,15 @@ impl Host {
                         streaming_only.push(id);
                     }
                 }
-                Err(e) => {
-                    tracing::warn!("{id}: {e}");
-                    failures.push(e.message.to_string());
-                }
+                Err(e) => failures.push(e.message.to_string()),
             }
         }
 
+        if !sources.is_empty() {
+            for f in &failures {
+                tracing::warn!("source left out: {f}");
+            }
+        }
         if sources.is_empty() {
             // Nothing gives piece access: a plugin's own whole download, if one can.
             let whole = routed
@@ -320,6 +322,31 @@ impl Host {
             tracing::warn!("{e}");
         }
         Ok(lines)
+    }
+
+    /// Runs a plugin-specific command (`create`) on `plugin`, or on the plugin that claims
+    /// `route_hint` when no plugin is named; returns the plugin's JSON answer.
+    pub async fn command(
+        &self,
+        plugin: Option<&str>,
+        route_hint: &str,
+        name: &str,
+        args: &[(String, String)],
+    ) -> Result<serde_json::Value, HostError> {
+        let entry = match plugin {
+            Some(p) => self.registry.by_name(p).ok_or_else(|| {
+                HostError::Other(format!("no plugin named {p:?}; installed: {}", self.registry.installed_schemes()))
+            })?,
+            None => self.registry.route(route_hint, None)?,
+        };
+        let pname = entry.name().unwrap_or_default().to_string();
+        let handler = self.registry.handler(entry).map_err(HostError::Plugin)?;
+        let text = handler
+            .command(name.into(), options(args), log_sink(pname.clone()))
+            .await
+            .into_result()
+            .map_err(|e| HostError::Plugin(format!("{pname}: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| HostError::Plugin(format!("{pname} answered {name} with invalid JSON: {e}")))
     }
 
     /// Every seed every loaded plugin is running.

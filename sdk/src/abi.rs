@@ -325,8 +325,12 @@ pub trait ProtocolHandler: Send + Sync {
     fn stop_seed(&self, id: RString) -> RResult<(), PluginError>;
 
     /// Open piece access for the engine (capability `SOURCE`).
-    #[sabi(last_prefix_field)]
     fn open_source(&self, identifier: RString, events: EventSinkBox) -> FfiFuture<RResult<SourceBox, PluginError>>;
+
+    /// A plugin-specific command (`create` for BitTorrent: make a .torrent), with its
+    /// arguments as options; returns one JSON document. Unknown commands are `Unsupported`.
+    #[sabi(last_prefix_field)]
+    fn command(&self, name: RString, args: Options, events: EventSinkBox) -> FfiFuture<RResult<RString, PluginError>>;
 }
 
 /// A boxed handler as it crosses the boundary.

@@ -580,7 +580,7 @@ pub async fn run(
             p != piece
         });
         on_event(EngineEvent::Piece { source: si, bytes: len });
-        if resume.last_save.elapsed() >= Duration::from_secs(1) {
+        if resume.last_save.elapsed() >= Duration::from_millis(250) {
             resume.save();
         }
     }

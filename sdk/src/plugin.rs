@@ -77,6 +77,11 @@ pub trait Plugin: Send + Sync + Sized + 'static {
             Err(PluginError::unsupported(format!("plugin {name} gives no piece access to {identifier}")))
         })
     }
+    /// A plugin-specific command; `args` are key/value pairs (keys may repeat). Returns JSON.
+    fn command(self: Arc<Self>, name: String, _args: Vec<(String, String)>, _events: Events) -> BoxFut<String> {
+        let plugin = Self::descriptor().name;
+        Box::pin(async move { Err(PluginError::unsupported(format!("plugin {plugin} has no command {name:?}"))) })
+    }
 }
 
 impl PluginDescriptor {
@@ -172,8 +177,32 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+std::thread_local! {
+    /// Where the last panic on this thread happened (set by the plugin's panic hook).
+    static LAST_PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Replaces the default panic output of the plugin's own std (a cdylib has its own copy, so
+/// the host's hook is untouched) with nothing: the panic reaches the caller as one error line
+/// carrying the location. `CHIRAL_PLUGIN_PANIC_TRACE=1` restores the default output.
+#[doc(hidden)]
+pub fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            LAST_PANIC_AT.with(|c| *c.borrow_mut() = at);
+            if std::env::var_os("CHIRAL_PLUGIN_PANIC_TRACE").is_some() {
+                default(info);
+            }
+        }));
+    });
+}
+
 fn panic_error(payload: Box<dyn Any + Send>) -> PluginError {
-    PluginError::new(ErrorKind::Panic, format!("plugin panicked: {}", panic_message(&*payload)))
+    let at = LAST_PANIC_AT.with(|c| c.borrow_mut().take()).map(|a| format!(" at {a}")).unwrap_or_default();
+    PluginError::new(ErrorKind::Panic, format!("plugin panicked{at}: {}", panic_message(&*payload)))
 }
 
 /// Runs `f`, turning a panic into an error value.
@@ -276,9 +305,22 @@ impl<P: Plugin> ProtocolHandler for Handler<P> {
             })
         })
     }
+
+    fn command(&self, name: RString, args: Options, events: EventSinkBox) -> FfiFuture<RResult<RString, PluginError>> {
+        self.command_impl(name, args, events)
+    }
 }
 
 impl<P: Plugin> Handler<P> {
+    fn command_impl(&self, name: RString, args: Options, events: EventSinkBox) -> FfiFuture<RResult<RString, PluginError>> {
+        let inner = self.inner.clone();
+        bridge(&self.runtime(), move || {
+            let args = args.into_iter().map(|t| (t.0.into_string(), t.1.into_string())).collect();
+            let fut = inner.command(name.into_string(), args, Events::from_box(events));
+            Box::pin(async move { fut.await.map(RString::from) })
+        })
+    }
+
     fn runtime(&self) -> tokio::runtime::Handle {
         self.inner.runtime()
     }
@@ -366,6 +408,7 @@ macro_rules! export_plugin {
         #[allow(non_upper_case_globals)]
         pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi_stable::library::LibHeader = {
             extern "C" fn __chiral_root_module() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::plugin::install_panic_hook();
                 $crate::abi_stable::library::__call_root_module_loader($crate::plugin::root_module::<$ty>)
             }
             unsafe {

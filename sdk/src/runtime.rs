@@ -44,3 +44,8 @@ impl Drop for PluginRuntime {
         }
     }
 }
+
+/// The tokio a plugin's futures run on (each plugin library has its own copy): plugins that
+/// depend on `chiral-sdk` alone use it from here.
+pub use tokio;
+pub use tokio::runtime::Handle;

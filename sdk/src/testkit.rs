@@ -10,7 +10,10 @@
 //! }
 //! ```
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use abi_stable::std_types::{RResult, RString, RVec};
 use futures::{executor::block_on, FutureExt as _};
@@ -51,7 +54,7 @@ pub struct Check {
 
 /// The conformance kit for one handler.
 pub struct Kit {
-    handler: HandlerBox,
+    handler: Arc<HandlerBox>,
     good: Option<String>,
     slow: Option<String>,
     out_dir: std::path::PathBuf,
@@ -63,6 +66,10 @@ fn no_events() -> EventSinkBox {
 
 impl Kit {
     pub fn new(handler: HandlerBox) -> Self {
+        Self::shared(Arc::new(handler))
+    }
+    /// A kit on a handler the host also holds.
+    pub fn shared(handler: Arc<HandlerBox>) -> Self {
         Self { handler, good: None, slow: None, out_dir: std::env::temp_dir().join("chiral-testkit") }
     }
     /// An identifier the plugin downloads successfully (checked after cancellations).

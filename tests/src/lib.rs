@@ -1,0 +1,375 @@
+//! Support for the end-to-end tests: the real `chiral` binary and plugin files, real servers
+//! (nginx, aria2c, curl) on loopback, fixture files, and third-party plugins built from a copy
+//! outside the workspace.
+//!
+//! A missing third-party program fails the test with the package to install: tests never skip
+//! silently (`.ci/run` installs everything).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest as _, Sha256};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The folder holding `chiral` and the plugin libraries of the profile being tested
+/// (`target/release` when the tests run with `--release`), or `$CHIRAL_BIN_DIR`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CHIRAL_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test binary>
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+/// Path of the `chiral` binary, checked to exist along with the HTTP plugin.
+pub fn chiral_bin() -> PathBuf {
+    let dir = bin_dir();
+    let bin = dir.join("chiral");
+    for p in [bin.clone(), dir.join("libchiral_plugin_http.so")] {
+        assert!(
+            p.exists(),
+            "{} is missing: build the workspace first (`cargo build --release --workspace`; tests/run.sh does it)",
+            p.display()
+        );
+    }
+    bin
+}
+
+/// Finds a program on PATH (or in /usr/sbin, where nginx lives), or fails with what to install.
+pub fn require(program: &str, package: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} not found: `apt-get install -y {package}` (.ci/run installs it)"))
+}
+
+/// A fresh `chiral` command with its own data dir (several nodes can run side by side).
+pub struct Chiral {
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Default for Chiral {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Chiral {
+    pub fn new() -> Self {
+        Self { data_dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(chiral_bin());
+        c.env("CHIRAL_DATA_DIR", self.data_dir.path())
+            .env_remove("CHIRAL_PLUGIN_PATH")
+            .env("XDG_CONFIG_HOME", self.data_dir.path().join("config"))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs to completion with a deadline; fails the test with stderr if it hangs.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run_with_timeout(self.cmd().args(args), Duration::from_secs(300))
+    }
+}
+
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let o = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            let stderr = String::from_utf8_lossy(&e.join().unwrap_or_default()).into_owned();
+            panic!("{cmd:?} did not finish in {limit:?} ({status}); stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: o.join().unwrap_or_default(), stderr: e.join().unwrap_or_default() }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The last non-empty stderr line (the one-line reason of a failure).
+pub fn last_error_line(o: &Output) -> String {
+    stderr(o).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().to_string()
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Waits until something accepts on 127.0.0.1:`port`.
+pub fn wait_port(port: u16, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Writes `size` bytes of incompressible data (xorshift seeded by `seed`) to `path`.
+pub fn make_file(path: &Path, size: u64, seed: u64) {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("create"));
+    let mut x = seed | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for c in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).expect("write");
+        left -= n as u64;
+    }
+    f.flush().expect("flush");
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// A child process killed (with its process group) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx serving `dir` on a free loopback port (sendfile, Range, one worker).
+pub struct Nginx {
+    pub port: u16,
+    pub proc: Proc,
+    _conf: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path) -> Self {
+        let nginx = require("nginx", "nginx-light");
+        let conf = tempfile::tempdir().expect("temp");
+        let port = free_port();
+        let c = conf.path();
+        std::fs::create_dir_all(c.join("tmp")).expect("mkdir");
+        let text = format!(
+            "daemon off;\nworker_processes 1;\npid {c}/nginx.pid;\nerror_log {c}/error.log warn;\n\
+events {{ worker_connections 256; }}\n\
+http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n keepalive_timeout 30;\n default_type application/octet-stream;\n\
+ client_body_temp_path {c}/tmp/body;\n proxy_temp_path {c}/tmp/proxy;\n fastcgi_temp_path {c}/tmp/fastcgi;\n\
+ uwsgi_temp_path {c}/tmp/uwsgi;\n scgi_temp_path {c}/tmp/scgi;\n\
+ server {{ listen 127.0.0.1:{port}; root {root}; autoindex on;\n  location /slow/ {{ alias {root}/; limit_rate 8m; }}\n }}\n}}\n",
+            c = c.display(),
+            root = dir.display()
+        );
+        let user = if unsafe_is_root() { "user root;\n" } else { "" };
+        std::fs::write(c.join("nginx.conf"), format!("{user}{text}")).expect("write conf");
+        let log = c.join("stderr.log");
+        let child = Command::new(nginx)
+            .args(["-c", &c.join("nginx.conf").to_string_lossy(), "-p", &c.to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn nginx");
+        let proc = Proc { child, name: "nginx".into(), log };
+        assert!(
+            wait_port(port, Duration::from_secs(10)),
+            "nginx did not listen on {port}: {} {}",
+            proc.log_text(),
+            std::fs::read_to_string(c.join("error.log")).unwrap_or_default()
+        );
+        Self { port, proc, _conf: conf }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The same file through a location limited to 8 MB/s per connection (a slow mirror).
+    pub fn slow_url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/slow/{name}", self.port)
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    // Root-run nginx workers drop to `nobody` unless told otherwise; test files live in
+    // private temp dirs, so keep them as root.
+    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || std::fs::read_to_string("/proc/self/status")
+            .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+            .unwrap_or(false)
+}
+
+/// Starts `chiral seed ARGS...` and returns it with the identifiers it printed first.
+pub fn start_seed(node: &Chiral, args: &[&str], expect_lines: usize) -> (Proc, Vec<String>) {
+    let log = node.data_dir.path().join("seed.stderr");
+    let mut child = node
+        .cmd()
+        .arg("seed")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn chiral seed");
+    let mut out = child.stdout.take().expect("stdout");
+    let proc = Proc { child, name: "chiral seed".into(), log };
+    // Read identifier lines as they come (the seed keeps running, so no read_to_end).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while let Ok(1) = out.read(&mut byte) {
+            if byte[0] == b'\n' {
+                let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+                buf.clear();
+            } else {
+                buf.push(byte[0]);
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while lines.len() < expect_lines {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("chiral seed printed {lines:?} then nothing; stderr:\n{}", proc.log_text()),
+        }
+    }
+    (proc, lines)
+}
+
+/// Builds the third-party plugin in `tests/fixtures/gen-plugin` from a copy outside the
+/// workspace, depending on `chiral-sdk` alone. With `sdk_version`, it builds against a copy of
+/// the SDK carrying that version instead (a plugin made with another SDK). Returns the library.
+pub fn build_fixture_plugin(tag: &str, sdk_version: Option<&str>) -> PathBuf {
+    let work = std::env::temp_dir().join(format!("chiral-fixture-{tag}"));
+    let _ = std::fs::remove_dir_all(&work);
+    let plugin_dir = work.join("gen-plugin");
+    copy_tree(&root().join("tests/fixtures/gen-plugin"), &plugin_dir);
+    let sdk = match sdk_version {
+        None => root().join("sdk"),
+        Some(v) => {
+            let copy = work.join("sdk");
+            copy_tree(&root().join("sdk"), &copy);
+            let toml = std::fs::read_to_string(copy.join("Cargo.toml")).expect("sdk toml");
+            let toml = toml.replacen(&format!("version = \"{}\"", sdk_version_of_workspace()), &format!("version = \"{v}\""), 1);
+            std::fs::write(copy.join("Cargo.toml"), toml).expect("write");
+            copy
+        }
+    };
+    let manifest = plugin_dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest").replace("SDK_PATH", &sdk.to_string_lossy());
+    std::fs::write(&manifest, text).expect("write");
+    // Same dependency versions as the workspace, no network needed for resolution.
+    let _ = std::fs::copy(root().join("Cargo.lock"), plugin_dir.join("Cargo.lock"));
+    let target = root().join("target/fixtures");
+    let out = run_with_timeout(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "--manifest-path"])
+            .arg(&manifest)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS"),
+        Duration::from_secs(900),
+    );
+    assert!(out.status.success(), "building the fixture plugin failed:\n{}", stderr(&out));
+    let lib = target.join("debug/libchiral_plugin_gen.so");
+    // Each tag gets its own copy: the next build overwrites the target file.
+    let kept = work.join("libchiral_plugin_gen.so");
+    std::fs::copy(&lib, &kept).expect("copy plugin");
+    kept
+}
+
+fn sdk_version_of_workspace() -> String {
+    let toml = std::fs::read_to_string(root().join("sdk/Cargo.toml")).expect("sdk toml");
+    toml.lines()
+        .find_map(|l| l.strip_prefix("version = \"").and_then(|r| r.strip_suffix('"')))
+        .expect("sdk version line")
+        .to_string()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        if name == "target" {
+            continue;
+        }
+        if p.is_dir() {
+            copy_tree(&p, &to.join(name));
+        } else {
+            std::fs::copy(&p, to.join(name)).expect("copy");
+        }
+    }
+}
+
+/// Parses the `--json` output of a command.
+pub fn json_of(o: &Output) -> serde_json::Value {
+    let text = stdout(o);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}\nstderr: {}", stderr(o)))
+}

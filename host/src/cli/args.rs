@@ -66,8 +66,37 @@ pub enum Command {
     Seed(SeedArgs),
     /// List the plugins found, loaded and skipped (with why), and which wins each scheme
     Plugins(PluginsArgs),
+    /// Make a .torrent of a file or folder; prints its magnet link
+    Create(CreateArgs),
     /// Seed a generated file on loopback and download it through the plugins, with progress
     Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// File or folder to describe
+    pub path: PathBuf,
+    /// The .torrent file to write
+    #[arg(short = 'o', long = "output", value_name = "FILE.torrent")]
+    pub output: PathBuf,
+    /// Tracker announce URL (repeatable; the first is `announce`, all go in `announce-list`)
+    #[arg(long, value_name = "URL")]
+    pub tracker: Vec<String>,
+    /// Web seed URL (BEP 19, repeatable)
+    #[arg(long = "web-seed", value_name = "URL")]
+    pub web_seed: Vec<String>,
+    /// Piece size in bytes (power of two); default: chosen from the content size
+    #[arg(long = "piece-size", value_name = "BYTES")]
+    pub piece_size: Option<u64>,
+    /// Set the private flag (BEP 27: trackers only, no DHT or PEX)
+    #[arg(long)]
+    pub private: bool,
+    /// Plugin that makes it (default: the one claiming .torrent files)
+    #[arg(long, value_name = "PLUGIN")]
+    pub via: Option<String>,
+    /// Print the plugin's JSON answer on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

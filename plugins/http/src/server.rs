@@ -1,0 +1,430 @@
+//! Seeding: one HTTP/1.1 server per plugin (hyper), started on the first seed, serving every
+//! seeded file at `/<seed-id>/<percent-encoded name>` with byte ranges.
+//!
+//! Files are opened per request and read in chunks on the blocking pool with one chunk of
+//! read-ahead, so a body never sits in memory whole and disk reads overlap socket writes.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    fs::File,
+    future::Future as _,
+    hash::{BuildHasher as _, Hasher as _},
+    io,
+    net::IpAddr,
+    os::unix::fs::FileExt as _,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    task::{ready, Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use chiral_sdk::{Events, HostConfig, PluginError, SeedInfo};
+use http_body_util::{Either, Empty, Full};
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::OnceCell, task::JoinHandle};
+
+use crate::{
+    names::{decode_segment, encode_segment},
+    range::{content_range, parse_range, RangeReply},
+};
+
+/// Bytes read from disk per body frame: large enough that per-chunk costs vanish, small enough
+/// that a slow client pins little memory.
+const CHUNK: u64 = 512 * 1024;
+/// A client that opens a connection and sends no complete request head in this time is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One seeded file.
+struct Seed {
+    id: String,
+    /// Creation order, so listings are stable.
+    seq: u64,
+    path: PathBuf,
+    /// The file name as served (decoded form of the URL's last segment).
+    name: String,
+    url: String,
+    bytes_served: AtomicU64,
+}
+
+impl Seed {
+    fn info(&self) -> SeedInfo {
+        SeedInfo {
+            id: self.id.as_str().into(),
+            path: self.path.to_string_lossy().into_owned().into(),
+            identifiers: vec![self.url.as_str().into()].into(),
+            bytes_served: self.bytes_served.load(Ordering::Relaxed),
+        }
+    }
+}
+
+type SeedTable = RwLock<HashMap<String, Arc<Seed>>>;
+
+/// Where the server listens and how its URLs are written.
+struct Bound {
+    /// `host:port` as put in URLs (IPv6 in brackets).
+    authority: String,
+}
+
+/// The seeds of one plugin and the server that serves them.
+pub struct Seeder {
+    listen_addr: String,
+    listen_port: u16,
+    advertise_host: String,
+    seeds: Arc<SeedTable>,
+    server: OnceCell<Bound>,
+    next_seq: AtomicU64,
+    events: Events,
+}
+
+impl Seeder {
+    pub fn new(config: &HostConfig, events: Events) -> Self {
+        Self {
+            listen_addr: config.listen_addr.trim().to_string(),
+            listen_port: config.listen_port,
+            advertise_host: config.advertise_host.trim().to_string(),
+            seeds: Arc::new(RwLock::new(HashMap::new())),
+            server: OnceCell::new(),
+            next_seq: AtomicU64::new(0),
+            events,
+        }
+    }
+
+    /// Starts serving `path` (a regular file); seeding the same path again returns the same seed.
+    pub async fn seed(&self, path: &str, events: &Events) -> Result<SeedInfo, PluginError> {
+        let path = check_file(path).await?;
+        if let Some(existing) = self.find_by_path(&path) {
+            return Ok(existing.info());
+        }
+        let bound = self.server.get_or_try_init(|| self.start()).await?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let seed = {
+            let mut seeds = self.seeds.write().unwrap_or_else(|p| p.into_inner());
+            // Checked again under the write lock: two seeds of one path may race here.
+            if let Some(existing) = seeds.values().find(|s| s.path == path) {
+                return Ok(existing.info());
+            }
+            let mut id = new_id(seq);
+            while seeds.contains_key(&id) {
+                id = new_id(seq);
+            }
+            let url = format!("http://{}/{}/{}", bound.authority, id, encode_segment(&name));
+            let seed = Arc::new(Seed { id: id.clone(), seq, path, name, url, bytes_served: AtomicU64::new(0) });
+            seeds.insert(id, seed.clone());
+            seed
+        };
+        events.info(format!("seeding {} at {}", seed.path.display(), seed.url));
+        Ok(seed.info())
+    }
+
+    pub fn list(&self) -> Vec<SeedInfo> {
+        let seeds = self.seeds.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<&Arc<Seed>> = seeds.values().collect();
+        all.sort_by_key(|s| s.seq);
+        all.into_iter().map(|s| s.info()).collect()
+    }
+
+    /// Stops serving seed `id`; its URL answers 404 from now on (transfers already under way
+    /// finish).
+    pub fn stop(&self, id: &str) -> Result<(), PluginError> {
+        let removed = self.seeds.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        match removed {
+            Some(seed) => {
+                self.events.info(format!("stopped seeding {}", seed.path.display()));
+                Ok(())
+            }
+            None => Err(PluginError::not_found(format!("no seed {}", crate::names::shorten(id)))),
+        }
+    }
+
+    fn find_by_path(&self, path: &Path) -> Option<Arc<Seed>> {
+        self.seeds.read().unwrap_or_else(|p| p.into_inner()).values().find(|s| s.path == path).cloned()
+    }
+
+    /// Binds the listener and spawns the accept loop (on the runtime this is called from: the
+    /// plugin's own, as every plugin future runs there).
+    async fn start(&self) -> Result<Bound, PluginError> {
+        let host = match self.listen_addr.trim_start_matches('[').trim_end_matches(']') {
+            "" => "0.0.0.0",
+            h => h,
+        };
+        let listener = TcpListener::bind((host, self.listen_port))
+            .await
+            .map_err(|e| PluginError::io(format!("cannot listen on {host} port {}: {e}", self.listen_port)))?;
+        let local = listener.local_addr()?;
+        let authority = format!("{}:{}", url_host(&self.advertise_host, local.ip()), local.port());
+        self.events.info(format!("http seed server listening on {local}"));
+        tokio::spawn(accept_loop(listener, self.seeds.clone(), self.events.clone()));
+        Ok(Bound { authority })
+    }
+}
+
+/// The path as an absolute path to an existing regular file (symlinks are followed when read,
+/// not resolved, so the served name is the one the user gave).
+async fn check_file(path: &str) -> Result<PathBuf, PluginError> {
+    if path.is_empty() {
+        return Err(PluginError::invalid("no file given to seed"));
+    }
+    let meta = tokio::fs::metadata(path).await.map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => PluginError::not_found(format!("no such file: {path}")),
+        _ => PluginError::io(format!("{path}: {e}")),
+    })?;
+    if !meta.is_file() {
+        return Err(PluginError::invalid(format!("{path} is not a regular file")));
+    }
+    std::path::absolute(path).map_err(|e| PluginError::io(format!("{path}: {e}")))
+}
+
+/// The host part of seed URLs: the advertised name, else the bound address, else loopback when
+/// bound to every address (which has no single address to print).
+fn url_host(advertise: &str, bound: IpAddr) -> String {
+    let host = if !advertise.is_empty() {
+        advertise.to_string()
+    } else if bound.is_unspecified() {
+        match bound {
+            IpAddr::V4(_) => "127.0.0.1".to_string(),
+            IpAddr::V6(_) => "::1".to_string(),
+        }
+    } else {
+        bound.to_string()
+    };
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]")
+    } else {
+        host
+    }
+}
+
+/// A short token that is hard to guess (so a stopped seed's URL is not reused by another file
+/// by accident): 40 bits from the std randomly-keyed hasher over a counter and the clock.
+fn new_id(seq: u64) -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(seq);
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    h.write_u128(nanos);
+    format!("{:010x}", h.finish() & 0xff_ffff_ffff)
+}
+
+async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable>, events: Events) {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                events.warn(format!("http seed server: accept failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let seeds = seeds.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let seeds = seeds.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &seeds).await) }
+            });
+            // A connection error (client gone, bad request) only ends that connection.
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type ResponseBody = Either<Full<Bytes>, Either<Empty<Bytes>, FileBody>>;
+
+fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// The seed a request path names: `/<id>/<name>`, the name compared after percent-decoding so
+/// any equivalent spelling of it works.
+fn lookup(path: &str, seeds: &SeedTable) -> Option<Arc<Seed>> {
+    let (id, name) = path.strip_prefix('/')?.split_once('/')?;
+    let seeds = seeds.read().unwrap_or_else(|p| p.into_inner());
+    let seed = seeds.get(id)?;
+    (decode_segment(name) == seed.name).then(|| seed.clone())
+}
+
+async fn respond(req: &Request<Incoming>, seeds: &SeedTable) -> Response<ResponseBody> {
+    let head = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => {
+            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return resp;
+        }
+    };
+    let Some(seed) = lookup(req.uri().path(), seeds) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let path = seed.path.clone();
+    let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, std::fs::Metadata)> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        Ok((file, meta))
+    })
+    .await;
+    let (file, meta) = match opened {
+        Ok(Ok((f, m))) if m.is_file() => (f, m),
+        Ok(Ok(_)) => return text(StatusCode::NOT_FOUND, "not found\n"),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => return text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file\n"),
+    };
+    let length = meta.len();
+    let last_modified = meta.modified().ok().map(httpdate::fmt_http_date);
+
+    // `If-Range` with a validator that is not ours means the client's copy is stale: whole body.
+    let if_range_ok = match req.headers().get(header::IF_RANGE) {
+        None => true,
+        Some(v) => last_modified.as_deref().is_some_and(|lm| v.as_bytes() == lm.as_bytes()),
+    };
+    let range_header = req.headers().get(header::RANGE).filter(|_| if_range_ok).map(|v| v.as_bytes());
+    let reply = parse_range(range_header, length);
+
+    let mut builder = Response::builder()
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if let Some(lm) = &last_modified {
+        builder = builder.header(header::LAST_MODIFIED, lm.as_str());
+    }
+    let (status, start, count) = match reply {
+        RangeReply::Full => (StatusCode::OK, 0, length),
+        RangeReply::Partial { start, end } => {
+            builder = builder.header(header::CONTENT_RANGE, content_range(start, end, length));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeReply::Unsatisfiable => {
+            builder = builder.header(header::CONTENT_RANGE, format!("bytes */{length}"));
+            (StatusCode::RANGE_NOT_SATISFIABLE, 0, 0)
+        }
+    };
+    let body = if head || count == 0 {
+        Either::Right(Either::Left(Empty::new()))
+    } else {
+        Either::Right(Either::Right(FileBody::new(file, start, count, seed)))
+    };
+    builder
+        .status(status)
+        .header(header::CONTENT_LENGTH, count)
+        .body(body)
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"))
+}
+
+/// A response body read from a file range in [`CHUNK`]s on the blocking pool, one chunk ahead
+/// of the socket, counting what it hands out as served.
+struct FileBody {
+    file: Arc<File>,
+    /// Where the next read starts.
+    next_offset: u64,
+    /// Bytes not yet asked of the disk.
+    unread: u64,
+    /// Bytes not yet handed to hyper (the exact size hint).
+    left: u64,
+    pending: Option<JoinHandle<io::Result<Bytes>>>,
+    seed: Arc<Seed>,
+}
+
+impl FileBody {
+    fn new(file: File, start: u64, count: u64, seed: Arc<Seed>) -> Self {
+        let mut body =
+            Self { file: Arc::new(file), next_offset: start, unread: count, left: count, pending: None, seed };
+        body.read_ahead();
+        body
+    }
+
+    /// Starts reading the next chunk, if any is left.
+    fn read_ahead(&mut self) {
+        if self.unread == 0 {
+            return;
+        }
+        let n = self.unread.min(CHUNK);
+        let (file, offset) = (self.file.clone(), self.next_offset);
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            // At most CHUNK, so it fits in usize.
+            let mut buf = vec![0u8; n as usize];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        }));
+        self.next_offset += n;
+        self.unread -= n;
+    }
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        let Some(pending) = this.pending.as_mut() else { return Poll::Ready(None) };
+        let result = ready!(Pin::new(pending).poll(cx));
+        this.pending = None;
+        match result.map_err(io::Error::other).and_then(|r| r) {
+            Ok(chunk) => {
+                let n = chunk.len() as u64;
+                this.left -= n;
+                this.seed.bytes_served.fetch_add(n, Ordering::Relaxed);
+                this.read_ahead();
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Err(e) => {
+                // The file shrank or failed: end the body (hyper drops the connection, so the
+                // client sees a short body rather than wrong bytes).
+                this.unread = 0;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("", "0.0.0.0".parse().unwrap()), "127.0.0.1");
+        assert_eq!(url_host("", "::".parse().unwrap()), "[::1]");
+        assert_eq!(url_host("", "192.168.1.5".parse().unwrap()), "192.168.1.5");
+        assert_eq!(url_host("seed.example", "0.0.0.0".parse().unwrap()), "seed.example");
+        assert_eq!(url_host("fe80::1", "0.0.0.0".parse().unwrap()), "[fe80::1]");
+    }
+
+    #[test]
+    fn ids_are_short_and_distinct() {
+        let a = new_id(1);
+        let b = new_id(1);
+        assert_eq!(a.len(), 10);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

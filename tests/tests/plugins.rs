@@ -1,0 +1,151 @@
+//! Discovery, loading and the plugin boundary, with real plugin files: the workspace's, a
+//! third-party plugin built outside the workspace against `chiral-sdk` alone, one built against
+//! another SDK version, and a garbage file.
+
+use std::{path::Path, process::Command, sync::Arc};
+
+use chiral_host::{
+    registry::{Registry, Status},
+    session::GetRequest,
+    Host,
+};
+use chiral_tests::*;
+
+fn plugin_dir_with(extra: &[(&Path, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(bin_dir().join("libchiral_plugin_http.so"), dir.path().join("libchiral_plugin_http.so")).unwrap();
+    for (from, name) in extra {
+        std::fs::copy(from, dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn the_binary_does_not_contain_the_http_client() {
+    let out = Command::new(require("nm", "binutils")).args(["-C", "--defined-only"]).arg(chiral_bin()).output().unwrap();
+    assert!(out.status.success(), "nm failed: {}", stderr(&out));
+    let syms = stdout(&out);
+    assert!(syms.lines().count() > 1000, "nm listed too few symbols to judge");
+    for needle in ["reqwest::", "hyper::"] {
+        assert!(!syms.contains(needle), "chiral links {needle} itself");
+    }
+    let plugin = Command::new("nm").args(["-C", "-D", "--defined-only"]).arg(bin_dir().join("libchiral_plugin_http.so")).output().unwrap();
+    assert!(stdout(&plugin).contains("chiral_plugin_sdk_version"));
+}
+
+#[test]
+fn third_party_plugin_garbage_and_mismatched_sdk() {
+    let gen = build_fixture_plugin("ok", None);
+    let other_sdk = build_fixture_plugin("sdk-0.2", Some("0.2.0"));
+    let garbage = tempfile::NamedTempFile::new().unwrap();
+    make_file(garbage.path(), 65536, 7);
+    let dir = plugin_dir_with(&[
+        (&gen, "libchiral_plugin_gen.so"),
+        (&other_sdk, "libchiral_plugin_oldgen.so"),
+        (garbage.path(), "libchiral_plugin_garbage.so"),
+    ]);
+    let node = Chiral::new();
+    let pp = dir.path().to_string_lossy().into_owned();
+
+    // `chiral plugins --json`: the good ones load, the others are skipped with one-line reasons.
+    let out = node.run(&["--plugin-path", &pp, "plugins", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json_of(&out);
+    let plugins = v["plugins"].as_array().unwrap();
+    let by_file = |f: &str| plugins.iter().find(|p| p["file"].as_str().unwrap().ends_with(f)).unwrap_or_else(|| panic!("{f} not listed: {v}"));
+    assert_eq!(by_file("libchiral_plugin_http.so")["status"], "loaded");
+    let g = by_file("libchiral_plugin_gen.so");
+    assert_eq!(g["status"], "loaded");
+    assert_eq!(g["name"], "gen");
+    assert_eq!(g["version"], "0.3.1");
+    assert_eq!(g["sdk_version"], chiral_sdk::SDK_VERSION);
+    let garbage = by_file("libchiral_plugin_garbage.so");
+    assert_eq!(garbage["status"], "skipped");
+    assert!(!garbage["reason"].as_str().unwrap().contains('\n'));
+    let old = by_file("libchiral_plugin_oldgen.so");
+    assert_eq!(old["status"], "skipped");
+    let reason = old["reason"].as_str().unwrap();
+    assert!(reason.contains("0.2.0") && reason.contains("rebuild"), "{reason}");
+    assert_eq!(v["schemes"]["gen"], "gen");
+    assert_eq!(v["schemes"]["http"], "http");
+
+    // The human listing says the same.
+    let text = stdout(&node.run(&["--plugin-path", &pp, "plugins"]));
+    assert!(text.contains("skipped: built against sdk 0.2.0"), "{text}");
+
+    // Download through the third-party plugin by its own scheme; pieces are SHA-1 verified.
+    let out_dir = node.data_dir.path().join("out");
+    let out = node.run(&["--plugin-path", &pp, "get", "gen://3000000/made.bin", "-o", out_dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let data = std::fs::read(out_dir.join("made.bin")).unwrap();
+    assert_eq!(data.len(), 3_000_000);
+    assert!(data.iter().enumerate().all(|(i, b)| *b == ((i as u64).wrapping_mul(31) ^ ((i as u64) >> 11)) as u8));
+    assert_eq!(json_of(&out)["download"]["sources"][0]["plugin"], "gen");
+
+    // A panic inside the plugin is an error for the caller, on one line.
+    let out = node.run(&["--plugin-path", &pp, "get", "gen://panic/x", "-o", out_dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("plugin panicked at") && err.contains("asked to panic"), "{err}");
+    assert_eq!(err.lines().filter(|l| !l.trim().is_empty()).count(), 1, "one line: {err}");
+
+    // In one host process: the panic comes back as an error and the host goes on working.
+    let registry = Registry::discover(
+        &[dir.path().to_path_buf()],
+        chiral_sdk::testkit::config(node.data_dir.path()),
+        Default::default(),
+        Default::default(),
+        Arc::new(|_, _| {}),
+    );
+    assert!(registry.entries().iter().any(|e| matches!(e.status, Status::Skipped(_))));
+    let host = Host::new(registry);
+    let req = |id: &str| GetRequest {
+        identifiers: vec![id.into()],
+        out_dir: node.data_dir.path().join("inproc"),
+        backend: None,
+        connections: 2,
+        sha256: None,
+    };
+    let e = futures::executor::block_on(host.get(&req("gen://panic/y"), Arc::new(|_| {}))).err().expect("panic is an error");
+    assert!(e.to_string().contains("panicked"), "{e}");
+    let ok = futures::executor::block_on(host.get(&req("gen://65536/after.bin"), Arc::new(|_| {}))).expect("host still works");
+    assert_eq!(ok.bytes, 65536);
+
+    // The SDK's conformance kit, run on the loaded third-party library as its author would.
+    let gen_entry = host.registry.by_name("gen").unwrap();
+    let handler = host.registry.handler(gen_entry).unwrap();
+    let kit_out = node.data_dir.path().join("kit");
+    let checks = chiral_sdk::testkit::Kit::shared(handler)
+        .good("gen://1000/ok.bin")
+        .slow("gen://slow/never.bin")
+        .out_dir(&kit_out)
+        .run();
+    assert!(checks.iter().all(|c| c.passed), "{checks:?}");
+    assert_eq!(checks.len(), 4);
+}
+
+#[test]
+fn unclaimed_identifier_lists_installed_schemes() {
+    let node = Chiral::new();
+    let out = node.run(&["get", "gopher://127.0.0.1/x", "-o", node.data_dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let line = last_error_line(&out);
+    assert!(line.contains("gopher") && line.contains("http:") && line.contains("https:"), "{line}");
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+#[test]
+fn explicit_plugin_path_wins_over_the_executable_folder() {
+    // Same file name in --plugin-path and beside the executable: the first found wins, the
+    // other is listed as shadowed.
+    let dir = plugin_dir_with(&[]);
+    let node = Chiral::new();
+    let out = node.run(&["--plugin-path", dir.path().to_str().unwrap(), "plugins", "--json"]);
+    let v = json_of(&out);
+    let http: Vec<_> = v["plugins"].as_array().unwrap().iter().filter(|p| p["file"].as_str().unwrap().ends_with("libchiral_plugin_http.so")).collect();
+    assert_eq!(http.len(), 2, "{v}");
+    assert!(http[0]["file"].as_str().unwrap().starts_with(dir.path().to_str().unwrap()));
+    assert_eq!(http[0]["status"], "loaded");
+    assert_eq!(http[1]["status"], "skipped");
+    assert!(http[1]["reason"].as_str().unwrap().contains("shadowed"));
+}
