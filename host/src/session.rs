@@ -19,7 +19,11 @@ use chiral_sdk::{
     plugin::AbiSource,
     DownloadRequest, Event, Events, PieceSource, SeedInfo, SeedRequest,
 };
-use futures::future::join_all;
+use futures::{
+    future::{select, Either},
+    stream::FuturesUnordered,
+    StreamExt as _,
+};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
@@ -136,35 +140,36 @@ impl Host {
             routed.push((id.clone(), entry.name().unwrap_or_default().to_string(), entry.has(capability::SOURCE), handler));
         }
 
-        let opening = routed.iter().filter(|r| r.2).map(|(id, plugin, _, handler)| {
-            let f = handler.open_source(id.as_str().into(), log_sink(plugin.clone()));
-            async move { (id.clone(), plugin.clone(), f.await.into_result()) }
-        });
-        let opened = join_all(opening).await;
-        let mut sources: Vec<(String, String, Arc<dyn PieceSource>)> = Vec::new();
+        // Open every source at once; the download starts with the first that can serve byte
+        // ranges and the others join as they open (a magnet may take a while to resolve).
+        let mut pending: FuturesUnordered<_> = routed
+            .iter()
+            .filter(|r| r.2)
+            .map(|(id, plugin, _, handler)| {
+                let f = handler.open_source(id.as_str().into(), log_sink(plugin.clone()));
+                let (id, plugin) = (id.clone(), plugin.clone());
+                async move { (id, plugin, f.await.into_result()) }
+            })
+            .collect();
         let mut failures: Vec<String> = Vec::new();
         let mut streaming_only = Vec::new();
-        for (id, plugin, r) in opened {
+        let mut first: Option<(String, String, Arc<dyn PieceSource>)> = None;
+        while let Some((id, plugin, r)) = pending.next().await {
             match r {
                 Ok(src) => {
                     let s = AbiSource::new(src);
                     let info = s.info();
                     if info.random_access && info.length_known {
-                        sources.push((id, plugin, Arc::new(s)));
-                    } else {
-                        streaming_only.push(id);
+                        first = Some((id, plugin, Arc::new(s)));
+                        break;
                     }
+                    streaming_only.push(id);
                 }
                 Err(e) => failures.push(e.message.to_string()),
             }
         }
 
-        if !sources.is_empty() {
-            for f in &failures {
-                tracing::warn!("source left out: {f}");
-            }
-        }
-        if sources.is_empty() {
+        let Some((first_id, first_plugin, first_src)) = first else {
             // Nothing gives piece access: a plugin's own whole download, if one can.
             let whole = routed
                 .iter()
@@ -175,15 +180,39 @@ impl Host {
                 None if !failures.is_empty() => Err(HostError::Plugin(format!("every source failed: {}", failures.join("; ")))),
                 None => Err(HostError::Other("no plugin can download these identifiers".into())),
             };
+        };
+        for f in &failures {
+            tracing::warn!("source left out: {f}");
         }
+        // Which identifier and plugin each engine source came from, in the engine's order.
+        let labels = Arc::new(Mutex::new(vec![(first_id, first_plugin)]));
+        let (late_tx, late_rx) = futures::channel::mpsc::unbounded::<Arc<dyn PieceSource>>();
+        let feeder = {
+            let labels = labels.clone();
+            async move {
+                while let Some((id, plugin, r)) = pending.next().await {
+                    match r {
+                        Ok(src) => {
+                            labels.lock().unwrap_or_else(|p| p.into_inner()).push((id, plugin));
+                            let _ = late_tx.unbounded_send(Arc::new(AbiSource::new(src)));
+                        }
+                        Err(e) => tracing::warn!("source left out: {e}"),
+                    }
+                }
+            }
+        };
 
         let mut opts = engine::Options::new(&req.out_dir);
         opts.slots_per_source = req.connections.max(1) as usize;
         opts.sha256 = req.sha256;
-        let labels: Vec<(String, String)> = sources.iter().map(|(id, p, _)| (id.clone(), p.clone())).collect();
-        let srcs = sources.into_iter().map(|(_, _, s)| s).collect();
         let cb = on_event.clone();
-        let out = engine::run(srcs, &opts, &move |e| cb(e)).await?;
+        let on = move |e| cb(e);
+        let engine = engine::run_with_late_sources(vec![first_src], Some(late_rx), &opts, &on);
+        let out = match select(std::pin::pin!(engine), std::pin::pin!(feeder)).await {
+            Either::Left((out, _still_opening)) => out?,
+            Either::Right(((), engine)) => engine.await?,
+        };
+        let labels = std::mem::take(&mut *labels.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(GetReport {
             name: out.name,
             files: out.files,

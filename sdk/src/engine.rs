@@ -66,6 +66,8 @@ pub enum EngineEvent {
     /// A piece from source `source` (index into `Started::sources`) was verified and written.
     Piece { source: usize, bytes: u64 },
     SourceDropped { label: String, reason: String },
+    /// A source that opened late joined the download (index = its order of arrival).
+    SourceAdded { label: String },
     /// All pieces are in; the whole-file check (if any) and renames follow.
     Finishing,
 }
@@ -296,6 +298,25 @@ struct SourceState {
 }
 
 impl SourceState {
+    fn new(src: Arc<dyn PieceSource>, info: &ContentInfo, options: &Options) -> Self {
+        Self {
+            src,
+            report: SourceReport {
+                label: info.label.to_string(),
+                bytes: 0,
+                pieces: 0,
+                failures: 0,
+                bad_pieces: 0,
+                dropped: None,
+            },
+            availability: None,
+            slots: options.slots_per_source.max(1),
+            active: 0,
+            consecutive_failures: 0,
+            last_error: None,
+        }
+    }
+
     fn has(&self, i: u32) -> bool {
         self.availability.as_ref().is_none_or(|a| a.get(i as usize).copied().unwrap_or(0) > 0)
     }
@@ -353,9 +374,27 @@ fn fingerprint(info: &ContentInfo, name: &str) -> String {
 
 type TaskResult = (usize, u32, Result<RVec<u8>, PluginError>, Duration);
 
+enum Waited {
+    Task(Option<TaskResult>),
+    Late(Option<Arc<dyn PieceSource>>),
+}
+
 /// Downloads one content from `sources` into `options.out_dir`.
 pub async fn run(
     sources: Vec<Arc<dyn PieceSource>>,
+    options: &Options,
+    on_event: &(dyn Fn(EngineEvent) + Send + Sync),
+) -> Result<Outcome, EngineError> {
+    run_with_late_sources(sources, None, options, on_event).await
+}
+
+/// Like [`run`], and sources that open later (a magnet still fetching its metadata, a slow
+/// mirror) join the download as they arrive on `late`. A late source whose length differs from
+/// the download's is dropped. The download fails only when every source has failed and `late`
+/// is closed (or absent).
+pub async fn run_with_late_sources(
+    sources: Vec<Arc<dyn PieceSource>>,
+    mut late: Option<futures::channel::mpsc::UnboundedReceiver<Arc<dyn PieceSource>>>,
     options: &Options,
     on_event: &(dyn Fn(EngineEvent) + Send + Sync),
 ) -> Result<Outcome, EngineError> {
@@ -364,26 +403,8 @@ pub async fn run(
         return Err(EngineError::NoSources("no sources given".into()));
     }
     let infos: Vec<ContentInfo> = sources.iter().map(|s| s.info()).collect();
-    let mut states: Vec<SourceState> = sources
-        .into_iter()
-        .zip(&infos)
-        .map(|(src, info)| SourceState {
-            src,
-            report: SourceReport {
-                label: info.label.to_string(),
-                bytes: 0,
-                pieces: 0,
-                failures: 0,
-                bad_pieces: 0,
-                dropped: None,
-            },
-            availability: None,
-            slots: options.slots_per_source.max(1),
-            active: 0,
-            consecutive_failures: 0,
-            last_error: None,
-        })
-        .collect();
+    let mut states: Vec<SourceState> =
+        sources.into_iter().zip(&infos).map(|(src, info)| SourceState::new(src, info, options)).collect();
 
     // The reference description: the first source with per-piece hashes, else the first with
     // a known length and random access.
@@ -510,15 +531,52 @@ pub async fn run(
                 });
             }
         }
-        let Some((si, piece, result, _elapsed)) = tasks.next().await else {
-            let reasons: Vec<String> = states
-                .iter()
-                .map(|s| {
-                    let why = s.report.dropped.clone().or_else(|| s.last_error.clone());
-                    format!("{}: {}", s.report.label, why.unwrap_or_else(|| "has none of the missing pieces".into()))
-                })
-                .collect();
-            return Err(EngineError::AllFailed(reasons.join("; ")));
+        // Wait for a finished request or a late source, whichever comes first.
+        let next = match late.as_mut() {
+            Some(rx) if tasks.is_empty() => Waited::Late(rx.next().await),
+            Some(rx) => futures::select_biased! {
+                t = tasks.next() => Waited::Task(t),
+                l = rx.next() => Waited::Late(l),
+            },
+            None => Waited::Task(tasks.next().await),
+        };
+        let (si, piece, result) = match next {
+            Waited::Task(Some((si, piece, result, _elapsed))) => (si, piece, result),
+            Waited::Late(Some(src)) => {
+                let i = src.info();
+                let mut st = SourceState::new(src, &i, options);
+                if !usable(&i) {
+                    st.report.dropped = Some("cannot serve byte ranges of a known length".into());
+                } else if i.length != layout.length {
+                    st.report.dropped =
+                        Some(format!("reports {} bytes where {} reports {}", i.length, info.label, layout.length));
+                } else {
+                    let a = st.src.availability(layout.piece_length);
+                    st.availability = (!a.is_empty() && a.len() == count as usize).then_some(a);
+                    resume.picker.add_availability(st.availability.as_deref());
+                }
+                on_event(EngineEvent::SourceAdded { label: st.report.label.clone() });
+                if let Some(reason) = &st.report.dropped {
+                    on_event(EngineEvent::SourceDropped { label: st.report.label.clone(), reason: reason.clone() });
+                }
+                states.push(st);
+                continue;
+            }
+            Waited::Late(None) => {
+                // No more late sources; carry on with what there is.
+                late = None;
+                continue;
+            }
+            Waited::Task(None) => {
+                let reasons: Vec<String> = states
+                    .iter()
+                    .map(|s| {
+                        let why = s.report.dropped.clone().or_else(|| s.last_error.clone());
+                        format!("{}: {}", s.report.label, why.unwrap_or_else(|| "has none of the missing pieces".into()))
+                    })
+                    .collect();
+                return Err(EngineError::AllFailed(reasons.join("; ")));
+            }
         };
         running.remove(&(si, piece));
         let s = &mut states[si];
@@ -795,6 +853,50 @@ mod tests {
         assert_eq!(out.resumed_bytes, 128 << 10);
         assert_eq!(s2.calls.load(Ordering::SeqCst), 7);
         assert_eq!(std::fs::read(dir.path().join("file.bin")).unwrap(), *data);
+    }
+
+    #[test]
+    fn a_late_source_joins_and_rescues_the_download() {
+        let data = content(2 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let mut dying = src(&data, info_for(&data, 0, false, "dying"));
+        dying.fail_after = Some(1);
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Arc<dyn PieceSource>>();
+        let mut opts = Options::new(dir.path());
+        opts.slots_per_source = 1;
+        let events = Mutex::new(Vec::new());
+        let late = Arc::new(src(&data, info_for(&data, 0, false, "late")));
+        let small = content(100);
+        let wrong = Arc::new(src(&small, info_for(&small, 0, false, "wrong-size")));
+        let on = |e| events.lock().unwrap().push(e);
+        let out = futures::executor::block_on(async {
+            let engine = run_with_late_sources(vec![Arc::new(dying)], Some(rx), &opts, &on);
+            let feed = async {
+                tx.unbounded_send(wrong).unwrap();
+                tx.unbounded_send(late).unwrap();
+                drop(tx);
+            };
+            futures::join!(engine, feed).0
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(dir.path().join("file.bin")).unwrap(), *data);
+        assert_eq!(out.sources.len(), 3);
+        assert!(out.sources[1].dropped.as_deref().unwrap().contains("reports 100 bytes"));
+        assert!(out.sources[2].bytes > 0);
+        let events = events.into_inner().unwrap();
+        assert_eq!(events.iter().filter(|e| matches!(e, EngineEvent::SourceAdded { .. })).count(), 2);
+    }
+
+    #[test]
+    fn without_late_sources_everything_failing_is_an_error() {
+        let data = content(1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Arc<dyn PieceSource>>();
+        drop(tx);
+        let mut s = src(&data, info_for(&data, 0, false, "dead"));
+        s.fail_after = Some(0);
+        let r = futures::executor::block_on(run_with_late_sources(vec![Arc::new(s)], Some(rx), &Options::new(dir.path()), &|_| {}));
+        assert!(matches!(r, Err(EngineError::AllFailed(_))));
     }
 
     #[test]

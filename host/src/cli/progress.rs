@@ -61,6 +61,11 @@ impl ProgressUi {
                 let live = st.sources.len().saturating_sub(st.dropped);
                 self.bar.set_message(format!("{live} source(s)"));
             }
+            EngineEvent::SourceAdded { label } => {
+                st.sources.push(label);
+                let live = st.sources.len().saturating_sub(st.dropped);
+                self.bar.set_message(format!("{live} source(s)"));
+            }
             EngineEvent::Finishing => self.bar.set_message("verifying and finishing"),
         }
     }
