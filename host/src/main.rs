@@ -13,7 +13,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Parser as _;
 use cli::{
-    args::{Cli, Command, CreateArgs, DemoArgs, GetArgs, Global, PluginsArgs, SeedArgs},
+    args::{Cli, Command, CreateArgs, DemoArgs, GetArgs, Global, NodeArgs, PluginsArgs, SearchArgs, SeedArgs},
     progress::ProgressUi,
 };
 use chiral_host::{
@@ -77,6 +77,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Get(a) => cmd_get(&cli.global, a).await,
         Command::Seed(a) => cmd_seed(&cli.global, a).await,
         Command::Create(a) => cmd_create(&cli.global, a).await,
+        Command::Node(a) => cmd_node(&cli.global, a).await,
+        Command::Search(a) => cmd_search(&cli.global, a).await,
         Command::Demo(a) => cmd_demo(&cli.global, a).await,
     }
 }
@@ -342,6 +344,50 @@ async fn cmd_create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
     }
     if !g.quiet {
         eprintln!("wrote {}", a.output.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_node(g: &Global, a: NodeArgs) -> Result<ExitCode> {
+    let s = settings(g)?;
+    let host = build_host(g, &s, false)?;
+    let answer = host.command(Some(&a.via), "", "node", &[]).await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", json!({ "ok": true, "node": answer }))?;
+    } else {
+        for addr in answer.get("addrs").and_then(|v| v.as_array()).into_iter().flatten() {
+            if let Some(addr) = addr.as_str() {
+                writeln!(out, "{addr}")?;
+            }
+        }
+    }
+    out.flush()?;
+    drop(out);
+    if let Some(id) = answer.get("peer_id").and_then(|v| v.as_str()) {
+        eprintln!("node {id} running (Ctrl-C to stop)");
+    }
+    shutdown_signal().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_search(g: &Global, a: SearchArgs) -> Result<ExitCode> {
+    let s = settings(g)?;
+    let host = build_host(g, &s, false)?;
+    let answer = host.command(Some(&a.via), "", "search", &[("word".to_string(), a.word.clone())]).await?;
+    if a.json {
+        println!("{}", json!({ "ok": true, "search": answer }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let results = answer.get("results").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    for r in &results {
+        let id = r.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+        let name = r.get("name").and_then(|v| v.as_str()).unwrap_or("");
+        let size = r.get("size").and_then(|v| v.as_u64()).map(|n| HumanBytes(n).to_string()).unwrap_or_default();
+        println!("{id}\t{name}\t{size}");
+    }
+    if results.is_empty() && !g.quiet {
+        eprintln!("no content found for {:?}", a.word);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -197,6 +197,22 @@ impl Registry {
         (what, list)
     }
 
+    /// Other plugins that can add a source for `identifier` beside `primary`
+    /// (capability `EXTRA_SOURCE`, claiming the same scheme or suffix).
+    pub fn extra_sources(&self, identifier: &str, primary: &Entry) -> Vec<&Entry> {
+        let lower = path_part(identifier).to_ascii_lowercase();
+        let scheme = scheme_of(identifier);
+        self.loaded()
+            .filter(|e| e.path != primary.path && e.has(capability::EXTRA_SOURCE) && e.has(capability::SOURCE))
+            .filter(|e| {
+                e.descriptor.as_ref().is_some_and(|d| {
+                    d.suffixes.iter().any(|s| lower.ends_with(s.as_str()))
+                        || scheme.as_ref().is_some_and(|sc| d.schemes.iter().any(|x| x.as_str() == sc))
+                })
+            })
+            .collect()
+    }
+
     /// The plugin for `identifier`: the user's `backend` if it claims it, else the config's
     /// override for the scheme, else the best candidate.
     pub fn route(&self, identifier: &str, backend: Option<&str>) -> Result<&Entry, DispatchError> {

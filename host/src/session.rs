@@ -134,27 +134,48 @@ impl Host {
         let started = Instant::now();
         // Dispatch every identifier first: an unclaimed one is the user's mistake, say so.
         let mut routed = Vec::new();
+        let mut extras = Vec::new();
         for id in &req.identifiers {
             let entry = self.registry.route(id, req.backend.as_deref())?;
             let handler = self.registry.handler(entry).map_err(HostError::Plugin)?;
             routed.push((id.clone(), entry.name().unwrap_or_default().to_string(), entry.has(capability::SOURCE), handler));
+            for extra in self.registry.extra_sources(id, entry) {
+                match self.registry.handler(extra) {
+                    Ok(h) => extras.push((id.clone(), extra.name().unwrap_or_default().to_string(), h)),
+                    Err(e) => tracing::debug!("{e}"),
+                }
+            }
         }
 
         // Open every source at once; the download starts with the first that can serve byte
         // ranges and the others join as they open (a magnet may take a while to resolve).
-        let mut pending: FuturesUnordered<_> = routed
-            .iter()
-            .filter(|r| r.2)
-            .map(|(id, plugin, _, handler)| {
+        // Extra sources (another network that may have the same content) are best effort:
+        // their failures are only logged.
+        let primaries = routed.iter().filter(|r| r.2).map(|(id, plugin, _, handler)| (id, plugin, handler, false));
+        let others = extras.iter().map(|(id, plugin, handler)| (id, plugin, handler, true));
+        let mut pending: FuturesUnordered<_> = primaries
+            .chain(others)
+            .map(|(id, plugin, handler, extra)| {
                 let f = handler.open_source(id.as_str().into(), log_sink(plugin.clone()));
                 let (id, plugin) = (id.clone(), plugin.clone());
-                async move { (id, plugin, f.await.into_result()) }
+                async move {
+                    let r = f.await.into_result();
+                    let r = match r {
+                        Err(e) if extra => {
+                            tracing::debug!("extra source {plugin} for {id}: {e}");
+                            None
+                        }
+                        other => Some(other),
+                    };
+                    (id, plugin, r)
+                }
             })
             .collect();
         let mut failures: Vec<String> = Vec::new();
         let mut streaming_only = Vec::new();
         let mut first: Option<(String, String, Arc<dyn PieceSource>)> = None;
         while let Some((id, plugin, r)) = pending.next().await {
+            let Some(r) = r else { continue };
             match r {
                 Ok(src) => {
                     let s = AbiSource::new(src);
@@ -192,11 +213,12 @@ impl Host {
             async move {
                 while let Some((id, plugin, r)) = pending.next().await {
                     match r {
-                        Ok(src) => {
+                        None => {}
+                        Some(Ok(src)) => {
                             labels.lock().unwrap_or_else(|p| p.into_inner()).push((id, plugin));
                             let _ = late_tx.unbounded_send(Arc::new(AbiSource::new(src)));
                         }
-                        Err(e) => tracing::warn!("source left out: {e}"),
+                        Some(Err(e)) => tracing::warn!("source left out: {e}"),
                     }
                 }
             }

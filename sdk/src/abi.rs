@@ -30,6 +30,10 @@ pub mod capability {
     pub const SOURCE: u32 = 1 << 2;
     /// seeds can be listed and stopped.
     pub const SEED_MANAGE: u32 = 1 << 3;
+    /// For identifiers another plugin wins (same scheme or suffix), also open a source: an
+    /// extra place to get the same content from (the Chiral network finding seeders of a
+    /// magnet's info hash). Failures of extra sources are not errors.
+    pub const EXTRA_SOURCE: u32 = 1 << 4;
 }
 
 /// Who a plugin is and what it claims. Returned before any handler exists.

@@ -59,8 +59,9 @@ impl Options {
     }
 }
 
-/// What the engine reports while it works.
+/// What the engine reports while it works (more kinds may come: match with a `_` arm).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum EngineEvent {
     Started { name: String, total: u64, resumed: u64, sources: Vec<String> },
     /// A piece from source `source` (index into `Started::sources`) was verified and written.

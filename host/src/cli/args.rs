@@ -68,6 +68,10 @@ pub enum Command {
     Plugins(PluginsArgs),
     /// Make a .torrent of a file or folder; prints its magnet link
     Create(CreateArgs),
+    /// Run a long-lived Chiral network node; prints its multiaddrs, serves until SIGINT/SIGTERM
+    Node(NodeArgs),
+    /// Look a word up on the Chiral DHT; prints matching content ids with names and sizes
+    Search(SearchArgs),
     /// Seed a generated file on loopback and download it through the plugins, with progress
     Demo(DemoArgs),
 }
@@ -152,6 +156,28 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub size: u64,
     /// Print a machine-readable summary on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// Plugin that runs the node
+    #[arg(long, value_name = "PLUGIN", default_value = "chiral")]
+    pub via: String,
+    /// Print the node's addresses as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Word of a file name (case-insensitive)
+    pub word: String,
+    /// Plugin to search with
+    #[arg(long, value_name = "PLUGIN", default_value = "chiral")]
+    pub via: String,
+    /// Print the plugin's JSON answer
     #[arg(long)]
     pub json: bool,
 }

@@ -67,6 +67,7 @@ impl ProgressUi {
                 self.bar.set_message(format!("{live} source(s)"));
             }
             EngineEvent::Finishing => self.bar.set_message("verifying and finishing"),
+            _ => {}
         }
     }
 

@@ -77,7 +77,7 @@ async fn with_engine(
             events.progress(now, total.load(Ordering::Relaxed), 1);
         }
         EngineEvent::SourceDropped { label, reason } => events.warn(format!("{label}: {reason}")),
-        EngineEvent::Finishing => {}
+        _ => {}
     };
     let outcome = engine::run(vec![source], &opts, &on_event).await?;
     Ok(DownloadOutcome {
