@@ -3,7 +3,9 @@
 # where they are missing. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 need=()
-for pair in nginx:nginx-light aria2c:aria2 curl:curl nm:binutils; do
+for pair in nginx:nginx-light aria2c:aria2 curl:curl nm:binutils vsftpd:vsftpd openssl:openssl \
+            transmission-cli:transmission-cli transmission-show:transmission-cli \
+            transmission-daemon:transmission-daemon mktorrent:mktorrent; do
     prog="${pair%%:*}"; pkg="${pair#*:}"
     command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || need+=("$pkg")
 done

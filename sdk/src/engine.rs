@@ -669,6 +669,59 @@ pub async fn run_with_late_sources(
     })
 }
 
+/// A plugin's whole download (`Plugin::download`) through the engine: progress goes out as
+/// plugin events (`Events::progress`, dropped sources as warnings) and the outcome is the
+/// ABI's [`DownloadOutcome`].
+pub async fn download_for_plugin(
+    sources: Vec<Arc<dyn PieceSource>>,
+    options: &Options,
+    events: &crate::plugin::Events,
+) -> Result<crate::abi::DownloadOutcome, PluginError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let done = AtomicU64::new(0);
+    let total = AtomicU64::new(0);
+    let peers = sources.len() as u32;
+    let on_event = |event: EngineEvent| match event {
+        EngineEvent::Started { total: t, resumed, .. } => {
+            total.store(t, Ordering::Relaxed);
+            done.store(resumed, Ordering::Relaxed);
+            events.progress(resumed, t, peers);
+        }
+        EngineEvent::Piece { bytes, .. } => {
+            let now = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+            events.progress(now, total.load(Ordering::Relaxed), peers);
+        }
+        EngineEvent::SourceDropped { label, reason } => events.warn(format!("{label}: {reason}")),
+        _ => {}
+    };
+    let out = run(sources, options, &on_event).await?;
+    Ok(crate::abi::DownloadOutcome {
+        files: out.files.iter().map(|p| p.to_string_lossy().into_owned().into()).collect(),
+        bytes: out.length,
+        resumed_bytes: out.resumed_bytes,
+        per_source: out
+            .sources
+            .into_iter()
+            .map(|s| crate::abi::SourceBytes { label: s.label.into(), bytes: s.bytes })
+            .collect(),
+    })
+}
+
+/// Removes a file when dropped unless disarmed: the `.part` of a stream that cannot resume
+/// (no ranges), whether the download ends by error or by being cancelled.
+pub struct RemoveOnDrop<'a> {
+    pub path: &'a Path,
+    pub armed: bool,
+}
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(self.path);
+        }
+    }
+}
+
 fn drop_source(s: &mut SourceState, picker: &mut PiecePicker, reason: String, on_event: &(dyn Fn(EngineEvent) + Send + Sync)) {
     if s.report.dropped.is_some() {
         return;

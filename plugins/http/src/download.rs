@@ -7,16 +7,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use chiral_sdk::{
     abi_stable::std_types::{RString, RVec},
-    engine::{self, EngineEvent},
+    engine::{self, RemoveOnDrop},
     resume::part_path,
     DownloadOutcome, DownloadRequest, Events, PieceSource, PluginError, SourceBytes,
 };
@@ -64,48 +61,9 @@ async fn with_engine(
     let source: Arc<dyn PieceSource> = Arc::new(HttpSource::new(client, probe));
     let mut opts = engine::Options::new(out_dir);
     opts.slots_per_source = connections;
-    let done = AtomicU64::new(0);
-    let total = AtomicU64::new(0);
-    let on_event = |event: EngineEvent| match event {
-        EngineEvent::Started { total: t, resumed, .. } => {
-            total.store(t, Ordering::Relaxed);
-            done.store(resumed, Ordering::Relaxed);
-            events.progress(resumed, t, 1);
-        }
-        EngineEvent::Piece { bytes, .. } => {
-            let now = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-            events.progress(now, total.load(Ordering::Relaxed), 1);
-        }
-        EngineEvent::SourceDropped { label, reason } => events.warn(format!("{label}: {reason}")),
-        _ => {}
-    };
-    let outcome = engine::run(vec![source], &opts, &on_event).await?;
-    Ok(DownloadOutcome {
-        files: outcome.files.iter().map(|p| path_string(p)).collect(),
-        bytes: outcome.length,
-        resumed_bytes: outcome.resumed_bytes,
-        per_source: outcome
-            .sources
-            .into_iter()
-            .map(|s| SourceBytes { label: s.label.into(), bytes: s.bytes })
-            .collect(),
-    })
+    engine::download_for_plugin(vec![source], &opts, events).await
 }
 
-/// Removes the `.part` file of an unfinished stream, whether it ends by error or by being
-/// dropped (cancelled): without ranges there is nothing to resume from it.
-struct PartGuard<'a> {
-    path: &'a Path,
-    armed: bool,
-}
-
-impl Drop for PartGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = std::fs::remove_file(self.path);
-        }
-    }
-}
 
 /// One plain `GET` of the whole body into `<name>.part`, renamed to `<name>` when complete.
 async fn stream_whole(
@@ -150,7 +108,7 @@ async fn stream_whole(
     tokio::fs::create_dir_all(out_dir).await.map_err(|e| io_error(out_dir, e))?;
     let part = part_path(&final_path);
     let file = tokio::fs::File::create(&part).await.map_err(|e| io_error(&part, e))?;
-    let mut guard = PartGuard { path: &part, armed: true };
+    let mut guard = RemoveOnDrop { path: &part, armed: true };
     let mut out = tokio::io::BufWriter::with_capacity(STREAM_BUFFER, file);
     let total = expected.unwrap_or(0);
     let mut got: u64 = 0;
