@@ -117,7 +117,8 @@ fn build_host(g: &Global, s: &Settings, loopback: bool) -> Result<Host> {
         connections: s.connections,
         proxy: c.proxy.clone().map(Into::into).into(),
         bootstrap: bootstrap.into_iter().map(Into::into).collect(),
-        no_dht: g.no_dht || c.no_dht.unwrap_or(false),
+        // The demo stays on loopback: no public DHT.
+        no_dht: loopback || g.no_dht || c.no_dht.unwrap_or(false),
         options: Default::default(),
     };
     let mut explicit = g.plugin_path.clone();
@@ -313,7 +314,8 @@ async fn cmd_seed(g: &Global, a: SeedArgs) -> Result<ExitCode> {
         bail!("{} is neither a file nor a folder", a.path.display());
     }
     let host = build_host(g, &s, false)?;
-    let opts: Vec<(String, String)> = a.tracker.iter().map(|t| ("tracker".to_string(), t.clone())).collect();
+    let mut opts: Vec<(String, String)> = a.tracker.iter().map(|t| ("tracker".to_string(), t.clone())).collect();
+    opts.extend(a.options.iter().cloned());
     let seeds = host.seed(&a.path, &a.via, &opts).await?;
     serve_until_signal(&seeds, a.json).await;
     for s in &seeds {

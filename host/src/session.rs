@@ -248,7 +248,7 @@ impl Host {
                 .into_iter()
                 .zip(labels)
                 .map(|(r, (identifier, plugin))| SourceLine {
-                    identifier,
+                    identifier: redact(&identifier),
                     plugin,
                     label: r.label,
                     bytes: r.bytes,
@@ -319,7 +319,7 @@ impl Host {
                 .per_source
                 .iter()
                 .map(|s| SourceLine {
-                    identifier: id.to_string(),
+                    identifier: redact(id),
                     plugin: plugin.to_string(),
                     label: s.label.to_string(),
                     bytes: s.bytes,
@@ -418,6 +418,20 @@ impl Host {
     }
 }
 
+/// An identifier as it may be shown: the password of `scheme://user:password@host/...` removed.
+pub fn redact(identifier: &str) -> String {
+    let Some((scheme, rest)) = identifier.split_once("://") else { return identifier.to_string() };
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (auth, tail) = rest.split_at(auth_end);
+    match auth.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => identifier.to_string(),
+    }
+}
+
 fn seed_line(plugin: &str, s: SeedInfo) -> SeedLine {
     SeedLine {
         plugin: plugin.to_string(),
@@ -441,4 +455,17 @@ pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_shown() {
+        use super::redact;
+        assert_eq!(redact("ftp://bob:s3cr3t@h:21/a/b"), "ftp://bob@h:21/a/b");
+        assert_eq!(redact("ftp://bob@h/x"), "ftp://bob@h/x");
+        assert_eq!(redact("https://h/p?q=a:b@c"), "https://h/p?q=a:b@c");
+        assert_eq!(redact("magnet:?xt=urn:btih:00"), "magnet:?xt=urn:btih:00");
+        assert_eq!(redact("ftp://u:p@ss@h/x"), "ftp://u@h/x");
+    }
 }

@@ -20,7 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use abi_stable::std_types::RVec;
 use futures::{
     future::{AbortHandle, Abortable},
     stream::FuturesUnordered,
@@ -269,19 +268,17 @@ impl Storage {
         Ok(h.finalize().into())
     }
 
-    fn finish(&mut self) -> Result<Vec<PathBuf>, EngineError> {
+    fn finish(&self) -> Result<Vec<PathBuf>, EngineError> {
         let mut out = Vec::with_capacity(self.files.len());
-        for f in &mut self.files {
-            f.file = None;
+        for f in &self.files {
             std::fs::rename(&f.part, &f.final_path).map_err(|e| io_err(&f.final_path, e))?;
             out.push(f.final_path.clone());
         }
         Ok(out)
     }
 
-    fn remove_parts(&mut self) {
-        for f in &mut self.files {
-            f.file = None;
+    fn remove_parts(&self) {
+        for f in &self.files {
             let _ = std::fs::remove_file(&f.part);
         }
     }
@@ -373,7 +370,69 @@ fn fingerprint(info: &ContentInfo, name: &str) -> String {
     }
 }
 
-type TaskResult = (usize, u32, Result<RVec<u8>, PluginError>, Duration);
+/// How a piece request ended, after verification and the write (done off the engine's task).
+enum Landed {
+    Written,
+    Failed(PluginError),
+    BadHash,
+    Disk(EngineError),
+}
+
+type TaskResult = (usize, u32, Landed, Duration);
+
+/// A few threads that verify and write pieces, so hashing and page-cache copies of several
+/// pieces run in parallel with each other and with the network instead of on the one task
+/// that drives the engine.
+struct Workers {
+    tx: Option<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn new(n: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let threads = (0..n)
+            .map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("chiral-piece-{i}"))
+                    .spawn(move || loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    })
+                    .expect("spawn piece worker")
+            })
+            .collect();
+        Self { tx: Some(tx), threads }
+    }
+
+    /// Runs `f` on a worker; the future resolves with its result.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> impl std::future::Future<Output = Option<T>> {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        if let Some(q) = &self.tx {
+            let _ = q.send(Box::new(move || {
+                let _ = tx.send(f());
+            }));
+        }
+        async move { rx.await.ok() }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
 
 enum Waited {
     Task(Option<TaskResult>),
@@ -467,6 +526,9 @@ pub async fn run_with_late_sources(
         });
     }
     storage.open()?;
+    let storage = Arc::new(storage);
+    let verifier = Arc::new(verifier);
+    let workers = Workers::new(2);
 
     let fp = fingerprint(&info, &name);
     let mut picker = PiecePicker::new(count);
@@ -524,11 +586,31 @@ pub async fn run_with_late_sources(
                 running.insert((si, piece), handle);
                 let fetch = s.src.fetch(off, len);
                 s.active += 1;
+                let (storage, verifier) = (storage.clone(), verifier.clone());
+                let land = &workers;
                 tasks.push(async move {
                     let t0 = Instant::now();
-                    let r = Abortable::new(fetch, reg).await;
-                    let r = r.unwrap_or_else(|_| Err(PluginError::cancelled()));
-                    (si, piece, r, t0.elapsed()) as TaskResult
+                    let r = Abortable::new(fetch, reg).await.unwrap_or_else(|_| Err(PluginError::cancelled()));
+                    let landed = match r {
+                        Err(e) => Landed::Failed(e),
+                        Ok(d) if d.len() as u64 != len => {
+                            Landed::Failed(PluginError::invalid(format!("sent {} bytes for a {len}-byte piece", d.len())))
+                        }
+                        Ok(d) => land
+                            .run(move || {
+                                if verifier.verify(piece, &d).is_err() {
+                                    Landed::BadHash
+                                } else {
+                                    match storage.write_at(off, &d) {
+                                        Ok(()) => Landed::Written,
+                                        Err(e) => Landed::Disk(e),
+                                    }
+                                }
+                            })
+                            .await
+                            .unwrap_or_else(|| Landed::Failed(PluginError::cancelled())),
+                    };
+                    (si, piece, landed, t0.elapsed()) as TaskResult
                 });
             }
         }
@@ -582,21 +664,14 @@ pub async fn run_with_late_sources(
         running.remove(&(si, piece));
         let s = &mut states[si];
         s.active -= 1;
-        let (off, len) = layout.piece(piece);
-        let data = match result {
-            Err(e) if e.kind == ErrorKind::Cancelled => {
+        let (_, len) = layout.piece(piece);
+        match result {
+            Landed::Written => {}
+            Landed::Failed(e) if e.kind == ErrorKind::Cancelled => {
                 resume.picker.release(piece);
                 continue;
             }
-            Err(e) => Err(e),
-            Ok(d) if d.len() as u64 != len => {
-                Err(PluginError::invalid(format!("sent {} bytes for a {len}-byte piece", d.len())))
-            }
-            Ok(d) => Ok(d),
-        };
-        let data = match data {
-            Ok(d) => d,
-            Err(e) => {
+            Landed::Failed(e) => {
                 resume.picker.release(piece);
                 s.report.failures += 1;
                 s.consecutive_failures += 1;
@@ -607,25 +682,24 @@ pub async fn run_with_late_sources(
                 }
                 continue;
             }
-        };
-        if resume.picker.is_done(piece) {
-            // An end-game duplicate that lost the race.
-            resume.picker.release(piece);
-            continue;
-        }
-        if verifier.verify(piece, &data).is_err() {
-            resume.picker.release(piece);
-            s.report.bad_pieces += 1;
-            s.slots = (s.slots / 2).max(1);
-            s.last_error = Some(format!("piece {piece} failed verification"));
-            if s.report.bad_pieces >= options.max_bad_pieces {
-                let why = format!("sent {} pieces that failed verification", s.report.bad_pieces);
-                drop_source(s, &mut resume.picker, why, on_event);
+            Landed::BadHash => {
+                resume.picker.release(piece);
+                s.report.bad_pieces += 1;
+                s.slots = (s.slots / 2).max(1);
+                s.last_error = Some(format!("piece {piece} failed verification"));
+                if s.report.bad_pieces >= options.max_bad_pieces {
+                    let why = format!("sent {} pieces that failed verification", s.report.bad_pieces);
+                    drop_source(s, &mut resume.picker, why, on_event);
+                }
+                continue;
             }
+            Landed::Disk(e) => return Err(e),
+        }
+        if resume.picker.is_done(piece) {
+            // An end-game duplicate that lost the race (it wrote the same verified bytes).
+            resume.picker.release(piece);
             continue;
         }
-        storage.write_at(off, &data)?;
-        drop(data);
         s.consecutive_failures = 0;
         s.report.bytes += len;
         s.report.pieces += 1;
@@ -646,6 +720,7 @@ pub async fn run_with_late_sources(
     // Abort whatever end-game duplicates are left.
     running.values().for_each(AbortHandle::abort);
     drop(tasks);
+    drop(workers);
 
     on_event(EngineEvent::Finishing);
     resume.save();
@@ -758,6 +833,7 @@ fn check_sha256(storage: &Storage, length: u64, want: Option<[u8; 32]>) -> Resul
 mod tests {
     use super::*;
     use crate::{abi::FileEntry, plugin::BoxFut, verify::sha1};
+    use abi_stable::std_types::RVec;
     use std::sync::{
         atomic::{AtomicU32, Ordering},
         Mutex,

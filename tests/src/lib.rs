@@ -67,8 +67,14 @@ impl Default for Chiral {
 }
 
 impl Chiral {
+    /// A node whose config turns the public DHTs off: tests stay on loopback. A test that
+    /// wants a DHT writes its own `config/chiral/config.toml` (bootstrapped on loopback).
     pub fn new() -> Self {
-        Self { data_dir: tempfile::tempdir().expect("temp dir") }
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let conf = data_dir.path().join("config/chiral");
+        std::fs::create_dir_all(&conf).expect("config dir");
+        std::fs::write(conf.join("config.toml"), "no_dht = true\n").expect("config");
+        Self { data_dir }
     }
 
     pub fn cmd(&self) -> Command {

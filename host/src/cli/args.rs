@@ -138,9 +138,21 @@ pub struct SeedArgs {
     /// Tracker announce URL for BitTorrent seeds (repeatable)
     #[arg(long, value_name = "URL")]
     pub tracker: Vec<String>,
+    /// A plugin option KEY=VALUE passed to every seeding plugin (repeatable), e.g.
+    /// `info_hash=<40 hex>` or `mirror=URL` for the Chiral network
+    #[arg(long = "option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub options: Vec<(String, String)>,
     /// Print the seeds as one JSON object on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 #[derive(Args, Debug)]

@@ -1,0 +1,272 @@
+//! BEP 10 extension messages: the extended handshake, BEP 9 `ut_metadata`, and the `chiral`
+//! identification message. Sans-IO.
+
+use std::collections::BTreeMap;
+
+use crate::bencode::{self, dict, Limits, Value};
+
+/// Our local ids for the extensions we offer (peers use these ids when sending to us).
+pub const UT_METADATA_ID: u8 = 1;
+pub const CHIRAL_ID: u8 = 2;
+/// Largest metadata (info dictionary) we accept from a peer.
+pub const MAX_METADATA: u64 = 16 << 20;
+pub const METADATA_PIECE: usize = 16 * 1024;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtHandshake {
+    /// Extension name -> the id the sender wants to receive it as (0 = disabled).
+    pub m: BTreeMap<String, u8>,
+    pub metadata_size: Option<u64>,
+    pub port: Option<u16>,
+    pub client: Option<String>,
+    pub reqq: Option<u32>,
+    /// The sender's Chiral node id, when it speaks the chiral extension.
+    pub chiral: Option<String>,
+}
+
+impl ExtHandshake {
+    pub fn ours(metadata_size: Option<u64>, port: u16, chiral_id: &str) -> Self {
+        let mut m = BTreeMap::new();
+        m.insert("ut_metadata".to_string(), UT_METADATA_ID);
+        m.insert("chiral".to_string(), CHIRAL_ID);
+        Self {
+            m,
+            metadata_size,
+            port: Some(port),
+            client: Some(format!("Chiral {}", env!("CARGO_PKG_VERSION"))),
+            reqq: Some(1024),
+            chiral: Some(chiral_id.to_string()),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let m = Value::Dict(self.m.iter().map(|(k, v)| (k.as_bytes().to_vec(), Value::Int(*v as i64))).collect());
+        let mut items = vec![("m", m)];
+        if let Some(s) = self.metadata_size {
+            items.push(("metadata_size", Value::Int(s as i64)));
+        }
+        if let Some(p) = self.port {
+            items.push(("p", Value::Int(p as i64)));
+        }
+        if let Some(v) = &self.client {
+            items.push(("v", Value::str(v)));
+        }
+        if let Some(q) = self.reqq {
+            items.push(("reqq", Value::Int(q as i64)));
+        }
+        if let Some(c) = &self.chiral {
+            items.push(("chiral", Value::str(c)));
+        }
+        bencode::encode(&dict(items))
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, String> {
+        let v = bencode::decode(b, Limits::MESSAGE).map_err(|e| e.to_string())?;
+        if v.as_dict().is_none() {
+            return Err("extended handshake is not a dictionary".into());
+        }
+        let mut m = BTreeMap::new();
+        if let Some(d) = v.get("m").and_then(Value::as_dict) {
+            for (k, id) in d.iter().take(64) {
+                if let (Ok(k), Some(id)) = (std::str::from_utf8(k), id.as_int()) {
+                    if (0..=255).contains(&id) {
+                        m.insert(k.to_string(), id as u8);
+                    }
+                }
+            }
+        }
+        let metadata_size = v.get("metadata_size").and_then(Value::as_int).filter(|n| *n > 0).map(|n| n as u64);
+        let port = v.get("p").and_then(Value::as_int).filter(|p| (1..=65535).contains(p)).map(|p| p as u16);
+        let client = v.get("v").and_then(Value::as_str).map(|s| s.chars().take(64).collect());
+        let reqq = v.get("reqq").and_then(Value::as_int).filter(|n| *n > 0).map(|n| n.min(100_000) as u32);
+        let chiral = m
+            .get("chiral")
+            .filter(|id| **id != 0)
+            .and_then(|_| v.get("chiral").and_then(Value::as_str).map(|s| s.chars().take(128).collect()));
+        Ok(Self { m, metadata_size, port, client, reqq, chiral })
+    }
+
+    pub fn id_of(&self, name: &str) -> Option<u8> {
+        self.m.get(name).copied().filter(|id| *id != 0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Metadata {
+    Request { piece: u32 },
+    Data { piece: u32, total_size: u64, data: Vec<u8> },
+    Reject { piece: u32 },
+}
+
+impl Metadata {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Metadata::Request { piece } => {
+                bencode::encode(&dict([("msg_type", Value::Int(0)), ("piece", Value::Int(*piece as i64))]))
+            }
+            Metadata::Data { piece, total_size, data } => {
+                let mut b = bencode::encode(&dict([
+                    ("msg_type", Value::Int(1)),
+                    ("piece", Value::Int(*piece as i64)),
+                    ("total_size", Value::Int(*total_size as i64)),
+                ]));
+                b.extend_from_slice(data);
+                b
+            }
+            Metadata::Reject { piece } => {
+                bencode::encode(&dict([("msg_type", Value::Int(2)), ("piece", Value::Int(*piece as i64))]))
+            }
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, String> {
+        let (v, used) = bencode::decode_prefix(b, Limits::MESSAGE).map_err(|e| e.to_string())?;
+        let piece = v.get("piece").and_then(Value::as_int).filter(|p| (0..1 << 20).contains(p)).ok_or("no piece")? as u32;
+        match v.get("msg_type").and_then(Value::as_int) {
+            Some(0) => Ok(Metadata::Request { piece }),
+            Some(1) => {
+                let total = v.get("total_size").and_then(Value::as_int).filter(|n| *n > 0).ok_or("no total_size")? as u64;
+                let data = b[used..].to_vec();
+                if data.len() > METADATA_PIECE {
+                    return Err("metadata piece over 16 KiB".into());
+                }
+                Ok(Metadata::Data { piece, total_size: total, data })
+            }
+            Some(2) => Ok(Metadata::Reject { piece }),
+            _ => Err("unknown ut_metadata msg_type".into()),
+        }
+    }
+}
+
+/// The Chiral identification message two Chiral peers exchange after the extended handshake.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChiralHello {
+    pub msg_type: String,
+    pub chiral_peer_id: String,
+    /// Reputation in thousandths (bencode has no floats): 0..=1000.
+    pub reputation_score: i64,
+    pub wallet_address: Option<String>,
+}
+
+impl ChiralHello {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut items = vec![
+            ("msg_type", Value::str(&self.msg_type)),
+            ("chiral_peer_id", Value::str(&self.chiral_peer_id)),
+            ("reputation_score", Value::Int(self.reputation_score)),
+        ];
+        if let Some(w) = &self.wallet_address {
+            items.push(("wallet_address", Value::str(w)));
+        }
+        bencode::encode(&dict(items))
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, String> {
+        let v = bencode::decode(b, Limits::MESSAGE).map_err(|e| e.to_string())?;
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(|s| s.chars().take(256).collect::<String>());
+        Ok(Self {
+            msg_type: s("msg_type").ok_or("no msg_type")?,
+            chiral_peer_id: s("chiral_peer_id").ok_or("no chiral_peer_id")?,
+            reputation_score: v.get("reputation_score").and_then(Value::as_int).unwrap_or(0).clamp(0, 1000),
+            wallet_address: s("wallet_address").filter(|w| !w.is_empty()),
+        })
+    }
+}
+
+/// Pieces of a metadata download (BEP 9): collect 16 KiB pieces, then check the SHA-1.
+#[derive(Debug)]
+pub struct MetadataAssembly {
+    pub size: usize,
+    pieces: Vec<Option<Vec<u8>>>,
+}
+
+impl MetadataAssembly {
+    pub fn new(size: u64) -> Result<Self, String> {
+        if size == 0 || size > MAX_METADATA {
+            return Err(format!("metadata size {size} out of range"));
+        }
+        Ok(Self { size: size as usize, pieces: vec![None; (size as usize).div_ceil(METADATA_PIECE)] })
+    }
+    pub fn missing(&self) -> Vec<u32> {
+        self.pieces.iter().enumerate().filter(|(_, p)| p.is_none()).map(|(i, _)| i as u32).collect()
+    }
+    /// Stores a piece; returns the whole metadata once every piece is in and it hashes to
+    /// `info_hash` (`Err` and a reset when it does not).
+    pub fn add(&mut self, piece: u32, data: Vec<u8>, info_hash: &[u8; 20]) -> Result<Option<Vec<u8>>, String> {
+        let i = piece as usize;
+        if i >= self.pieces.len() {
+            return Err(format!("metadata piece {piece} out of range"));
+        }
+        let want = if i + 1 == self.pieces.len() { self.size - i * METADATA_PIECE } else { METADATA_PIECE };
+        if data.len() != want {
+            return Err(format!("metadata piece {piece} has {} bytes, expected {want}", data.len()));
+        }
+        self.pieces[i] = Some(data);
+        if self.pieces.iter().any(Option::is_none) {
+            return Ok(None);
+        }
+        let all: Vec<u8> = self.pieces.iter().flat_map(|p| p.as_deref().unwrap_or_default().iter().copied()).collect();
+        if &chiral_sdk::verify::sha1(&all) != info_hash {
+            self.pieces.iter_mut().for_each(|p| *p = None);
+            return Err("metadata does not match the info hash".into());
+        }
+        Ok(Some(all))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_round_trip() {
+        let h = ExtHandshake::ours(Some(1234), 6881, "node-1");
+        let back = ExtHandshake::decode(&h.encode()).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(back.id_of("ut_metadata"), Some(UT_METADATA_ID));
+        // an ordinary client: no chiral key
+        let plain = ExtHandshake::decode(b"d1:md11:ut_metadatai3ee13:metadata_sizei99ee").unwrap();
+        assert_eq!(plain.id_of("ut_metadata"), Some(3));
+        assert_eq!(plain.chiral, None);
+        assert_eq!(plain.metadata_size, Some(99));
+        assert!(ExtHandshake::decode(b"le").is_err());
+        assert!(ExtHandshake::decode(b"d1:m").is_err());
+    }
+
+    #[test]
+    fn metadata_messages() {
+        for m in [Metadata::Request { piece: 2 }, Metadata::Reject { piece: 1 }, Metadata::Data { piece: 0, total_size: 5, data: b"hello".to_vec() }] {
+            assert_eq!(Metadata::decode(&m.encode()).unwrap(), m);
+        }
+        assert_eq!(Metadata::Request { piece: 0 }.encode(), b"d8:msg_typei0e5:piecei0ee");
+        assert!(Metadata::decode(b"d8:msg_typei9e5:piecei0ee").is_err());
+        assert!(Metadata::decode(b"d8:msg_typei1e5:piecei0ee").is_err());
+        let mut big = Metadata::Data { piece: 0, total_size: 5, data: vec![] }.encode();
+        big.extend(vec![0; METADATA_PIECE + 1]);
+        assert!(Metadata::decode(&big).is_err());
+    }
+
+    #[test]
+    fn chiral_hello() {
+        let h = ChiralHello { msg_type: "hello".into(), chiral_peer_id: "abc".into(), reputation_score: 900, wallet_address: Some("0xw".into()) };
+        assert_eq!(ChiralHello::decode(&h.encode()).unwrap(), h);
+        assert!(ChiralHello::decode(b"de").is_err());
+    }
+
+    #[test]
+    fn metadata_assembly() {
+        let info: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let hash = chiral_sdk::verify::sha1(&info);
+        let mut a = MetadataAssembly::new(info.len() as u64).unwrap();
+        assert_eq!(a.missing(), vec![0, 1, 2]);
+        assert!(a.add(0, info[..16384].to_vec(), &hash).unwrap().is_none());
+        assert!(a.add(2, info[..10].to_vec(), &hash).is_err());
+        assert!(a.add(3, vec![], &hash).is_err());
+        assert!(a.add(2, info[32768..].to_vec(), &hash).unwrap().is_none());
+        assert_eq!(a.add(1, info[16384..32768].to_vec(), &hash).unwrap().unwrap(), info);
+        let mut b = MetadataAssembly::new(5).unwrap();
+        assert!(b.add(0, b"wrong".to_vec(), &hash).is_err());
+        assert_eq!(b.missing(), vec![0]);
+        assert!(MetadataAssembly::new(MAX_METADATA + 1).is_err());
+    }
+}

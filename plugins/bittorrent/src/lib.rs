@@ -1,0 +1,767 @@
+//! # chiral-plugin-bittorrent
+//!
+//! The native BitTorrent plugin of Chiral.
+//!
+//! - [`bencode`], [`metainfo`], [`magnet`]: parsing (bounded, sanitising) and building torrents;
+//! - [`peer_wire`], [`extension`]: sans-IO codecs of the peer protocol, BEP 10 / BEP 9 and the
+//!   `chiral` identification message;
+//! - [`tracker`]: HTTP and UDP trackers (sans-IO parsing + a thin async layer);
+//! - [`session`]: one torrent's swarm (peer tasks, block pipeline, verification, bans, seeding);
+//! - [`choker`]: the seeding choker (Chiral peers first, one optimistic unchoke rotated every
+//!   30 s), a pure state machine;
+//! - [`dht`]: BEP 5 through the `mainline` crate (peer lookups, `announce_peer` for seeds);
+//! - [`webseed`]: BEP 19 web seeds as HTTP byte-range sources;
+//! - this file: the plugin (identifiers, `open_source` = a swarm [`PieceSource`] that falls back
+//!   to the web seeds for pieces no peer has, `download` through the SDK engine with the swarm
+//!   and one source per web seed, `seed`, `command("create")`, `command("dht")` -> `{"dht":
+//!   "ip:port"|null}`) and the shared listener.
+//!
+//! Options (config `[plugins.bittorrent]`, then per request): `port`, `tracker`, `peer`,
+//! `web_seed`, `piece_size`, `private`, `name`, `chiral_peer_id`, `reputation`, `wallet`,
+//! `payment_threshold`, `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes
+//! are used and the node answers queries at once (server mode); `none` starts a new network),
+//! `dht_port`. The DHT is off with the host's `no_dht`, and binds the host's listen address when
+//! that is a specific IPv4 address (e.g. 127.0.0.1).
+
+pub mod bencode;
+pub mod choker;
+pub mod dht;
+pub mod extension;
+pub mod magnet;
+pub mod metainfo;
+pub mod peer_wire;
+pub mod session;
+pub mod storage;
+pub mod tracker;
+pub mod webseed;
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher as _, Hasher as _},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::{Duration, Instant},
+};
+
+use chiral_sdk::{
+    abi_stable::std_types::{RString, RVec},
+    capability,
+    engine::{self, EngineEvent},
+    plugin::BoxFut,
+    runtime::PluginRuntime,
+    ContentInfo, DownloadOutcome, DownloadRequest, Events, FileEntry, HashKind, HostConfig, PieceSource, Plugin,
+    PluginDescriptor, PluginError, SeedInfo, SeedRequest, SourceBytes,
+};
+use tokio::io::AsyncReadExt as _;
+
+use crate::{
+    metainfo::{CreateOptions, Torrent, TorrentMetadata},
+    peer_wire::Handshake,
+    session::{Mode, Session},
+};
+
+/// How long a magnet may take to get its metadata.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long one piece may take before `fetch` reports a failure to the engine.
+const PIECE_TIMEOUT: Duration = Duration::from_secs(240);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+pub fn random_u32() -> u32 {
+    random_u64() as u32
+}
+
+fn new_peer_id() -> [u8; 20] {
+    let mut id = *b"-CH0001-000000000000";
+    const ALPHA: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    for b in id[8..].iter_mut() {
+        *b = ALPHA[(random_u64() % ALPHA.len() as u64) as usize];
+    }
+    id
+}
+
+/// What every session of this plugin instance shares.
+pub struct Shared {
+    pub peer_id: [u8; 20],
+    pub port: u16,
+    pub listen_ip: IpAddr,
+    pub advertise_host: String,
+    pub http: reqwest::Client,
+    pub key: u32,
+    pub chiral_id: String,
+    pub reputation: i64,
+    pub wallet: Option<String>,
+    pub payment_threshold: u64,
+    pub runtime: tokio::runtime::Handle,
+    /// The DHT node (`None` with `no_dht`), started on first use.
+    pub dht: Option<Arc<dht::DhtNode>>,
+    sessions: Mutex<HashMap<[u8; 20], Weak<Session>>>,
+}
+
+impl Shared {
+    pub fn register(&self, s: &Arc<Session>) {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(s.info_hash, Arc::downgrade(s));
+    }
+    pub fn unregister(&self, info_hash: &[u8; 20]) {
+        let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(info_hash).is_some_and(|w| w.strong_count() == 0 || w.upgrade().is_none()) {
+            m.remove(info_hash);
+        }
+    }
+    fn find(&self, info_hash: &[u8; 20]) -> Option<Arc<Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(info_hash).and_then(Weak::upgrade)
+    }
+    pub fn is_self(&self, addr: SocketAddr) -> bool {
+        addr.port() == self.port && (addr.ip().is_loopback() || addr.ip() == self.listen_ip || self.listen_ip.is_unspecified())
+    }
+}
+
+/// Plugin options: the config file's `[plugins.bittorrent]` then the request's (keys repeat).
+#[derive(Clone, Debug, Default)]
+pub struct Opts(Vec<(String, String)>);
+
+impl Opts {
+    fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+    fn all(&self, key: &str) -> Vec<String> {
+        self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).filter(|v| !v.is_empty()).collect()
+    }
+    fn last(&self, key: &str) -> Option<String> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.last(key).as_deref(), Some("true" | "1" | "yes"))
+    }
+    fn num(&self, key: &str) -> Result<Option<u64>, PluginError> {
+        self.last(key)
+            .map(|v| v.trim().parse::<u64>().map_err(|_| PluginError::invalid(format!("{key}={v:?} is not a number"))))
+            .transpose()
+    }
+    fn merged(&self, other: &chiral_sdk::Options) -> Opts {
+        let mut v = self.0.clone();
+        v.extend(other.iter().map(|t| (t.0.to_string(), t.1.to_string())));
+        Opts(v)
+    }
+}
+
+struct SeedEntry {
+    session: Arc<Session>,
+    path: String,
+    magnet: String,
+}
+
+/// The plugin.
+pub struct BitTorrentPlugin {
+    // Dropped first: its shutdown stops every task before the state they use goes away.
+    runtime: PluginRuntime,
+    shared: Arc<Shared>,
+    options: Opts,
+    seeds: Mutex<HashMap<String, SeedEntry>>,
+}
+
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
+}
+
+impl Plugin for BitTorrentPlugin {
+    fn descriptor() -> PluginDescriptor {
+        PluginDescriptor::new("bittorrent", env!("CARGO_PKG_VERSION"))
+            .schemes(&["magnet"])
+            .suffixes(&[".torrent"])
+            .capabilities(capability::DOWNLOAD | capability::SEED | capability::SOURCE | capability::SEED_MANAGE)
+            .priority(10)
+            .description("BitTorrent (native): .torrent files and magnets, trackers, DHT, web seeds, BEP 9/10, seeding and torrent creation")
+    }
+
+    fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
+        let runtime = PluginRuntime::new("bittorrent", worker_threads())
+            .map_err(|e| PluginError::other(format!("cannot start the bittorrent plugin's runtime: {e}")))?;
+        let options = Opts(config.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect());
+        let ip: IpAddr = config.listen_addr.as_str().parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let want_port = options.num("port")?.map(|p| p as u16).unwrap_or(config.listen_port);
+        let std_listener = std::net::TcpListener::bind((ip, want_port))
+            .or_else(|e| {
+                if want_port != 0 {
+                    events.warn(format!("bittorrent: port {want_port} is taken ({e}); using a free one"));
+                    std::net::TcpListener::bind((ip, 0))
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| PluginError::network(format!("cannot listen on {ip}:{want_port}: {e}")))?;
+        std_listener.set_nonblocking(true)?;
+        let port = std_listener.local_addr()?.port();
+        let handle = runtime.handle();
+        let http = {
+            let _entered = handle.enter();
+            let mut b = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent(concat!("chiral-bittorrent/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::limited(5));
+            if let chiral_sdk::abi_stable::std_types::ROption::RSome(p) = &config.proxy {
+                if let Ok(px) = reqwest::Proxy::all(p.as_str()) {
+                    b = b.proxy(px);
+                }
+            }
+            b.build().map_err(|e| PluginError::other(format!("http client: {e}")))?
+        };
+        let dht = if config.no_dht {
+            None
+        } else {
+            let cfg = dht::DhtConfig::from_options(&options.all("dht_bootstrap"), config.listen_addr.as_str(), options.num("dht_port")?)
+                .map_err(PluginError::invalid)?;
+            Some(Arc::new(dht::DhtNode::new(cfg, events.clone())))
+        };
+        let chiral_id = options.last("chiral_peer_id").unwrap_or_else(|| format!("{:016x}{:016x}", random_u64(), random_u64()));
+        let shared = Arc::new(Shared {
+            peer_id: new_peer_id(),
+            port,
+            listen_ip: ip,
+            advertise_host: config.advertise_host.to_string(),
+            http,
+            key: random_u32(),
+            chiral_id,
+            reputation: options.num("reputation")?.map(|r| r.min(1000) as i64).unwrap_or(500),
+            wallet: options.last("wallet").filter(|w| !w.is_empty()),
+            payment_threshold: options.num("payment_threshold")?.unwrap_or(1 << 20).max(1),
+            runtime: handle.clone(),
+            dht,
+            sessions: Mutex::new(HashMap::new()),
+        });
+        let listener = {
+            let _entered = handle.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+        let weak = Arc::downgrade(&shared);
+        handle.spawn(listen(listener, weak, events.clone()));
+        Ok(Self { runtime, shared, options, seeds: Mutex::new(HashMap::new()) })
+    }
+
+    fn runtime(&self) -> tokio::runtime::Handle {
+        self.runtime.handle()
+    }
+
+    fn download(self: Arc<Self>, request: DownloadRequest, events: Events) -> BoxFut<DownloadOutcome> {
+        Box::pin(async move {
+            let opts = self.options.merged(&request.options);
+            let torrent = self.resolve(&request.identifier).await?;
+            // Web seeds run beside the swarm as sources of their own.
+            let source = self.open_swarm(torrent, &opts, false, events.clone()).await?;
+            let web: Vec<Arc<webseed::WebSeedSource>> = source
+                .web_seed_urls
+                .iter()
+                .map(|u| Arc::new(webseed::WebSeedSource::new(self.shared.http.clone(), u.clone(), source.meta.clone())))
+                .collect();
+            let connections = match request.connections {
+                0 => 8,
+                n => n as usize,
+            };
+            run_engine(source, web, PathBuf::from(request.out_dir.as_str()), connections, &events).await
+        })
+    }
+
+    fn open_source(self: Arc<Self>, identifier: String, events: Events) -> BoxFut<Arc<dyn PieceSource>> {
+        Box::pin(async move {
+            let torrent = self.resolve(&identifier).await?;
+            let opts = self.options.clone();
+            // The host sees one source: web seeds serve the pieces no peer has.
+            let src = self.open_swarm(torrent, &opts, true, events).await?;
+            Ok(src as Arc<dyn PieceSource>)
+        })
+    }
+
+    fn seed(self: Arc<Self>, request: SeedRequest, events: Events) -> BoxFut<SeedInfo> {
+        Box::pin(async move {
+            let opts = self.options.merged(&request.options);
+            self.start_seed(request.path.as_str(), &opts, events).await
+        })
+    }
+
+    fn list_seeds(&self) -> Vec<SeedInfo> {
+        let seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+        seeds.iter().map(|(id, s)| seed_info(id, s)).collect()
+    }
+
+    fn stop_seed(&self, id: &str) -> Result<(), PluginError> {
+        let removed = self.seeds.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        match removed {
+            Some(s) => {
+                let _entered = self.runtime.handle().enter();
+                s.session.stop();
+                Ok(())
+            }
+            None => Err(PluginError::not_found(format!("no seed {id}"))),
+        }
+    }
+
+    fn command(self: Arc<Self>, name: String, args: Vec<(String, String)>, _events: Events) -> BoxFut<String> {
+        Box::pin(async move {
+            match name.as_str() {
+                "create" => {
+                    let opts = Opts::from_pairs(args.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    create_command(opts).await
+                }
+                "dht" => {
+                    let addr = match &self.shared.dht {
+                        Some(d) => d.addr().await.map(|a| a.to_string()),
+                        None => None,
+                    };
+                    Ok(serde_json::json!({ "dht": addr }).to_string())
+                }
+                other => Err(PluginError::unsupported(format!("plugin bittorrent has no command {other:?}"))),
+            }
+        })
+    }
+}
+
+fn seed_info(id: &str, s: &SeedEntry) -> SeedInfo {
+    SeedInfo {
+        id: id.into(),
+        path: s.path.clone().into(),
+        identifiers: RVec::from(vec![RString::from(s.magnet.clone())]),
+        bytes_served: s.session.uploaded(),
+    }
+}
+
+fn create_options(opts: &Opts) -> Result<CreateOptions, PluginError> {
+    Ok(CreateOptions {
+        trackers: opts.all("tracker"),
+        web_seeds: opts.all("web_seed"),
+        piece_size: opts.num("piece_size")?,
+        private: opts.flag("private"),
+        name: opts.last("name").filter(|n| !n.is_empty()),
+        reuse_sibling: opts.last("reuse_torrent").is_none_or(|v| !matches!(v.as_str(), "false" | "0" | "no")),
+    })
+}
+
+async fn create_command(opts: Opts) -> Result<String, PluginError> {
+    let path = opts.last("path").ok_or_else(|| PluginError::invalid("create needs path"))?;
+    let output = opts.last("output").ok_or_else(|| PluginError::invalid("create needs output"))?;
+    let co = create_options(&opts)?;
+    let p = PathBuf::from(&path);
+    let (meta, bytes) = tokio::task::spawn_blocking(move || metainfo::build(&p, &co))
+        .await
+        .map_err(|e| PluginError::other(format!("hashing task: {e}")))??;
+    tokio::fs::write(&output, &bytes).await.map_err(|e| PluginError::io(format!("{output}: {e}")))?;
+    Ok(serde_json::json!({
+        "torrent": output,
+        "info_hash": meta.info_hash_hex(),
+        "magnet": meta.magnet(),
+        "name": meta.name,
+        "length": meta.length,
+        "piece_length": meta.piece_length,
+        "pieces": meta.piece_count(),
+    })
+    .to_string())
+}
+
+/// Accepts incoming peers and hands each to the session its handshake names.
+async fn listen(listener: tokio::net::TcpListener, shared: Weak<Shared>, events: Events) {
+    loop {
+        let Ok((mut stream, addr)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Some(sh) = shared.upgrade() else { return };
+        let events = events.clone();
+        tokio::spawn(async move {
+            let mut hs = [0u8; peer_wire::HANDSHAKE_LEN];
+            let read = tokio::time::timeout(Duration::from_secs(15), stream.read_exact(&mut hs)).await;
+            if !matches!(read, Ok(Ok(_))) {
+                return;
+            }
+            let Ok(Some(theirs)) = Handshake::decode(&hs) else { return };
+            let Some(session) = sh.find(&theirs.info_hash) else {
+                events.debug(format!("bittorrent: {addr} asked for unknown torrent {}", hex::encode(theirs.info_hash)));
+                return;
+            };
+            drop(sh);
+            if let Err(e) = session.clone().accept(stream, addr, theirs).await {
+                events.debug(format!("{}: incoming peer {addr}: {e}", session.label));
+            }
+        });
+    }
+}
+
+impl BitTorrentPlugin {
+    /// An identifier as a torrent: a magnet, a local .torrent path, or an http(s) .torrent URL.
+    pub async fn resolve(&self, id: &str) -> Result<Torrent, PluginError> {
+        let id = id.trim();
+        if id.len() > 65_536 {
+            return Err(PluginError::unsupported("identifier longer than 64 KiB"));
+        }
+        let lower = id.to_ascii_lowercase();
+        if lower.starts_with("magnet:") {
+            return magnet::parse_magnet_uri(id).map(Torrent::Magnet).map_err(PluginError::invalid);
+        }
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            let path_part = lower.split(['?', '#']).next().unwrap_or_default();
+            if !path_part.ends_with(".torrent") {
+                return Err(PluginError::unsupported(format!("{id} is not a .torrent URL")));
+            }
+            let mut resp = self
+                .shared
+                .http
+                .get(id)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .map_err(|e| PluginError::network(format!("{id}: {e}")))?;
+            if !resp.status().is_success() {
+                let s = resp.status();
+                return Err(if s.as_u16() == 404 {
+                    PluginError::not_found(format!("HTTP 404: {id}"))
+                } else {
+                    PluginError::network(format!("HTTP {s}: {id}"))
+                });
+            }
+            let mut body = Vec::new();
+            while let Some(c) = resp.chunk().await.map_err(|e| PluginError::network(format!("{id}: {e}")))? {
+                if body.len() + c.len() > metainfo::MAX_TORRENT_BYTES {
+                    return Err(PluginError::invalid(format!("{id}: torrent file over 64 MiB")));
+                }
+                body.extend_from_slice(&c);
+            }
+            return Ok(Torrent::File(metainfo::parse_torrent_file(&body)?));
+        }
+        let path = id.strip_prefix("file://").unwrap_or(id);
+        if path.is_empty() || (lower.contains("://") && !lower.starts_with("file://")) {
+            return Err(PluginError::unsupported(format!("{id:?} is not a magnet or a .torrent")));
+        }
+        let p = Path::new(path);
+        let meta = match std::fs::metadata(p) {
+            Ok(m) => m,
+            Err(e) if lower.ends_with(".torrent") => return Err(PluginError::not_found(format!("{path}: {e}"))),
+            Err(_) => return Err(PluginError::unsupported(format!("{id:?} is not a magnet or a .torrent"))),
+        };
+        if !meta.is_file() {
+            return Err(PluginError::unsupported(format!("{path} is not a .torrent file")));
+        }
+        if meta.len() > metainfo::MAX_TORRENT_BYTES as u64 {
+            return Err(PluginError::invalid(format!("{path}: torrent file over 64 MiB")));
+        }
+        let bytes = tokio::fs::read(p).await.map_err(|e| PluginError::io(format!("{path}: {e}")))?;
+        Ok(Torrent::File(metainfo::parse_torrent_file(&bytes).map_err(|e| PluginError::invalid(format!("{path}: {e}")))?))
+    }
+
+    /// Joins the swarm of `torrent` and returns it as a piece source (waits for a magnet's
+    /// metadata).
+    ///
+    /// With `web_fallback`, the source's `fetch` takes a piece no connected peer has from the
+    /// torrent's web seeds (BEP 19), checking its SHA-1 first.
+    async fn open_swarm(&self, torrent: Torrent, opts: &Opts, web_fallback: bool, events: Events) -> Result<Arc<SwarmSource>, PluginError> {
+        let (info_hash, meta, mut trackers, peers, name_hint, web_seed_urls) = match torrent {
+            Torrent::File(m) => (m.info_hash, Some(Arc::new(m.clone())), m.trackers.clone(), Vec::new(), None, m.web_seeds.clone()),
+            Torrent::Magnet(mg) => (
+                mg.info_hash,
+                None,
+                mg.trackers.iter().map(|t| vec![t.clone()]).collect(),
+                mg.peers.clone(),
+                mg.name.clone(),
+                mg.web_seeds.clone(),
+            ),
+        };
+        let web_seed_urls: Vec<String> = web_seed_urls
+            .into_iter()
+            .chain(opts.all("web_seed"))
+            .filter(|u| {
+                let l = u.to_ascii_lowercase();
+                l.starts_with("http://") || l.starts_with("https://")
+            })
+            .collect();
+        let _ = name_hint;
+        for t in opts.all("tracker") {
+            trackers.push(vec![t]);
+        }
+        let session = Session::new(self.shared.clone(), info_hash, meta, trackers.clone(), Mode::Leech, events.clone());
+        self.shared.register(&session);
+        let guard = StopOnDrop(session.clone());
+        for p in peers.iter().copied().chain(opts.all("peer").iter().filter_map(|p| p.parse().ok())) {
+            session.connect(p);
+        }
+        if !trackers.is_empty() {
+            session.spawn(tokio::spawn(session.clone().announce_loop()));
+        }
+        session.spawn(tokio::spawn(session.clone().redial_loop()));
+        let private = session.meta().is_some_and(|m| m.private);
+        match &self.shared.dht {
+            Some(dht) if !private => {
+                let first_wait =
+                    if trackers.is_empty() && peers.is_empty() && web_seed_urls.is_empty() { Duration::ZERO } else { Duration::from_secs(10) };
+                session.spawn(tokio::spawn(session.clone().dht_lookup_loop(dht.clone(), first_wait)));
+            }
+            _ if trackers.is_empty() && peers.is_empty() && web_seed_urls.is_empty() => {
+                let why = if private { "private torrent" } else { "DHT disabled" };
+                events.warn(format!("{}: no trackers and no peers given ({why})", session.label));
+            }
+            _ => {}
+        }
+        let meta = match session.meta() {
+            Some(m) => m.clone(),
+            None => tokio::time::timeout(METADATA_TIMEOUT, session.wait_meta())
+                .await
+                .map_err(|_| PluginError::network(format!("{}: no peer sent the metadata in {METADATA_TIMEOUT:?}", session.label)))?,
+        };
+        let info = content_info(&meta, &session.label);
+        let web = if web_fallback {
+            web_seed_urls.iter().map(|u| Arc::new(webseed::WebSeedSource::new(self.shared.http.clone(), u.clone(), meta.clone()))).collect()
+        } else {
+            Vec::new()
+        };
+        if !web_seed_urls.is_empty() {
+            events.info(format!("{}: {} web seed(s): {}", session.label, web_seed_urls.len(), web_seed_urls.join(", ")));
+        }
+        Ok(Arc::new(SwarmSource { session: guard, meta, info, web, web_seed_urls, next_web: AtomicU64::new(0) }))
+    }
+
+    async fn start_seed(&self, path: &str, opts: &Opts, events: Events) -> Result<SeedInfo, PluginError> {
+        let p = PathBuf::from(path);
+        if !p.exists() {
+            return Err(PluginError::not_found(format!("{path}: no such file or folder")));
+        }
+        let co = create_options(opts)?;
+        let pp = p.clone();
+        let (mut meta, _) = tokio::task::spawn_blocking(move || metainfo::build(&pp, &co))
+            .await
+            .map_err(|e| PluginError::other(format!("hashing task: {e}")))??;
+        let id = meta.info_hash_hex();
+        if let Some(s) = self.seeds.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(seed_info(&id, s));
+        }
+        let trackers: Vec<String> = opts.all("tracker");
+        meta.trackers = trackers.iter().map(|t| vec![t.clone()]).collect();
+        let storage = storage::Storage::open(&meta, &metainfo::disk_paths(&meta, &p))?;
+        let meta = Arc::new(meta);
+        let session =
+            Session::new(self.shared.clone(), meta.info_hash, Some(meta.clone()), meta.trackers.clone(), Mode::Seed(storage), events.clone());
+        self.shared.register(&session);
+        if !meta.trackers.is_empty() {
+            session.spawn(tokio::spawn(session.clone().announce_loop()));
+        }
+        let host = if self.shared.advertise_host.is_empty() { "127.0.0.1".to_string() } else { self.shared.advertise_host.clone() };
+        let mut magnet = meta.magnet();
+        let pe = if host.contains(':') { format!("[{host}]:{}", self.shared.port) } else { format!("{host}:{}", self.shared.port) };
+        magnet.push_str("&x.pe=");
+        magnet.push_str(&magnet::percent_encode(pe.as_bytes()));
+        session.spawn(tokio::spawn(session.clone().choke_loop()));
+        let dht = match &self.shared.dht {
+            Some(dht) if !meta.private => {
+                session.spawn(tokio::spawn(session.clone().dht_announce_loop(dht.clone())));
+                // The node usually starts in milliseconds; never hold the seed up for long.
+                match tokio::time::timeout(Duration::from_secs(5), dht.addr()).await {
+                    Ok(Some(a)) => format!("DHT {a}"),
+                    Ok(None) => "DHT failed to start".to_string(),
+                    Err(_) => "DHT still starting".to_string(),
+                }
+            }
+            Some(_) => "no DHT (private torrent)".to_string(),
+            None => "DHT off".to_string(),
+        };
+        events.info(format!(
+            "bittorrent: seeding {} ({} bytes, {} pieces of {}) on port {}, {dht}",
+            meta.name,
+            meta.length,
+            meta.piece_count(),
+            meta.piece_length,
+            self.shared.port
+        ));
+        let entry = SeedEntry { session, path: path.to_string(), magnet };
+        let info = seed_info(&id, &entry);
+        self.seeds.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry);
+        Ok(info)
+    }
+
+    /// The port peers reach this plugin on.
+    pub fn port(&self) -> u16 {
+        self.shared.port
+    }
+}
+
+pub fn content_info(meta: &TorrentMetadata, label: &str) -> ContentInfo {
+    ContentInfo {
+        name: meta.name.clone().into(),
+        length: meta.length,
+        length_known: true,
+        random_access: true,
+        piece_length: meta.piece_length,
+        hash_kind: HashKind::Sha1Pieces,
+        piece_hashes: meta.pieces.clone().into(),
+        root: RVec::new(),
+        files: if meta.multi_file {
+            meta.files.iter().map(|f| FileEntry { path: f.joined().into(), offset: f.offset, length: f.length }).collect()
+        } else {
+            RVec::new()
+        },
+        label: label.into(),
+    }
+}
+
+struct StopOnDrop(Arc<Session>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// A swarm as a piece source for the engine: verified pieces, per-piece availability.
+pub struct SwarmSource {
+    session: StopOnDrop,
+    meta: Arc<TorrentMetadata>,
+    info: ContentInfo,
+    /// Web seeds `fetch` falls back to (empty when they are sources of their own).
+    web: Vec<Arc<webseed::WebSeedSource>>,
+    web_seed_urls: Vec<String>,
+    next_web: AtomicU64,
+}
+
+impl SwarmSource {
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session.0
+    }
+}
+
+impl PieceSource for SwarmSource {
+    fn info(&self) -> ContentInfo {
+        self.info.clone()
+    }
+
+    fn availability(&self, piece_length: u64) -> Vec<u32> {
+        if piece_length != self.meta.piece_length {
+            return Vec::new();
+        }
+        self.session.0.availability()
+    }
+
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+        let session = self.session.0.clone();
+        let meta = self.meta.clone();
+        let web = self.web.clone();
+        let start_web = self.next_web.fetch_add(1, Ordering::Relaxed) as usize;
+        Box::pin(async move {
+            let get_piece = |i: u32| {
+                let session = session.clone();
+                let web = web.clone();
+                let meta = meta.clone();
+                async move {
+                    if !web.is_empty() && !session.has_holder(i) {
+                        if let Some(p) = piece_from_web_seeds(&web, start_web, &meta, i).await {
+                            return Ok(p);
+                        }
+                    }
+                    tokio::time::timeout(PIECE_TIMEOUT, session.fetch_piece(i))
+                        .await
+                        .map_err(|_| PluginError::network(format!("{}: piece {i} not received in {PIECE_TIMEOUT:?}", session.label)))?
+                }
+            };
+            let end = offset.checked_add(length).filter(|e| *e <= meta.length).ok_or_else(|| {
+                PluginError::invalid(format!("range {offset}+{length} is outside the {} bytes", meta.length))
+            })?;
+            if length == 0 {
+                return Ok(RVec::new());
+            }
+            let first = (offset / meta.piece_length) as u32;
+            let last = ((end - 1) / meta.piece_length) as u32;
+            if first == last && offset % meta.piece_length == 0 && length == meta.piece_len(first) {
+                let piece = get_piece(first).await?;
+                return Ok(piece.into());
+            }
+            let mut out = Vec::with_capacity(length as usize);
+            for i in first..=last {
+                let piece = get_piece(i).await?;
+                let pstart = i as u64 * meta.piece_length;
+                let s = offset.max(pstart) - pstart;
+                let e = end.min(pstart + piece.len() as u64) - pstart;
+                out.extend_from_slice(&piece[s as usize..e as usize]);
+            }
+            Ok(out.into())
+        })
+    }
+}
+
+/// Piece `i` from the first web seed (round robin from `start`) whose bytes match its hash.
+async fn piece_from_web_seeds(web: &[Arc<webseed::WebSeedSource>], start: usize, meta: &TorrentMetadata, i: u32) -> Option<Vec<u8>> {
+    let want = meta.piece_hash(i)?;
+    let off = i as u64 * meta.piece_length;
+    for k in 0..web.len() {
+        let w = &web[(start + k) % web.len()];
+        match w.read(off, meta.piece_len(i)).await {
+            Ok(p) if chiral_sdk::verify::sha1(&p)[..] == *want => return Some(p),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// A whole download through the SDK engine over the swarm source and the web seeds.
+async fn run_engine(
+    source: Arc<SwarmSource>,
+    web: Vec<Arc<webseed::WebSeedSource>>,
+    out_dir: PathBuf,
+    slots: usize,
+    events: &Events,
+) -> Result<DownloadOutcome, PluginError> {
+    let session = source.session().clone();
+    let mut opts = engine::Options::new(out_dir);
+    opts.slots_per_source = slots;
+    // A swarm recovers by itself (other peers, bans): give it room before the engine gives up.
+    opts.max_failures = 5;
+    opts.max_bad_pieces = 1000;
+    let done = AtomicU64::new(0);
+    let total = AtomicU64::new(0);
+    let last = Mutex::new(Instant::now() - Duration::from_secs(1));
+    let on_event = |event: EngineEvent| match event {
+        EngineEvent::Started { total: t, resumed, .. } => {
+            total.store(t, Ordering::Relaxed);
+            done.store(resumed, Ordering::Relaxed);
+            events.progress(resumed, t, session.peer_count() as u32);
+        }
+        EngineEvent::Piece { bytes, .. } => {
+            let now = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+            let t = total.load(Ordering::Relaxed);
+            let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
+            if now == t || l.elapsed() >= Duration::from_millis(100) {
+                *l = Instant::now();
+                events.progress(now, t, session.peer_count() as u32);
+            }
+        }
+        EngineEvent::SourceDropped { label, reason } => events.warn(format!("{label}: {reason}")),
+        _ => {}
+    };
+    let mut sources: Vec<Arc<dyn PieceSource>> = vec![source.clone()];
+    sources.extend(web.into_iter().map(|w| w as Arc<dyn PieceSource>));
+    let outcome = engine::run(sources, &opts, &on_event).await?;
+    let mut per_source: Vec<SourceBytes> =
+        session.peer_bytes().into_iter().filter(|(_, d, _)| *d > 0).map(|(l, d, _)| SourceBytes { label: l.into(), bytes: d }).collect();
+    // The web seeds' own lines (the swarm's is split per peer above).
+    per_source.extend(
+        outcome.sources.iter().skip(1).filter(|s| s.bytes > 0).map(|s| SourceBytes { label: s.label.clone().into(), bytes: s.bytes }),
+    );
+    if per_source.is_empty() {
+        per_source = outcome.sources.iter().map(|s| SourceBytes { label: s.label.clone().into(), bytes: s.bytes }).collect();
+    }
+    drop(source);
+    Ok(DownloadOutcome {
+        files: outcome.files.iter().map(|p| RString::from(p.to_string_lossy().into_owned())).collect(),
+        bytes: outcome.length,
+        resumed_bytes: outcome.resumed_bytes,
+        per_source: per_source.into(),
+    })
+}
+
+chiral_sdk::export_plugin!(BitTorrentPlugin);
+
+#[cfg(test)]
+mod tests;

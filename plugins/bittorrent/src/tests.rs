@@ -1,0 +1,344 @@
+//! In-process tests through the same ABI adapters the host uses.
+
+use std::path::Path;
+
+use chiral_sdk::{
+    abi_stable::std_types::{RString, RVec, Tuple2},
+    testkit, DownloadOutcome, DownloadRequest, Events, HandlerBox, PluginError, SeedInfo, SeedRequest,
+};
+use futures::executor::block_on;
+
+use crate::BitTorrentPlugin;
+
+fn handler(dir: &Path) -> HandlerBox {
+    testkit::handler_for::<BitTorrentPlugin>(testkit::config(dir)).expect("handler builds")
+}
+
+#[test]
+fn conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    testkit::Kit::new(handler(dir.path())).out_dir(&dir.path().join("out")).assert_all();
+}
+
+fn no_events() -> chiral_sdk::EventSinkBox {
+    Events::sink_from_fn(|_| {})
+}
+
+/// Deterministic, incompressible-looking content.
+fn content(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn opts(pairs: &[(&str, &str)]) -> RVec<Tuple2<RString, RString>> {
+    pairs.iter().map(|(k, v)| Tuple2(RString::from(*k), RString::from(*v))).collect()
+}
+
+fn seed(h: &HandlerBox, path: &Path, options: &[(&str, &str)]) -> Result<SeedInfo, PluginError> {
+    let req = SeedRequest { path: path.to_string_lossy().into_owned().into(), options: opts(options) };
+    block_on(h.seed(req, no_events())).into_result()
+}
+
+fn download(h: &HandlerBox, id: &str, out: &Path, options: &[(&str, &str)]) -> Result<DownloadOutcome, PluginError> {
+    let req = DownloadRequest {
+        identifier: id.into(),
+        out_dir: out.to_string_lossy().into_owned().into(),
+        connections: 8,
+        options: opts(options),
+    };
+    block_on(h.download(req, no_events())).into_result()
+}
+
+fn x_pe(magnet: &str) -> String {
+    let at = magnet.find("x.pe=").expect("x.pe in the seed's magnet");
+    crate::magnet::percent_decode(&magnet[at + 5..]).into_iter().map(char::from).collect()
+}
+
+#[test]
+fn seed_then_magnet_download_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(3 * 1024 * 1024 + 12345);
+    let src = dir.path().join("file one.bin");
+    std::fs::write(&src, &data).unwrap();
+    let seeder = handler(&dir.path().join("s"));
+    let info = seed(&seeder, &src, &[("piece_size", "65536")]).unwrap();
+    let magnet = info.identifiers[0].to_string();
+    assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet}");
+    assert_eq!(seed(&seeder, &src, &[("piece_size", "65536")]).unwrap().id, info.id, "same file, same seed");
+    assert_eq!(seeder.list_seeds().len(), 1);
+
+    let leecher = handler(&dir.path().join("l"));
+    let out = dir.path().join("out");
+    let outcome = download(&leecher, &magnet, &out, &[]).unwrap();
+    assert_eq!(std::fs::read(out.join("file one.bin")).unwrap(), data);
+    assert_eq!(outcome.bytes, data.len() as u64);
+    assert!(!out.join("file one.bin.part").exists());
+    // Again: already complete.
+    let again = download(&leecher, &magnet, &out, &[]).unwrap();
+    assert_eq!(again.resumed_bytes, data.len() as u64);
+    assert!(seeder.list_seeds()[0].bytes_served >= data.len() as u64);
+    seeder.stop_seed(info.id.clone()).into_result().unwrap();
+    assert!(seeder.list_seeds().is_empty());
+}
+
+#[test]
+fn create_command_then_multi_file_download_by_torrent_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("folder");
+    std::fs::create_dir_all(top.join("sub")).unwrap();
+    let a = content(200_000);
+    let b = content(1_000_001);
+    std::fs::write(top.join("a.txt"), &a).unwrap();
+    std::fs::write(top.join("sub/b.bin"), &b).unwrap();
+    let h = handler(&dir.path().join("s"));
+    let torrent = dir.path().join("folder.torrent");
+    let args = opts(&[
+        ("path", top.to_str().unwrap()),
+        ("output", torrent.to_str().unwrap()),
+        ("tracker", "http://127.0.0.1:9/announce"),
+        ("piece_size", "32768"),
+        ("private", "false"),
+    ]);
+    let answer = block_on(h.command("create".into(), args, no_events())).into_result().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let ih = v["info_hash"].as_str().unwrap().to_string();
+    assert_eq!(ih.len(), 40);
+    assert!(v["magnet"].as_str().unwrap().contains("&tr=http%3A%2F%2F127.0.0.1%3A9%2Fannounce"));
+    // Seeding the same folder with the same options gives the same info hash.
+    let info = seed(&h, &top, &[("piece_size", "32768"), ("tracker", "http://127.0.0.1:9/announce")]).unwrap();
+    assert_eq!(info.id.as_str(), ih);
+    let peer = x_pe(&info.identifiers[0]);
+
+    let leecher = handler(&dir.path().join("l"));
+    let out = dir.path().join("out");
+    download(&leecher, torrent.to_str().unwrap(), &out, &[("peer", &peer)]).unwrap();
+    assert_eq!(std::fs::read(out.join("folder/a.txt")).unwrap(), a);
+    assert_eq!(std::fs::read(out.join("folder/sub/b.bin")).unwrap(), b);
+    assert!(block_on(h.command("nope".into(), RVec::new(), no_events())).into_result().is_err());
+}
+
+/// A peer that has everything and answers every request with garbage.
+fn liar(info_hash: [u8; 20], piece_count: u32) -> (u16, std::thread::JoinHandle<u64>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        let mut served = 0u64;
+        let Ok((mut s, _)) = l.accept() else { return 0 };
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let mut hs = [0u8; 68];
+        if s.read_exact(&mut hs).is_err() {
+            return 0;
+        }
+        let ours = crate::peer_wire::Handshake { reserved: [0; 8], info_hash, peer_id: *b"-XX0001-liarliarliar" };
+        let mut out = ours.encode().to_vec();
+        crate::peer_wire::encode(&crate::peer_wire::Message::Bitfield(crate::peer_wire::bitfield_bytes(&vec![true; piece_count as usize])), &mut out);
+        crate::peer_wire::encode(&crate::peer_wire::Message::Unchoke, &mut out);
+        let _ = s.write_all(&out);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            let n = match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return served,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while let Ok(Some((m, used))) = crate::peer_wire::decode(&buf, 1 << 20, None) {
+                buf.drain(..used);
+                if let crate::peer_wire::Message::Request { index, begin, length } = m {
+                    let mut o = Vec::new();
+                    crate::peer_wire::encode(&crate::peer_wire::Message::Piece { index, begin, data: vec![0xee; length as usize] }, &mut o);
+                    if s.write_all(&o).is_err() {
+                        return served;
+                    }
+                    served += 1;
+                }
+            }
+        }
+    });
+    (port, t)
+}
+
+#[test]
+fn a_peer_sending_bad_blocks_is_banned_and_the_download_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(2 * 1024 * 1024);
+    let src = dir.path().join("d.bin");
+    std::fs::write(&src, &data).unwrap();
+    let seeder = handler(&dir.path().join("s"));
+    let info = seed(&seeder, &src, &[("piece_size", "16384")]).unwrap();
+    let good = x_pe(&info.identifiers[0]);
+    let ih: [u8; 20] = hex::decode(info.id.as_str()).unwrap().try_into().unwrap();
+    let (liar_port, liar_thread) = liar(ih, 128);
+    let leecher = handler(&dir.path().join("l"));
+    let out = dir.path().join("out");
+    let magnet = format!("{}&x.pe=127.0.0.1:{liar_port}", info.identifiers[0]);
+    download(&leecher, &magnet, &out, &[]).unwrap();
+    assert_eq!(std::fs::read(out.join("d.bin")).unwrap(), data);
+    let served = liar_thread.join().unwrap();
+    assert!(served > 0, "the liar was asked for blocks");
+    let _ = good;
+}
+
+fn handler_with(dir: &Path, options: &[(&str, &str)]) -> HandlerBox {
+    let mut c = testkit::config(dir);
+    c.options = opts(options);
+    testkit::handler_for::<BitTorrentPlugin>(c).expect("handler builds")
+}
+
+#[test]
+fn chiral_peers_identify_each_other_and_payments_are_announced() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(3 * 1024 * 1024);
+    let src = dir.path().join("paid.bin");
+    std::fs::write(&src, &data).unwrap();
+    let seeder = handler_with(&dir.path().join("s"), &[("wallet", "0xseeder"), ("chiral_peer_id", "seed-node")]);
+    let info = seed(&seeder, &src, &[]).unwrap();
+    let leecher = handler_with(&dir.path().join("l"), &[("payment_threshold", "1048576"), ("chiral_peer_id", "leech-node")]);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let sink = Events::sink_from_fn(move |e| {
+        if let chiral_sdk::Event::PaymentRequired { peer, wallet, bytes } = e {
+            s2.lock().unwrap().push((peer.to_string(), wallet.into_option().map(|w| w.to_string()), bytes));
+        }
+    });
+    let req = DownloadRequest {
+        identifier: info.identifiers[0].clone(),
+        out_dir: dir.path().join("out").to_string_lossy().into_owned().into(),
+        connections: 8,
+        options: RVec::new(),
+    };
+    block_on(leecher.download(req, sink)).into_result().unwrap();
+    assert_eq!(std::fs::read(dir.path().join("out/paid.bin")).unwrap(), data);
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(seen.iter().all(|(p, w, _)| p == "seed-node" && w.as_deref() == Some("0xseeder")), "{seen:?}");
+    let bytes: Vec<u64> = seen.iter().map(|s| s.2).collect();
+    assert!(bytes.windows(2).all(|w| w[0] < w[1]) && bytes[0] >= 1 << 20, "{bytes:?}");
+}
+
+/// A minimal HTTP/1.1 server with `Range` support serving `data` at any path; counts requests.
+fn range_server(data: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let h2 = hits.clone();
+    let data = std::sync::Arc::new(data);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let (data, hits) = (data.clone(), h2.clone());
+            std::thread::spawn(move || {
+                let mut rd = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                loop {
+                    let mut range = None;
+                    let mut line = String::new();
+                    if rd.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if rd.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end().to_ascii_lowercase();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some(r) = h.strip_prefix("range: bytes=") {
+                            let (a, b) = r.split_once('-').unwrap();
+                            range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                        }
+                    }
+                    hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (a, b) = range.unwrap_or((0, data.len() - 1));
+                    let body = &data[a..=b.min(data.len() - 1)];
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{}/{}\r\n\r\n",
+                        body.len(),
+                        a + body.len() - 1,
+                        data.len()
+                    );
+                    if w.write_all(head.as_bytes()).and_then(|_| w.write_all(body)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}/file.bin"), hits)
+}
+
+/// BEP 19: `download()` runs one byte-range source per web seed beside the (empty) swarm;
+/// `open_source()` (what the host uses) falls back to the web seeds piece by piece.
+#[test]
+fn web_seeds_serve_a_torrent_with_no_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(1_500_000);
+    let src = dir.path().join("file.bin");
+    std::fs::write(&src, &data).unwrap();
+    let (url, hits) = range_server(data.clone());
+    let h = handler(&dir.path().join("s"));
+    let torrent = dir.path().join("ws.torrent");
+    let args = opts(&[
+        ("path", src.to_str().unwrap()),
+        ("output", torrent.to_str().unwrap()),
+        ("web_seed", &url),
+        ("piece_size", "65536"),
+    ]);
+    block_on(h.command("create".into(), args, no_events())).into_result().unwrap();
+
+    let out = dir.path().join("out");
+    let outcome = download(&h, torrent.to_str().unwrap(), &out, &[]).unwrap();
+    assert_eq!(std::fs::read(out.join("file.bin")).unwrap(), data);
+    assert!(outcome.per_source.iter().any(|s| s.label.as_str().starts_with("webseed:") && s.bytes == data.len() as u64), "{:?}", outcome.per_source);
+    assert!(hits.load(std::sync::atomic::Ordering::Relaxed) >= 23);
+
+    // The host's path: one source whose fetch takes pieces from the web seed.
+    let src = block_on(h.open_source(torrent.to_string_lossy().into_owned().into(), no_events())).into_result().unwrap();
+    let piece = block_on(src.fetch(65536, 65536)).into_result().unwrap();
+    assert_eq!(piece.as_slice(), &data[65536..131072]);
+    let tail = block_on(src.fetch(1_400_000, 100_000)).into_result().unwrap();
+    assert_eq!(tail.as_slice(), &data[1_400_000..]);
+}
+
+/// BEP 5 through the plugin: a bootstrap node (`dht_bootstrap = none`), a seeder and a
+/// downloader on loopback; the magnet has no tracker and no peer address.
+#[test]
+fn trackerless_magnet_over_a_loopback_dht() {
+    let dir = tempfile::tempdir().unwrap();
+    let dht_handler = |d: &str, boot: &str| {
+        let mut c = testkit::config(&dir.path().join(d));
+        c.no_dht = false;
+        c.options = opts(&[("dht_bootstrap", boot)]);
+        testkit::handler_for::<BitTorrentPlugin>(c).expect("handler builds")
+    };
+    let dht_addr = |h: &HandlerBox| -> String {
+        let v = block_on(h.command("dht".into(), RVec::new(), no_events())).into_result().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+        v["dht"].as_str().expect("a DHT address").to_string()
+    };
+    let boot = dht_handler("b", "none");
+    let boot_addr = dht_addr(&boot);
+    assert!(boot_addr.starts_with("127.0.0.1:"), "{boot_addr}");
+    let data = content(700_000);
+    let src = dir.path().join("dht.bin");
+    std::fs::write(&src, &data).unwrap();
+    let seeder = dht_handler("s", &boot_addr);
+    let info = seed(&seeder, &src, &[]).unwrap();
+    let bare = format!("magnet:?xt=urn:btih:{}", info.id);
+    let leecher = dht_handler("l", &dht_addr(&seeder));
+    let out = dir.path().join("out");
+    download(&leecher, &bare, &out, &[]).unwrap();
+    assert_eq!(std::fs::read(out.join("dht.bin")).unwrap(), data);
+}

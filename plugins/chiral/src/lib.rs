@@ -1,0 +1,442 @@
+//! # chiral-plugin-chiral
+//!
+//! The Chiral network plugin: a libp2p node (ed25519 identity kept in the data directory,
+//! TCP + Noise + Yamux, identify `/chiral/1.0.0`, Kademlia `/chiral/kad/1.0.0` in server mode,
+//! request-response `/chiral/chunk/1.0.0`) publishing and finding content by its Merkle root.
+//!
+//! - [`records`]: content ids, DHT keys and record values (sans-IO, validated on read);
+//! - [`wire`]: the chunk protocol's messages and bounded codec (sans-IO);
+//! - [`reputation`]: per-peer metrics, score and provider choice (sans-IO);
+//! - [`seed`]: hashing a file into its Merkle tree, serving chunks with proofs;
+//! - [`node`]: the swarm task and its handle;
+//! - [`source`]: a content as an engine source fetching verified chunks from many providers.
+//!
+//! The node starts on first use (`node`, `search`, `seed`, `open_source`) and runs on the
+//! plugin's runtime until the process exits.
+
+pub mod node;
+pub mod records;
+pub mod reputation;
+pub mod seed;
+pub mod source;
+pub mod wire;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use chiral_sdk::{
+    capability, engine, plugin::BoxFut, runtime::PluginRuntime, DownloadOutcome, DownloadRequest, Events, HostConfig,
+    PieceSource, Plugin, PluginDescriptor, PluginError, SeedInfo, SeedRequest, SourceBytes,
+};
+use serde_json::json;
+
+use crate::{
+    node::Node,
+    records::{content_id, FileMeta, RootList, Seeder},
+    seed::{MerkleTree, SeedEntry},
+    source::ChiralSource,
+};
+
+pub struct ChiralPlugin {
+    // Dropped first: its shutdown stops the swarm task before the state it uses goes away.
+    runtime: PluginRuntime,
+    config: HostConfig,
+    events: Events,
+    node: tokio::sync::OnceCell<Node>,
+}
+
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
+}
+
+/// What an identifier names: a content id, or a magnet's info hash to resolve through
+/// `info_hash_idx`.
+enum Target {
+    Root([u8; 32]),
+    InfoHash(String),
+}
+
+fn target_of(identifier: &str) -> Result<Target, PluginError> {
+    if let Some(root) = records::parse_content_id(identifier) {
+        return Ok(Target::Root(root));
+    }
+    if identifier.len() > 7 && identifier[..7].eq_ignore_ascii_case("magnet:") {
+        if let Some(ih) = records::magnet_info_hash(identifier) {
+            return Ok(Target::InfoHash(ih));
+        }
+    }
+    Err(PluginError::unsupported(format!(
+        "not a Chiral content id (chiral:<64 hex>) nor a magnet with a hex info hash: {}",
+        identifier.chars().take(80).collect::<String>()
+    )))
+}
+
+impl ChiralPlugin {
+    async fn node(&self) -> Result<Node, PluginError> {
+        self.node.get_or_try_init(|| Node::start(&self.config, self.events.clone())).await.cloned()
+    }
+
+    async fn open(self: Arc<Self>, identifier: String, events: Events) -> Result<Arc<ChiralSource>, PluginError> {
+        let target = target_of(&identifier)?;
+        let node = self.node().await?;
+        let root = match target {
+            Target::Root(r) => r,
+            Target::InfoHash(ih) => {
+                node.join().await;
+                let roots = read_roots(&node, records::info_hash_key(&ih), &events).await?;
+                let root = roots.roots.first().and_then(|r| records::parse_hex32(r));
+                root.ok_or_else(|| PluginError::not_found(format!("no Chiral content carries info hash {ih}")))?
+            }
+        };
+        ChiralSource::open(node, root, events).await
+    }
+
+    async fn seed_file(&self, request: SeedRequest, events: Events) -> Result<SeedInfo, PluginError> {
+        let path = Path::new(request.path.as_str()).to_path_buf();
+        let meta = std::fs::metadata(&path).map_err(|e| PluginError::not_found(format!("{}: {e}", path.display())))?;
+        if !meta.is_file() {
+            return Err(PluginError::invalid(format!("{}: the Chiral network seeds single files", path.display())));
+        }
+        let mut info_hash = None;
+        let mut mirrors = Vec::new();
+        for t in request.options.iter() {
+            match t.0.as_str() {
+                "info_hash" => {
+                    info_hash = Some(records::parse_info_hash(t.1.as_str()).ok_or_else(|| {
+                        PluginError::invalid(format!("info_hash {:?} is not 40 hex digits", t.1.as_str()))
+                    })?)
+                }
+                "mirror" => mirrors.push(t.1.to_string()),
+                _ => {}
+            }
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+        let hashing = path.clone();
+        let (leaves, size) = tokio::task::spawn_blocking(move || seed::hash_file(&hashing))
+            .await
+            .map_err(|e| PluginError::other(format!("hashing: {e}")))?
+            .map_err(|e| PluginError::io(format!("{}: {e}", path.display())))?;
+        let tree = MerkleTree::new(leaves);
+        let root = tree.root();
+        let cid = content_id(&root);
+        let node = self.node().await?;
+        let entry = Arc::new(SeedEntry::open(&path, name.clone(), vec![cid.clone()], tree, size)?);
+        node.add_seed(root, entry.clone());
+
+        let mut fm = FileMeta::new(&root, &name, size);
+        fm.info_hash = info_hash.clone();
+        fm.mirrors = mirrors;
+        fm.seeders.push(Seeder { peer_id: node.peer_id().to_string(), addrs: node.plain_addrs() });
+        // Kept locally too (what this node seeds, readable without the network).
+        let dir = Path::new(self.config.data_dir.as_str()).join("seeds");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            if let Ok(v) = serde_json::to_vec_pretty(&fm) {
+                let _ = std::fs::write(dir.join(format!("{}.json", hex::encode(root))), v);
+            }
+        }
+        node.join().await;
+        publish(&node, &fm, &events).await?;
+        events.info(format!("seeding {} as {cid}", path.display()));
+        Ok(SeedInfo { id: entry.id.clone().into(), path: path.to_string_lossy().into_owned().into(), identifiers: vec![cid.into()].into(), bytes_served: 0 })
+    }
+
+    async fn search(&self, word: &str, events: &Events) -> Result<String, PluginError> {
+        let word = word.trim().to_lowercase();
+        if word.is_empty() {
+            return Err(PluginError::invalid("search needs a word"));
+        }
+        let node = self.node().await?;
+        node.join().await;
+        let roots = read_roots(&node, records::keyword_key(&word), events).await?;
+        let mut results = Vec::new();
+        for r in roots.roots.iter().take(100) {
+            let Some(root) = records::parse_hex32(r) else { continue };
+            let metas = node.get_record(records::meta_key(&root)).await?;
+            let meta = metas.iter().find_map(|(from, v)| match FileMeta::decode(&records::meta_key(&root), v) {
+                Ok(m) => Some(m),
+                Err(reason) => {
+                    events.warn(format!("metadata record from {from:?} rejected: {reason}"));
+                    None
+                }
+            });
+            let (name, size) = meta.map(|m| (m.name, m.size)).unwrap_or_default();
+            results.push(json!({ "id": content_id(&root), "name": name, "size": size }));
+        }
+        Ok(json!({ "results": results }).to_string())
+    }
+}
+
+/// Every valid copy of an index record, merged (invalid copies are logged and skipped).
+async fn read_roots(node: &Node, key: Vec<u8>, events: &Events) -> Result<RootList, PluginError> {
+    let mut merged = RootList::default();
+    for (from, value) in node.get_record(key).await? {
+        match RootList::decode(&value) {
+            Ok(l) => merged.merge(&l),
+            Err(reason) => events.warn(format!("index record from {from:?} rejected: {reason}")),
+        }
+    }
+    Ok(merged)
+}
+
+/// Read-modify-write of an index record: union of every copy found plus `root`.
+async fn add_to_index(node: &Node, key: Vec<u8>, root: &str, events: &Events) -> Result<(), PluginError> {
+    let mut list = read_roots(node, key.clone(), events).await?;
+    list.add(root);
+    let value = list.encode().map_err(PluginError::invalid)?;
+    node.put_record(key, value).await
+}
+
+/// Puts the metadata record, provides the root, adds the root to the info-hash and keyword
+/// indexes. Failing to reach other nodes is a warning (the records stay on this node, which
+/// answers lookups), not an error.
+async fn publish(node: &Node, fm: &FileMeta, events: &Events) -> Result<(), PluginError> {
+    let root = fm.root_bytes().ok_or_else(|| PluginError::invalid("bad root"))?;
+    let value = fm.encode().map_err(PluginError::invalid)?;
+    let mut jobs: Vec<(String, BoxFut<()>)> = Vec::new();
+    {
+        let n = node.clone();
+        let v = value.clone();
+        jobs.push(("metadata record".into(), Box::pin(async move { n.put_record(records::meta_key(&root), v).await })));
+        let n = node.clone();
+        jobs.push(("provider record".into(), Box::pin(async move { n.provide(records::meta_key(&root)).await })));
+    }
+    if let Some(ih) = &fm.info_hash {
+        let (n, ev, r) = (node.clone(), events.clone(), fm.root.clone());
+        let key = records::info_hash_key(ih);
+        jobs.push((format!("info_hash_idx::{ih}"), Box::pin(async move { add_to_index(&n, key, &r, &ev).await })));
+    }
+    for w in records::keywords(&fm.name) {
+        let (n, ev, r) = (node.clone(), events.clone(), fm.root.clone());
+        let key = records::keyword_key(&w);
+        jobs.push((format!("keyword_idx::{w}"), Box::pin(async move { add_to_index(&n, key, &r, &ev).await })));
+    }
+    let (names, futs): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+    let results = tokio::time::timeout(Duration::from_secs(40), futures::future::join_all(futs)).await;
+    match results {
+        Ok(results) => {
+            for (name, r) in names.iter().zip(results) {
+                if let Err(e) = r {
+                    events.warn(format!("{name} kept on this node only: {e}"));
+                }
+            }
+        }
+        Err(_) => events.warn("publishing took over 40 s; records are kept on this node and republished later"),
+    }
+    Ok(())
+}
+
+impl Plugin for ChiralPlugin {
+    fn descriptor() -> PluginDescriptor {
+        PluginDescriptor::new("chiral", env!("CARGO_PKG_VERSION"))
+            .schemes(&["chiral", "magnet"])
+            .capabilities(
+                capability::DOWNLOAD
+                    | capability::SEED
+                    | capability::SOURCE
+                    | capability::SEED_MANAGE
+                    | capability::EXTRA_SOURCE,
+            )
+            // Never wins `magnet` over BitTorrent: it only adds Chiral seeders as extra sources.
+            .priority(-10)
+            .description("Chiral network (libp2p Kademlia): content by Merkle root, verified chunks from many peers")
+    }
+
+    fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
+        let runtime = PluginRuntime::new("chiral", worker_threads())
+            .map_err(|e| PluginError::other(format!("cannot start the chiral plugin's runtime: {e}")))?;
+        Ok(Self { runtime, config, events, node: tokio::sync::OnceCell::new() })
+    }
+
+    fn runtime(&self) -> tokio::runtime::Handle {
+        self.runtime.handle()
+    }
+
+    fn download(self: Arc<Self>, request: DownloadRequest, events: Events) -> BoxFut<DownloadOutcome> {
+        Box::pin(async move {
+            let src = self.clone().open(request.identifier.to_string(), events.clone()).await?;
+            let mut opts = engine::Options::new(request.out_dir.as_str());
+            opts.slots_per_source = if request.connections == 0 { 8 } else { request.connections as usize };
+            let total = src.info().length;
+            let on = move |e: engine::EngineEvent| {
+                if let engine::EngineEvent::Piece { .. } = e {
+                    events.progress(0, total, 0);
+                }
+            };
+            let out = engine::run(vec![src.clone() as Arc<dyn PieceSource>], &opts, &on).await?;
+            Ok(DownloadOutcome {
+                files: out.files.iter().map(|f| f.to_string_lossy().into_owned().into()).collect(),
+                bytes: out.length,
+                resumed_bytes: out.resumed_bytes,
+                per_source: src
+                    .per_provider()
+                    .into_iter()
+                    .map(|(peer, bytes, _)| SourceBytes { label: peer.into(), bytes })
+                    .collect(),
+            })
+        })
+    }
+
+    fn seed(self: Arc<Self>, request: SeedRequest, events: Events) -> BoxFut<SeedInfo> {
+        Box::pin(async move { self.seed_file(request, events).await })
+    }
+
+    fn list_seeds(&self) -> Vec<SeedInfo> {
+        let Some(node) = self.node.get() else { return Vec::new() };
+        node.seeds()
+            .into_iter()
+            .map(|s| SeedInfo {
+                id: s.id.as_str().into(),
+                path: s.path.to_string_lossy().into_owned().into(),
+                identifiers: s.identifiers.iter().map(|i| i.as_str().into()).collect(),
+                bytes_served: s.served.load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn stop_seed(&self, id: &str) -> Result<(), PluginError> {
+        match self.node.get() {
+            Some(node) if node.remove_seed(id) => Ok(()),
+            _ => Err(PluginError::not_found(format!("no seed {id}"))),
+        }
+    }
+
+    fn open_source(self: Arc<Self>, identifier: String, events: Events) -> BoxFut<Arc<dyn PieceSource>> {
+        Box::pin(async move {
+            let src = self.open(identifier, events).await?;
+            Ok(src as Arc<dyn PieceSource>)
+        })
+    }
+
+    fn command(self: Arc<Self>, name: String, args: Vec<(String, String)>, events: Events) -> BoxFut<String> {
+        Box::pin(async move {
+            match name.as_str() {
+                "node" => {
+                    let node = self.node().await?;
+                    // Join the network in the background; the node keeps running.
+                    let n = node.clone();
+                    tokio::spawn(async move { n.join().await });
+                    Ok(json!({ "peer_id": node.peer_id().to_string(), "addrs": node.addrs() }).to_string())
+                }
+                "search" => {
+                    let word = args.iter().find(|(k, _)| k == "word").map(|(_, v)| v.clone()).unwrap_or_default();
+                    self.search(&word, &events).await
+                }
+                "peers" => {
+                    let node = self.node().await?;
+                    let m = node.shared.metrics.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let peers: Vec<_> = m
+                        .iter()
+                        .map(|(p, m)| {
+                            json!({
+                                "peer_id": p.to_string(), "score": m.score, "successes": m.successes,
+                                "failures": m.failures, "bad_data": m.bad_data, "bytes": m.bytes,
+                                "latency_ms": m.latency_ms, "throughput": m.throughput,
+                                "protocols": m.protocols, "agent": m.agent,
+                            })
+                        })
+                        .collect();
+                    Ok(json!({ "peers": peers }).to_string())
+                }
+                other => Err(PluginError::unsupported(format!("plugin chiral has no command {other:?}"))),
+            }
+        })
+    }
+}
+
+chiral_sdk::export_plugin!(ChiralPlugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chiral_sdk::abi_stable;
+
+    #[test]
+    fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let handler = chiral_sdk::testkit::handler_for::<ChiralPlugin>(chiral_sdk::testkit::config(dir.path())).unwrap();
+        chiral_sdk::testkit::Kit::new(handler).out_dir(dir.path()).assert_all();
+    }
+
+    fn plugin(dir: &Path, bootstrap: Vec<String>) -> Arc<ChiralPlugin> {
+        let mut cfg = chiral_sdk::testkit::config(dir);
+        cfg.no_dht = false;
+        cfg.bootstrap = bootstrap.into_iter().map(Into::into).collect();
+        Arc::new(ChiralPlugin::new(cfg, Events::none()).unwrap())
+    }
+
+    /// Two nodes in one process: one seeds, the other finds it through the DHT and fetches
+    /// every chunk (verified), an unaligned range, then searches by keyword.
+    #[test]
+    fn seed_find_fetch_and_search_in_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(chiral_sdk::verify::CHUNK_SIZE as usize * 5 + 123)).map(|i| (i * 31 % 251) as u8).collect();
+        let file = dir.path().join("Holiday_Movie.bin");
+        std::fs::write(&file, &data).unwrap();
+        let seeder = plugin(&dir.path().join("s"), vec![]);
+        let rt = seeder.runtime();
+        let addr = rt.block_on(seeder.clone().command("node".into(), vec![], Events::none())).unwrap();
+        let addr: serde_json::Value = serde_json::from_str(&addr).unwrap();
+        let addr = addr["addrs"][0].as_str().unwrap().to_string();
+        let req = SeedRequest {
+            path: file.to_string_lossy().into_owned().into(),
+            options: vec![abi_stable::std_types::Tuple2("info_hash".into(), "ab".repeat(20).into())].into(),
+        };
+        let info = rt.block_on(seeder.clone().seed(req, Events::none())).unwrap();
+        let root = chiral_sdk::verify::merkle_root(&chiral_sdk::verify::leaves_of(&data));
+        assert_eq!(info.identifiers[0].as_str(), content_id(&root));
+        assert_eq!(seeder.list_seeds().len(), 1);
+
+        let getter = plugin(&dir.path().join("g"), vec![addr]);
+        let grt = getter.runtime();
+        let src = grt.block_on(getter.clone().open_source(content_id(&root), Events::none())).unwrap();
+        let ci = src.info();
+        assert_eq!(ci.length, data.len() as u64);
+        assert_eq!(ci.name.as_str(), "Holiday_Movie.bin");
+        assert_eq!(ci.hash_kind, chiral_sdk::HashKind::Sha256Merkle);
+        let v = chiral_sdk::verify::PieceVerifier::for_content(&ci, 6).unwrap();
+        let chunk = chiral_sdk::verify::CHUNK_SIZE;
+        for i in 0..6u64 {
+            let len = (data.len() as u64 - i * chunk).min(chunk);
+            let got = grt.block_on(src.fetch(i * chunk, len)).unwrap();
+            v.verify(i as u32, &got).unwrap();
+        }
+        let got = grt.block_on(src.fetch(chunk - 10, chunk + 20)).unwrap();
+        assert_eq!(got.as_slice(), &data[chunk as usize - 10..2 * chunk as usize + 10]);
+        assert!(grt.block_on(src.fetch(data.len() as u64, 1)).is_err());
+
+        // Magnet dual lookup through info_hash_idx.
+        let magnet = format!("magnet:?xt=urn:btih:{}", "AB".repeat(20));
+        let m = grt.block_on(getter.clone().open_source(magnet, Events::none())).unwrap();
+        assert_eq!(m.info().root.as_slice(), root.as_slice());
+
+        let found = grt.block_on(getter.clone().command("search".into(), vec![("word".into(), "MOVIE".into())], Events::none())).unwrap();
+        let found: serde_json::Value = serde_json::from_str(&found).unwrap();
+        assert_eq!(found["results"][0]["id"], content_id(&root));
+        assert_eq!(found["results"][0]["size"], data.len() as u64);
+
+        // The peer's metrics recorded the transfers and its identify protocols.
+        let peers = grt.block_on(getter.clone().command("peers".into(), vec![], Events::none())).unwrap();
+        let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
+        let p = &peers["peers"][0];
+        assert!(p["successes"].as_u64().unwrap() >= 7, "{p}");
+        assert!(p["score"].as_f64().unwrap() > reputation::INITIAL_SCORE);
+        assert!(p["protocols"].as_array().unwrap().iter().any(|x| x == "/chiral/chunk/1.0.0"), "{p}");
+
+        // Unknown content: a clean not-found, in bounded time.
+        let missing = grt.block_on(getter.clone().open_source(content_id(&[9; 32]), Events::none()));
+        assert!(missing.is_err());
+        assert!(seeder.stop_seed(&info.id).is_ok());
+        assert!(seeder.stop_seed("nope").is_err());
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(matches!(target_of(&format!("chiral:{}", "0f".repeat(32))), Ok(Target::Root(_))));
+        assert!(matches!(
+            target_of("magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567"),
+            Ok(Target::InfoHash(_))
+        ));
+        assert!(target_of("magnet:?xt=urn:btih:ABCDEFGHIJKLMNOPQRSTUVWXYZ234567").is_err());
+        assert!(target_of("http://x").is_err());
+        assert!(target_of("").is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! Per-peer metrics and reputation, sans-IO: what the node learned of each peer (latency,
+//! throughput, successes, failures, bad data, protocols from identify) and the provider choice
+//! built on it.
+//!
+//! The score lives in `[0, 1]`, starts at 0.5, moves a tenth of the way to 1 on each good
+//! transfer, loses a fifth on a failure and is halved (and the peer banned from the current
+//! download) on data that fails verification.
+
+use std::time::Duration;
+
+/// Score of a peer never seen.
+pub const INITIAL_SCORE: f64 = 0.5;
+/// Below this, a peer is only used when nothing better is left.
+pub const POOR_SCORE: f64 = 0.15;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerMetrics {
+    pub score: f64,
+    pub successes: u64,
+    pub failures: u64,
+    pub bad_data: u64,
+    pub bytes: u64,
+    /// Smoothed request latency (time to the whole answer of a small request or a chunk).
+    pub latency_ms: Option<f64>,
+    /// Smoothed throughput of chunk transfers, bytes per second.
+    pub throughput: Option<f64>,
+    /// Protocols the peer announced through identify.
+    pub protocols: Vec<String>,
+    pub agent: String,
+}
+
+impl Default for PeerMetrics {
+    fn default() -> Self {
+        Self {
+            score: INITIAL_SCORE,
+            successes: 0,
+            failures: 0,
+            bad_data: 0,
+            bytes: 0,
+            latency_ms: None,
+            throughput: None,
+            protocols: Vec::new(),
+            agent: String::new(),
+        }
+    }
+}
+
+fn ewma(old: Option<f64>, sample: f64) -> f64 {
+    match old {
+        None => sample,
+        Some(o) => o * 0.7 + sample * 0.3,
+    }
+}
+
+impl PeerMetrics {
+    pub fn success(&mut self, bytes: u64, took: Duration) {
+        self.successes += 1;
+        self.bytes += bytes;
+        let secs = took.as_secs_f64().max(1e-6);
+        self.latency_ms = Some(ewma(self.latency_ms, secs * 1000.0));
+        if bytes >= 16 * 1024 {
+            self.throughput = Some(ewma(self.throughput, bytes as f64 / secs));
+        }
+        self.score += (1.0 - self.score) * 0.1;
+    }
+
+    pub fn failure(&mut self) {
+        self.failures += 1;
+        self.score *= 0.8;
+    }
+
+    pub fn bad_data(&mut self) {
+        self.bad_data += 1;
+        self.score *= 0.5;
+    }
+
+    pub fn supports(&self, protocol: &str) -> bool {
+        self.protocols.iter().any(|p| p == protocol)
+    }
+
+    /// How much this peer is wanted for the next request, given `in_flight` requests already
+    /// sent to it: reputation times speed, shared among its open requests. Unmeasured peers get
+    /// the median speed so each one gets tried.
+    pub fn weight(&self, in_flight: usize, default_throughput: f64) -> f64 {
+        let speed = self.throughput.unwrap_or(default_throughput).max(1.0);
+        let score = if self.score < POOR_SCORE { self.score * 0.01 } else { self.score };
+        score * speed / (1 + in_flight) as f64
+    }
+}
+
+/// Picks among candidates `(metrics, in_flight)`: the highest weight wins; ties go to the first.
+pub fn pick(candidates: &[(PeerMetrics, usize)]) -> Option<usize> {
+    let mut speeds: Vec<f64> = candidates.iter().filter_map(|(m, _)| m.throughput).collect();
+    speeds.sort_by(|a, b| a.total_cmp(b));
+    let median = speeds.get(speeds.len() / 2).copied().unwrap_or(1e6);
+    candidates
+        .iter()
+        .enumerate()
+        .map(|(i, (m, n))| (i, m.weight(*n, median)))
+        .fold(None, |best: Option<(usize, f64)>, (i, w)| match best {
+            Some((_, bw)) if bw >= w => best,
+            _ => Some((i, w)),
+        })
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_rises_with_good_transfers_and_falls_with_failures() {
+        let mut m = PeerMetrics::default();
+        for _ in 0..10 {
+            m.success(256 * 1024, Duration::from_millis(10));
+        }
+        assert!(m.score > 0.8, "{}", m.score);
+        assert_eq!(m.successes, 10);
+        assert_eq!(m.bytes, 10 * 256 * 1024);
+        assert!(m.throughput.unwrap() > 20e6);
+        let before = m.score;
+        m.failure();
+        assert!(m.score < before);
+        let before = m.score;
+        m.bad_data();
+        assert!((m.score - before / 2.0).abs() < 1e-9);
+        for _ in 0..20 {
+            m.failure();
+        }
+        assert!(m.score < POOR_SCORE && m.score > 0.0);
+    }
+
+    #[test]
+    fn selection_prefers_reputation_and_speed_and_spreads_load() {
+        let mut good = PeerMetrics::default();
+        let mut bad = PeerMetrics::default();
+        for _ in 0..5 {
+            good.success(256 * 1024, Duration::from_millis(5));
+            bad.success(256 * 1024, Duration::from_millis(5));
+        }
+        bad.bad_data();
+        assert_eq!(pick(&[(bad.clone(), 0), (good.clone(), 0)]), Some(1));
+        // A slower peer with the same reputation loses while both are idle...
+        let mut slow = good.clone();
+        slow.throughput = Some(good.throughput.unwrap() / 10.0);
+        assert_eq!(pick(&[(slow.clone(), 0), (good.clone(), 0)]), Some(1));
+        // ...but gets work once the fast one is busy enough.
+        assert_eq!(pick(&[(slow, 0), (good.clone(), 20)]), Some(0));
+        // Equal peers: load spreads.
+        assert_eq!(pick(&[(good.clone(), 1), (good.clone(), 0)]), Some(1));
+        // A failed-out peer is a last resort only.
+        let mut poor = good.clone();
+        for _ in 0..20 {
+            poor.failure();
+        }
+        assert_eq!(pick(&[(poor.clone(), 0), (good, 7)]), Some(1));
+        assert_eq!(pick(&[(poor, 0)]), Some(0));
+        assert_eq!(pick(&[]), None);
+    }
+}

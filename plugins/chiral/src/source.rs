@@ -1,0 +1,340 @@
+//! A Chiral content as an engine source: the providers found through the DHT, the manifest
+//! (leaf hashes checked against the root), and chunk fetches spread over providers by
+//! reputation and speed. Every chunk is checked (leaf hash and Merkle proof) before it is
+//! handed over; a provider that sends bad data is penalised and not asked again.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chiral_sdk::{
+    abi_stable::std_types::RVec,
+    plugin::BoxFut,
+    verify::{leaf_hash, merkle_root, verify_proof, Hash32, CHUNK_SIZE},
+    ContentInfo, Events, HashKind, PieceSource, PluginError,
+};
+use libp2p::{Multiaddr, PeerId};
+
+use crate::{
+    node::Node,
+    records::{chunk_count, content_id, FileMeta},
+    reputation,
+    wire::{Request, Response},
+};
+
+/// Attempts per chunk before the fetch fails (the engine retries on top).
+const ATTEMPTS: usize = 4;
+
+#[derive(Default)]
+struct ProviderState {
+    in_flight: usize,
+    banned: bool,
+    bytes: u64,
+    chunks: u64,
+}
+
+/// The source handed to the engine (cheap to clone into fetch futures).
+pub struct ChiralSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: Node,
+    root: Hash32,
+    name: String,
+    size: u64,
+    leaves: Vec<Hash32>,
+    providers: Mutex<HashMap<PeerId, ProviderState>>,
+    events: Events,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Checks a manifest against the root it was asked for.
+pub fn check_manifest(root: &Hash32, size: u64, leaves: &[Hash32]) -> Result<(), String> {
+    if leaves.len() as u64 != chunk_count(size) {
+        return Err(format!("{} leaves for {size} bytes", leaves.len()));
+    }
+    if &merkle_root(leaves) != root {
+        return Err("the leaves do not add up to the root".into());
+    }
+    Ok(())
+}
+
+/// Checks one chunk: its length, its leaf hash and its proof up to the root.
+pub fn check_chunk(root: &Hash32, leaves: &[Hash32], size: u64, index: u32, data: &[u8], proof: &[Hash32]) -> Result<(), String> {
+    let i = index as usize;
+    let Some(expect) = leaves.get(i) else { return Err(format!("no chunk {index}")) };
+    let want_len = size.saturating_sub(index as u64 * CHUNK_SIZE).min(CHUNK_SIZE);
+    if data.len() as u64 != want_len {
+        return Err(format!("chunk {index} has {} bytes, expected {want_len}", data.len()));
+    }
+    let leaf = leaf_hash(data);
+    if &leaf != expect {
+        return Err(format!("chunk {index} does not match its leaf hash"));
+    }
+    if !verify_proof(root, i, leaves.len(), &leaf, proof) {
+        return Err(format!("chunk {index} came with a wrong Merkle proof"));
+    }
+    Ok(())
+}
+
+impl ChiralSource {
+    /// Finds providers of `root` (DHT providers and the seeders of its metadata record), gets
+    /// the manifest from the first that answers with a valid one.
+    pub async fn open(node: Node, root: Hash32, events: Events) -> Result<Arc<Self>, PluginError> {
+        node.join().await;
+        let cid = content_id(&root);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut meta: Option<FileMeta> = None;
+        let mut candidates: Vec<PeerId> = Vec::new();
+        let mut round = 0u32;
+        loop {
+            round += 1;
+            let (providers, metas) = tokio::join!(
+                node.get_providers(crate::records::meta_key(&root)),
+                node.get_record(crate::records::meta_key(&root))
+            );
+            let providers = providers?;
+            for (from, value) in metas? {
+                match FileMeta::decode(&crate::records::meta_key(&root), &value) {
+                    Ok(m) => match &mut meta {
+                        Some(old) if old.size == m.size => old.merge(&m),
+                        Some(_) => events.warn(format!("metadata record from {from:?} disagrees on the size; ignored")),
+                        None => meta = Some(m),
+                    },
+                    Err(reason) => events.warn(format!("metadata record from {from:?} rejected: {reason}")),
+                }
+            }
+            let mut seen: HashSet<PeerId> = candidates.iter().copied().collect();
+            for p in providers {
+                if seen.insert(p) {
+                    candidates.push(p);
+                }
+            }
+            if let Some(m) = &meta {
+                for s in &m.seeders {
+                    let Ok(p) = s.peer_id.parse::<PeerId>() else { continue };
+                    let addrs: Vec<Multiaddr> = s.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                    node.add_addresses(p, addrs);
+                    if seen.insert(p) {
+                        candidates.push(p);
+                    }
+                }
+            }
+            candidates.retain(|p| *p != node.peer_id());
+            if !candidates.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            events.debug(format!("{cid}: no provider yet (round {round}), asking again"));
+            tokio::time::sleep(Duration::from_millis(500 * round.min(6) as u64)).await;
+        }
+        if candidates.is_empty() {
+            return Err(PluginError::not_found(format!("no provider of {cid} found on the Chiral network")));
+        }
+        events.info(format!("{cid}: {} provider(s)", candidates.len()));
+
+        // Manifest: best-reputed providers first, all asked until one gives a valid manifest.
+        candidates.sort_by(|a, b| node.metrics_of(b).score.total_cmp(&node.metrics_of(a).score));
+        let mut errors = Vec::new();
+        let mut manifest = None;
+        for p in &candidates {
+            let t0 = Instant::now();
+            match node.request(*p, Request::Manifest { root }).await {
+                Ok(Response::Manifest { size, name, leaves }) => match check_manifest(&root, size, &leaves) {
+                    Ok(()) => {
+                        node.update_metrics(*p, |m| m.success(0, t0.elapsed()));
+                        manifest = Some((size, name, leaves));
+                        break;
+                    }
+                    Err(e) => {
+                        node.update_metrics(*p, |m| m.bad_data());
+                        events.warn(format!("{p} sent a bad manifest: {e}"));
+                        errors.push(format!("{p}: {e}"));
+                    }
+                },
+                Ok(Response::Error { message }) => errors.push(format!("{p}: {message}")),
+                Ok(_) => errors.push(format!("{p}: unexpected answer")),
+                Err(e) => {
+                    node.update_metrics(*p, |m| m.failure());
+                    errors.push(e.message.to_string());
+                }
+            }
+        }
+        let Some((size, name, leaves)) = manifest else {
+            return Err(PluginError::network(format!("no provider of {cid} gave its manifest: {}", errors.join("; "))));
+        };
+        let name = meta.as_ref().map(|m| m.name.clone()).filter(|n| !n.is_empty()).unwrap_or(name);
+        let providers = candidates.into_iter().map(|p| (p, ProviderState::default())).collect();
+        let inner = Inner { node, root, name, size, leaves, providers: Mutex::new(providers), events };
+        Ok(Arc::new(Self { inner: Arc::new(inner) }))
+    }
+
+    /// Bytes and chunks each provider delivered so far.
+    pub fn per_provider(&self) -> Vec<(String, u64, u64)> {
+        self.inner.per_provider()
+    }
+}
+
+impl Inner {
+
+    fn pick(&self) -> Option<PeerId> {
+        let mut provs = lock(&self.providers);
+        let live: Vec<PeerId> = provs.iter().filter(|(_, s)| !s.banned).map(|(p, _)| *p).collect();
+        let cands: Vec<_> = live.iter().map(|p| (self.node.metrics_of(p), provs[p].in_flight)).collect();
+        let i = reputation::pick(&cands)?;
+        let peer = live[i];
+        provs.get_mut(&peer).expect("listed").in_flight += 1;
+        Some(peer)
+    }
+
+    async fn fetch_chunk(&self, index: u32) -> Result<Vec<u8>, PluginError> {
+        let mut errors = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let Some(peer) = self.pick() else { break };
+            let t0 = Instant::now();
+            let r = self.node.request(peer, Request::Chunk { root: self.root, index }).await;
+            let took = t0.elapsed();
+            let mut provs = lock(&self.providers);
+            let st = provs.get_mut(&peer).expect("listed");
+            st.in_flight -= 1;
+            let err = match r {
+                Ok(Response::Chunk { index: got, proof, data }) if got == index => {
+                    match check_chunk(&self.root, &self.leaves, self.size, index, &data, &proof) {
+                        Ok(()) => {
+                            st.bytes += data.len() as u64;
+                            st.chunks += 1;
+                            drop(provs);
+                            self.node.update_metrics(peer, |m| m.success(data.len() as u64, took));
+                            return Ok(data);
+                        }
+                        Err(e) => {
+                            st.banned = true;
+                            drop(provs);
+                            self.node.update_metrics(peer, |m| m.bad_data());
+                            self.events.warn(format!("{peer} sent bad data, dropped: {e}"));
+                            e
+                        }
+                    }
+                }
+                Ok(Response::Chunk { index: got, .. }) => {
+                    st.banned = true;
+                    drop(provs);
+                    self.node.update_metrics(peer, |m| m.bad_data());
+                    format!("{peer} answered chunk {got} for {index}")
+                }
+                Ok(Response::Error { message }) => {
+                    drop(provs);
+                    self.node.update_metrics(peer, |m| m.failure());
+                    format!("{peer}: {message}")
+                }
+                Ok(Response::Manifest { .. }) => {
+                    drop(provs);
+                    self.node.update_metrics(peer, |m| m.failure());
+                    format!("{peer}: unexpected manifest")
+                }
+                Err(e) => {
+                    drop(provs);
+                    self.node.update_metrics(peer, |m| m.failure());
+                    e.message.to_string()
+                }
+            };
+            errors.push(err);
+        }
+        if errors.is_empty() {
+            return Err(PluginError::network(format!("no usable provider left for chunk {index}")));
+        }
+        Err(PluginError::network(format!("chunk {index}: {}", errors.join("; "))))
+    }
+
+    fn per_provider(&self) -> Vec<(String, u64, u64)> {
+        let provs = lock(&self.providers);
+        let mut v: Vec<_> = provs.iter().map(|(p, s)| (p.to_string(), s.bytes, s.chunks)).collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for (peer, bytes, chunks) in self.per_provider() {
+            self.events.info(format!("chiral provider {peer}: {bytes} bytes in {chunks} chunks"));
+        }
+    }
+}
+
+impl PieceSource for ChiralSource {
+    fn info(&self) -> ContentInfo {
+        let this = &self.inner;
+        let n = lock(&this.providers).len();
+        ContentInfo {
+            name: this.name.as_str().into(),
+            length: this.size,
+            length_known: true,
+            random_access: true,
+            piece_length: CHUNK_SIZE,
+            hash_kind: HashKind::Sha256Merkle,
+            piece_hashes: this.leaves.iter().flatten().copied().collect(),
+            root: this.root.to_vec().into(),
+            files: Default::default(),
+            label: format!("{} ({n} peers)", content_id(&this.root)).into(),
+        }
+    }
+
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+        let this = self.inner.clone();
+        Box::pin(async move {
+            let end = offset.checked_add(length).filter(|e| *e <= this.size).ok_or_else(|| {
+                PluginError::invalid(format!("range {offset}+{length} is outside {} bytes", this.size))
+            })?;
+            if length == 0 {
+                return Ok(Default::default());
+            }
+            let first = (offset / CHUNK_SIZE) as u32;
+            let last = ((end - 1) / CHUNK_SIZE) as u32;
+            let mut out = Vec::with_capacity(length as usize);
+            for index in first..=last {
+                let data = this.fetch_chunk(index).await?;
+                let base = index as u64 * CHUNK_SIZE;
+                let from = offset.max(base) - base;
+                let to = end.min(base + data.len() as u64) - base;
+                out.extend_from_slice(&data[from as usize..to as usize]);
+            }
+            Ok(out.into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chiral_sdk::verify::{leaves_of, merkle_proof};
+
+    #[test]
+    fn manifests_and_chunks_are_checked() {
+        let data: Vec<u8> = (0..(CHUNK_SIZE as usize * 2 + 9)).map(|i| (i % 7) as u8).collect();
+        let leaves = leaves_of(&data);
+        let root = merkle_root(&leaves);
+        let size = data.len() as u64;
+        assert!(check_manifest(&root, size, &leaves).is_ok());
+        assert!(check_manifest(&root, size + CHUNK_SIZE, &leaves).unwrap_err().contains("leaves"));
+        assert!(check_manifest(&[0; 32], size, &leaves).unwrap_err().contains("root"));
+        let c = CHUNK_SIZE as usize;
+        for i in 0..3 {
+            let chunk = &data[i * c..((i + 1) * c).min(data.len())];
+            let proof = merkle_proof(&leaves, i).unwrap();
+            assert!(check_chunk(&root, &leaves, size, i as u32, chunk, &proof).is_ok());
+        }
+        let proof0 = merkle_proof(&leaves, 0).unwrap();
+        let mut bad = data[..c].to_vec();
+        bad[5] ^= 1;
+        assert!(check_chunk(&root, &leaves, size, 0, &bad, &proof0).unwrap_err().contains("leaf"));
+        assert!(check_chunk(&root, &leaves, size, 0, &data[..c - 1], &proof0).unwrap_err().contains("bytes"));
+        assert!(check_chunk(&root, &leaves, size, 0, &data[..c], &proof0[1..]).unwrap_err().contains("proof"));
+        assert!(check_chunk(&root, &leaves, size, 3, &[], &[]).is_err());
+    }
+}

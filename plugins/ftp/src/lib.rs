@@ -1,0 +1,151 @@
+//! # chiral-plugin-ftp
+//!
+//! The FTP/FTPS plugin of Chiral:
+//! - as a **source** (`open_source`), it logs in once to learn what an `ftp://` or `ftps://`
+//!   identifier names (a file's size by `SIZE`, a folder's tree by `MLSD`/`LIST`) and then serves
+//!   the engine byte ranges (`REST` + `RETR`) over a pool of logged-in sessions, one per
+//!   concurrent fetch ([`source`], [`conn`]);
+//! - as a **downloader** (`download`), it drives the SDK engine over that source, or streams
+//!   each file in one `RETR` when the server cannot restart at an offset ([`download`]);
+//! - as a **seeder** (`seed`), it serves files read-only from an embedded FTP server (libunftp)
+//!   at `ftp://<host>:<port>/<name>`, or uploads them elsewhere with `ftp_upload=URL` ([`seed`]).
+//!
+//! Credentials come from the URL (`ftp://user:password@host/...`), else the plugin options
+//! `user` / `password` (config `[plugins.ftp]`), else `CHIRAL_FTP_USER` / `CHIRAL_FTP_PASSWORD`,
+//! else the anonymous login. The password never appears in a message or a label ([`target`]).
+//! `ftps://` trusts the platform's roots plus the PEM file of the option `ca_file` (or
+//! `CHIRAL_FTP_CA_FILE`).
+//!
+//! Everything runs on the plugin's own tokio runtime; the SDK adapter spawns every future there.
+
+pub mod conn;
+pub mod download;
+pub mod reply;
+pub mod seed;
+pub mod source;
+pub mod target;
+
+use std::sync::Arc;
+
+use chiral_sdk::{
+    capability, plugin::BoxFut, runtime::PluginRuntime, DownloadOutcome, DownloadRequest, Events, HostConfig,
+    PieceSource, Plugin, PluginDescriptor, PluginError, SeedInfo, SeedRequest,
+};
+use suppaftp::tokio_rustls::rustls::ClientConfig;
+
+use crate::target::{Defaults, Target};
+
+/// Environment variable naming extra trusted roots (PEM) for `ftps://`.
+pub const ENV_CA_FILE: &str = "CHIRAL_FTP_CA_FILE";
+
+/// Settings every call shares: the configured credentials and the TLS client setup.
+pub struct Settings {
+    /// The plugin's options (from the host's config file).
+    options: Vec<(String, String)>,
+    env: fn(&str) -> Option<String>,
+    tls: conn::TlsSettings,
+}
+
+fn real_env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+impl Settings {
+    pub fn new(options: Vec<(String, String)>, env: fn(&str) -> Option<String>) -> Self {
+        let ca_file = options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "ca_file")
+            .map(|(_, v)| v.clone())
+            .or_else(|| env(ENV_CA_FILE))
+            .filter(|v| !v.trim().is_empty());
+        Self { options, env, tls: conn::TlsSettings::new(ca_file) }
+    }
+
+    /// Parses `identifier` with the credentials of `extra` (a request's options), then the
+    /// plugin's options, then the environment.
+    pub fn target(&self, identifier: &str, extra: &[(String, String)]) -> Result<Target, PluginError> {
+        let mut options = self.options.clone();
+        options.extend(extra.iter().cloned());
+        Target::parse(identifier, &Defaults::from_options_and_env(&options, self.env))
+    }
+
+    /// The TLS config for an `ftps://` target, `None` for plain FTP.
+    pub fn tls_for(&self, target: &Target) -> Result<Option<Arc<ClientConfig>>, PluginError> {
+        if target.secure {
+            self.tls.config().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The plugin: a runtime, the shared settings and the seed server.
+pub struct FtpPlugin {
+    // Declared first so it is dropped first: its shutdown stops every task (server included)
+    // before the state those tasks point at goes away.
+    runtime: PluginRuntime,
+    settings: Arc<Settings>,
+    seeder: seed::Seeder,
+}
+
+/// Worker threads of the plugin's runtime: I/O bound work, so a few are plenty.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
+}
+
+impl Plugin for FtpPlugin {
+    fn descriptor() -> PluginDescriptor {
+        PluginDescriptor::new("ftp", env!("CARGO_PKG_VERSION"))
+            .schemes(&["ftp", "ftps"])
+            .capabilities(capability::DOWNLOAD | capability::SEED | capability::SOURCE | capability::SEED_MANAGE)
+            .priority(0)
+            .description("FTP/FTPS: parallel REST-ranged downloads of files and folders, and seeding from a built-in FTP server")
+    }
+
+    fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
+        let runtime = PluginRuntime::new("ftp", worker_threads())
+            .map_err(|e| PluginError::other(format!("cannot start the ftp plugin's runtime: {e}")))?;
+        let options = config.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
+        let settings = Arc::new(Settings::new(options, real_env));
+        let seeder = seed::Seeder::new(&config, events);
+        Ok(Self { runtime, settings, seeder })
+    }
+
+    fn runtime(&self) -> tokio::runtime::Handle {
+        self.runtime.handle()
+    }
+
+    fn download(self: Arc<Self>, request: DownloadRequest, events: Events) -> BoxFut<DownloadOutcome> {
+        Box::pin(async move { download::download(self.settings.clone(), request, events).await })
+    }
+
+    fn seed(self: Arc<Self>, request: SeedRequest, events: Events) -> BoxFut<SeedInfo> {
+        Box::pin(async move {
+            let options: Vec<(String, String)> = request.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
+            self.seeder.seed(&self.settings, &request.path, &options, &events).await
+        })
+    }
+
+    fn list_seeds(&self) -> Vec<SeedInfo> {
+        self.seeder.list()
+    }
+
+    fn stop_seed(&self, id: &str) -> Result<(), PluginError> {
+        self.seeder.stop(id)
+    }
+
+    fn open_source(self: Arc<Self>, identifier: String, events: Events) -> BoxFut<Arc<dyn PieceSource>> {
+        Box::pin(async move {
+            let target = self.settings.target(&identifier, &[])?;
+            let tls = self.settings.tls_for(&target)?;
+            let source = source::open(target, tls, &events).await?;
+            Ok(Arc::new(source) as Arc<dyn PieceSource>)
+        })
+    }
+}
+
+chiral_sdk::export_plugin!(FtpPlugin);
+
+#[cfg(test)]
+mod tests;

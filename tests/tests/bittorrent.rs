@@ -1,0 +1,722 @@
+//! The native BitTorrent plugin end to end: the real `chiral` against real peers on loopback
+//! (aria2c, transmission-daemon, transmission-cli, mktorrent), a tiny HTTP tracker of our own
+//! (BEP 3/23, in this process), and scripted peers for what real clients never do (send bad
+//! blocks, serve a torrent whose paths climb out of the folder).
+//!
+//! Needs: aria2, transmission-cli, transmission-daemon, mktorrent (Debian packages).
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chiral_tests::*;
+
+const MIB: u64 = 1 << 20;
+const BT: [&str; 2] = ["--backend", "bittorrent"];
+
+// ---------------------------------------------------------------- a tiny tracker
+
+type Swarms = Arc<Mutex<HashMap<Vec<u8>, HashMap<(String, u16), Instant>>>>;
+
+/// A BEP 3 / BEP 23 HTTP tracker on 127.0.0.1 (compact peers, interval 5 s), in a thread.
+struct Tracker {
+    port: u16,
+    swarms: Swarms,
+}
+
+fn pct_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+impl Tracker {
+    fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let swarms: Swarms = Arc::default();
+        let s2 = swarms.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let s3 = s2.clone();
+                std::thread::spawn(move || Tracker::serve(c, s3));
+            }
+        });
+        Self { port, swarms }
+    }
+
+    fn serve(mut c: TcpStream, swarms: Swarms) {
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16384 {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&req).into_owned();
+        let target = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let (_, query) = target.split_once('?').unwrap_or((&target, ""));
+        let mut q: HashMap<&str, Vec<u8>> = HashMap::new();
+        for kv in query.split('&') {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            q.insert(k, pct_decode(v));
+        }
+        let ip = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        let body = match (q.get("info_hash"), q.get("port").and_then(|p| String::from_utf8_lossy(p).parse::<u16>().ok())) {
+            (Some(ih), Some(port)) if ih.len() == 20 => {
+                let mut sw = swarms.lock().unwrap();
+                let peers = sw.entry(ih.clone()).or_default();
+                peers.retain(|_, t| t.elapsed() < Duration::from_secs(60));
+                let me = (ip.clone(), port);
+                if q.get("event").map(|e| e.as_slice()) == Some(b"stopped") {
+                    peers.remove(&me);
+                } else {
+                    peers.insert(me.clone(), Instant::now());
+                }
+                let mut compact = Vec::new();
+                for (p_ip, p_port) in peers.keys().filter(|k| **k != me) {
+                    let octets: Vec<u8> = p_ip.split('.').filter_map(|o| o.parse().ok()).collect();
+                    if octets.len() == 4 {
+                        compact.extend_from_slice(&octets);
+                        compact.extend_from_slice(&p_port.to_be_bytes());
+                    }
+                }
+                let mut b = b"d8:intervali5e12:min intervali2e5:peers".to_vec();
+                b.extend_from_slice(format!("{}:", compact.len()).as_bytes());
+                b.extend_from_slice(&compact);
+                b.push(b'e');
+                b
+            }
+            _ => b"d14:failure reason11:bad requeste".to_vec(),
+        };
+        let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", body.len());
+        let _ = c.write_all(head.as_bytes());
+        let _ = c.write_all(&body);
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/announce", self.port)
+    }
+
+    fn ports(&self, info_hash: &[u8]) -> Vec<u16> {
+        self.swarms.lock().unwrap().get(info_hash).map(|p| p.keys().map(|k| k.1).collect()).unwrap_or_default()
+    }
+
+    /// Waits until the tracker lists 127.0.0.1:`port` for `info_hash`.
+    fn wait_for(&self, info_hash: &[u8], port: u16, limit: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if self.ports(info_hash).contains(&port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Registers a peer by hand (a scripted peer that does not announce itself).
+    fn add(&self, info_hash: &[u8], port: u16) {
+        self.swarms.lock().unwrap().entry(info_hash.to_vec()).or_default().insert(("127.0.0.1".into(), port), Instant::now() + Duration::from_secs(3600));
+    }
+}
+
+// ---------------------------------------------------------------- torrents and fixtures
+
+/// The info hash of a .torrent as transmission-show reports it (not the plugin's own parser).
+fn info_hash_of(torrent: &Path) -> Vec<u8> {
+    let out = Command::new(require("transmission-show", "transmission-cli")).arg(torrent).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex_hash = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Hash:").map(|h| h.trim().to_string()))
+        .unwrap_or_else(|| panic!("transmission-show gave no hash: {text}"));
+    hex::decode(hex_hash).unwrap()
+}
+
+fn mktorrent(file: &Path, torrent: &Path, tracker: &str, piece_log2: u32, private: bool) {
+    let mut c = Command::new(require("mktorrent", "mktorrent"));
+    c.args(["-a", tracker, "-l", &piece_log2.to_string(), "-o"]).arg(torrent);
+    if private {
+        c.arg("-p");
+    }
+    let out = c.arg(file).output().unwrap();
+    assert!(out.status.success(), "mktorrent: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn spawn_logged(cmd: &mut Command, name: &str, log: PathBuf) -> Proc {
+    let f = std::fs::File::create(&log).unwrap();
+    let child = cmd.stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
+    Proc { child, name: name.into(), log }
+}
+
+/// aria2c seeding `torrent` whose data is in `dir`, listening on `port`.
+fn aria2_seed(torrent: &Path, dir: &Path, port: u16, extra: &[&str]) -> Proc {
+    let aria2 = require("aria2c", "aria2");
+    let log = dir.join(format!("aria2-seed-{port}.log"));
+    let mut c = Command::new(aria2);
+    c.args([
+        "--interface=127.0.0.1",
+        "--disable-ipv6=true",
+        "--check-integrity=true",
+        "--seed-ratio=0.0",
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--bt-require-crypto=false",
+        "--file-allocation=none",
+        "--summary-interval=0",
+        "--auto-save-interval=0",
+        "--console-log-level=notice",
+    ])
+    .arg(format!("--listen-port={port}"))
+    .arg(format!("--dir={}", dir.display()))
+    .args(extra)
+    .arg(torrent);
+    spawn_logged(&mut c, "aria2c seeder", log)
+}
+
+/// aria2c downloading `id` (a .torrent or magnet) into `out`; returns its exit status and log.
+fn aria2_get(id: &str, out: &Path, limit: Duration) -> (bool, String) {
+    let aria2 = require("aria2c", "aria2");
+    std::fs::create_dir_all(out).unwrap();
+    let port = free_port();
+    let o = run_with_timeout(
+        Command::new(aria2)
+            .args([
+                "--interface=127.0.0.1",
+                "--disable-ipv6=true",
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--bt-require-crypto=false",
+                "--seed-time=0",
+                "--file-allocation=none",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+                "--bt-tracker-interval=5",
+            ])
+            .arg(format!("--listen-port={port}"))
+            .arg(format!("--dir={}", out.display()))
+            .arg(format!("--bt-stop-timeout={}", limit.as_secs()))
+            .arg(id),
+        limit + Duration::from_secs(10),
+    );
+    (o.status.success(), format!("{}{}", stdout(&o), stderr(&o)))
+}
+
+fn find_file(dir: &Path, suffix: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, suffix) {
+                return Some(f);
+            }
+        } else if p.to_string_lossy().ends_with(suffix) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// transmission-daemon seeding `torrent` (data in `dir`) on `port`, waited until Seeding.
+struct TransmissionSeeder {
+    proc: Proc,
+    _conf: tempfile::TempDir,
+}
+
+impl TransmissionSeeder {
+    fn start(torrent: &Path, dir: &Path, port: u16) -> Self {
+        let daemon = require("transmission-daemon", "transmission-daemon");
+        let remote = require("transmission-remote", "transmission-cli");
+        let conf = tempfile::tempdir().unwrap();
+        let rpc = free_port();
+        let settings = format!(
+            r#"{{"bind-address-ipv4":"127.0.0.1","bind-address-ipv6":"::1","peer-port":{port},"peer-port-random-on-start":false,
+"port-forwarding-enabled":false,"dht-enabled":false,"lpd-enabled":false,"pex-enabled":false,"utp-enabled":false,
+"blocklist-enabled":false,"encryption":0,"download-dir":"{dir}","incomplete-dir-enabled":false,"start-added-torrents":true,
+"speed-limit-up-enabled":false,"speed-limit-down-enabled":false,"alt-speed-enabled":false,"ratio-limit-enabled":false,
+"idle-seeding-limit-enabled":false,"cache-size-mb":64,"rpc-enabled":true,"rpc-bind-address":"127.0.0.1","rpc-port":{rpc},
+"rpc-authentication-required":false,"rpc-whitelist-enabled":true,"rpc-whitelist":"127.0.0.1","rpc-host-whitelist-enabled":false,"message-level":2}}"#,
+            dir = dir.display()
+        );
+        std::fs::write(conf.path().join("settings.json"), settings).unwrap();
+        let proc = spawn_logged(
+            Command::new(daemon).arg("-f").arg("-g").arg(conf.path()),
+            "transmission-daemon",
+            conf.path().join("daemon.log"),
+        );
+        assert!(wait_port(rpc, Duration::from_secs(15)), "transmission-daemon RPC did not come up: {}", proc.log_text());
+        let target = format!("127.0.0.1:{rpc}");
+        let add = Command::new(&remote).args([&target, "-a"]).arg(torrent).arg("-w").arg(dir).output().unwrap();
+        assert!(add.status.success(), "transmission-remote -a: {}", String::from_utf8_lossy(&add.stderr));
+        let t0 = Instant::now();
+        let mut ok = 0;
+        loop {
+            let l = Command::new(&remote).args([&target, "-l"]).output().unwrap();
+            let text = String::from_utf8_lossy(&l.stdout).into_owned();
+            let line = text.lines().nth(1).unwrap_or_default().to_string();
+            if line.contains("100%") && (line.contains("Seeding") || line.contains("Idle")) {
+                ok += 1;
+                if ok >= 2 {
+                    break;
+                }
+            } else {
+                ok = 0;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "transmission never reached 100%: {line}\n{}", proc.log_text());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Self { proc, _conf: conf }
+    }
+}
+
+// ---------------------------------------------------------------- chiral helpers
+
+fn get(node: &Chiral, id: &str, out: &Path) -> std::process::Output {
+    let mut args = vec!["get", id, "-o", out.to_str().unwrap(), "--json"];
+    args.extend(BT);
+    run_with_timeout(node.cmd().args(&args), Duration::from_secs(240))
+}
+
+fn assert_got(o: &std::process::Output, file: &Path, want: &str, what: &str) {
+    assert!(o.status.success(), "{what}: chiral get failed: {}", last_error_line(o));
+    assert_eq!(sha256_file(file), want, "{what}: sha256 differs");
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    file: PathBuf,
+    sha: String,
+}
+
+fn fixture(name: &str, size: u64, seed: u64) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(name);
+    make_file(&file, size, seed);
+    let sha = sha256_file(&file);
+    Fixture { dir, file, sha }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn torrent_and_magnet_from_an_aria2_seeder() {
+    let tracker = Tracker::start();
+    let f = fixture("a2.bin", 64 * MIB, 11);
+    let tor = f.dir.path().join("a2.torrent");
+    mktorrent(&f.file, &tor, &tracker.url(), 18, false);
+    let ih = info_hash_of(&tor);
+    let port = free_port();
+    let seeder = aria2_seed(&tor, f.dir.path(), port, &[]);
+    assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "aria2 never announced: {}", seeder.log_text());
+
+    let node = Chiral::new();
+    let out = node.data_dir.path().join("out");
+    let t0 = Instant::now();
+    let o = get(&node, tor.to_str().unwrap(), &out);
+    let secs = t0.elapsed().as_secs_f64();
+    assert_got(&o, &out.join("a2.bin"), &f.sha, ".torrent from aria2");
+    eprintln!("64 MiB .torrent from aria2: {secs:.2}s ({:.1} MiB/s)", 64.0 / secs);
+    let v = json_of(&o);
+    assert_eq!(v["download"]["bytes"], 64 * MIB);
+
+    let magnet = format!("magnet:?xt=urn:btih:{}&tr={}", hex::encode(&ih), tracker.url());
+    let out2 = node.data_dir.path().join("out-magnet");
+    let o = get(&node, &magnet, &out2);
+    assert_got(&o, &out2.join("a2.bin"), &f.sha, "magnet from aria2");
+    drop(seeder);
+}
+
+#[test]
+fn torrent_and_magnet_from_a_transmission_seeder() {
+    let tracker = Tracker::start();
+    let f = fixture("tr.bin", 24 * MIB, 12);
+    let tor = f.dir.path().join("tr.torrent");
+    mktorrent(&f.file, &tor, &tracker.url(), 20, false);
+    let ih = info_hash_of(&tor);
+    let port = free_port();
+    let seeder = TransmissionSeeder::start(&tor, f.dir.path(), port);
+    assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "transmission never announced: {}", seeder.proc.log_text());
+
+    let node = Chiral::new();
+    let out = node.data_dir.path().join("out");
+    let o = get(&node, tor.to_str().unwrap(), &out);
+    assert_got(&o, &out.join("tr.bin"), &f.sha, ".torrent from Transmission");
+
+    let magnet = format!("magnet:?xt=urn:btih:{}&tr={}", hex::encode(&ih), tracker.url());
+    let out2 = node.data_dir.path().join("out-magnet");
+    let o = get(&Chiral::new(), &magnet, &out2);
+    assert_got(&o, &out2.join("tr.bin"), &f.sha, "magnet from Transmission");
+}
+
+#[test]
+fn aria2_downloads_from_chiral_seed() {
+    let tracker = Tracker::start();
+    let f = fixture("served.bin", 32 * MIB, 13);
+    let node = Chiral::new();
+    let (seed, lines) = start_seed(&node, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url()], 1);
+    let magnet = lines.iter().find(|l| l.starts_with("magnet:")).unwrap_or_else(|| panic!("no magnet in {lines:?}")).clone();
+    assert!(magnet.contains("tr="), "{magnet}");
+    let out = node.data_dir.path().join("aria2-out");
+    let (ok, log) = aria2_get(&magnet, &out, Duration::from_secs(120));
+    assert!(ok, "aria2c failed: {log}\nseed: {}", seed.log_text());
+    let got = find_file(&out, "served.bin").expect("aria2 wrote the file");
+    assert_eq!(sha256_file(&got), f.sha);
+}
+
+#[test]
+fn transmission_downloads_a_chiral_created_torrent_from_chiral_seed() {
+    let tracker = Tracker::start();
+    let f = fixture("made.bin", 16 * MIB, 14);
+    let node = Chiral::new();
+    let tor = f.dir.path().join("made.torrent");
+    let o = node.run(&["create", f.file.to_str().unwrap(), "-o", tor.to_str().unwrap(), "--tracker", &tracker.url()]);
+    assert!(o.status.success(), "chiral create: {}", last_error_line(&o));
+    let ih = info_hash_of(&tor);
+    // transmission never dials loopback peers: start it first, then the seed dials it.
+    let cli = require("transmission-cli", "transmission-cli");
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("settings.json"),
+        r#"{"bind-address-ipv4":"127.0.0.1","dht-enabled":false,"lpd-enabled":false,"pex-enabled":false,"utp-enabled":false,
+"port-forwarding-enabled":false,"blocklist-enabled":false,"encryption":0,"speed-limit-up-enabled":false,"speed-limit-down-enabled":false,"message-level":1}"#,
+    )
+    .unwrap();
+    let mark = conf.path().join("finished");
+    let hook = conf.path().join("done.sh");
+    std::fs::write(&hook, format!("#!/bin/sh\ntouch '{}'\n", mark.display())).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = conf.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let port = free_port();
+    let leech = spawn_logged(
+        Command::new(cli)
+            .arg("-g")
+            .arg(conf.path())
+            .arg("-w")
+            .arg(&out)
+            .args(["-p", &port.to_string(), "-M", "-D", "-U", "-ep", "-f"])
+            .arg(&hook)
+            .arg(&tor),
+        "transmission-cli",
+        conf.path().join("cli.log"),
+    );
+    assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "transmission-cli never announced: {}", leech.log_text());
+    let seed_node = Chiral::new();
+    let (seed, _) = start_seed(&seed_node, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url()], 1);
+    let t0 = Instant::now();
+    while !mark.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(150),
+            "transmission-cli did not finish: {}\nseed: {}",
+            leech.log_text(),
+            seed.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sha256_file(&out.join("made.bin")), f.sha);
+}
+
+#[test]
+fn killed_half_way_resumes() {
+    let tracker = Tracker::start();
+    let f = fixture("resume.bin", 64 * MIB, 15);
+    let tor = f.dir.path().join("resume.torrent");
+    mktorrent(&f.file, &tor, &tracker.url(), 18, false);
+    let ih = info_hash_of(&tor);
+    let port = free_port();
+    // A slow seeder (4 MiB/s), so the download can be killed part way.
+    let seeder = aria2_seed(&tor, f.dir.path(), port, &["--max-upload-limit=4M"]);
+    assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "aria2 never announced: {}", seeder.log_text());
+    let node = Chiral::new();
+    let out = node.data_dir.path().join("out");
+    let mut child = node
+        .cmd()
+        .args(["get", tor.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"])
+        .args(BT)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = out.join("resume.bin.chiral-resume");
+    let done_fraction = || -> f64 {
+        let Ok(text) = std::fs::read_to_string(&state) else { return 0.0 };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return 0.0 };
+        let bits = hex::decode(v["done"].as_str().unwrap_or_default()).unwrap_or_default();
+        let ones: u32 = bits.iter().map(|b| b.count_ones()).sum();
+        ones as f64 * v["piece_length"].as_f64().unwrap_or(0.0) / (64 * MIB) as f64
+    };
+    let t0 = Instant::now();
+    while done_fraction() < 0.25 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress recorded in {}", state.display());
+        assert!(child.try_wait().unwrap().is_none(), "download ended before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = done_fraction();
+    assert!(before < 0.95, "killed too late ({before})");
+    assert!(!out.join("resume.bin").exists());
+    let o = get(&node, tor.to_str().unwrap(), &out);
+    assert_got(&o, &out.join("resume.bin"), &f.sha, "resumed download");
+    let resumed = json_of(&o)["download"]["resumed_bytes"].as_u64().unwrap();
+    assert!(resumed as f64 >= before * 0.9 * (64 * MIB) as f64, "resumed only {resumed} bytes after {before}");
+}
+
+// ---------------------------------------------------------------- scripted peers
+
+fn be_str(s: &[u8]) -> Vec<u8> {
+    [format!("{}:", s.len()).into_bytes(), s.to_vec()].concat()
+}
+
+/// A scripted peer serving `data` (or garbage when `lie`) for the torrent `info_hash`.
+fn scripted_peer(info_hash: [u8; 20], data: Arc<Vec<u8>>, piece_len: u64, lie: bool) -> (u16, Arc<Mutex<u64>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let served = Arc::new(Mutex::new(0u64));
+    let s2 = served.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let data = data.clone();
+            let served = s2.clone();
+            std::thread::spawn(move || {
+                let mut c = c;
+                let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+                let mut hs = [0u8; 68];
+                if c.read_exact(&mut hs).is_err() || hs[28..48] != info_hash {
+                    return;
+                }
+                let pieces = (data.len() as u64).div_ceil(piece_len) as usize;
+                let mut out = vec![19u8];
+                out.extend_from_slice(b"BitTorrent protocol");
+                out.extend_from_slice(&[0; 8]);
+                out.extend_from_slice(&info_hash);
+                out.extend_from_slice(if lie { b"-XX0001-liarliarliar" } else { b"-XX0001-honesthonest" });
+                let mut bf = vec![0u8; pieces.div_ceil(8)];
+                for i in 0..pieces {
+                    bf[i / 8] |= 0x80 >> (i % 8);
+                }
+                out.extend_from_slice(&((bf.len() + 1) as u32).to_be_bytes());
+                out.push(5);
+                out.extend_from_slice(&bf);
+                out.extend_from_slice(&[0, 0, 0, 1, 1]); // unchoke
+                if c.write_all(&out).is_err() {
+                    return;
+                }
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                loop {
+                    let n = match c.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    loop {
+                        if buf.len() < 4 {
+                            break;
+                        }
+                        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+                        if buf.len() < 4 + len {
+                            break;
+                        }
+                        let msg: Vec<u8> = buf.drain(..4 + len).collect();
+                        if len == 13 && msg[4] == 6 {
+                            let w = |i: usize| u32::from_be_bytes(msg[i..i + 4].try_into().unwrap());
+                            let (index, begin, length) = (w(5), w(9), w(13));
+                            let off = index as usize * piece_len as usize + begin as usize;
+                            let Some(block) = data.get(off..off + length as usize) else { return };
+                            let mut o = Vec::with_capacity(13 + length as usize);
+                            o.extend_from_slice(&(9 + length).to_be_bytes());
+                            o.push(7);
+                            o.extend_from_slice(&index.to_be_bytes());
+                            o.extend_from_slice(&begin.to_be_bytes());
+                            if lie {
+                                o.extend(block.iter().map(|b| b ^ 0x5a));
+                            } else {
+                                o.extend_from_slice(block);
+                            }
+                            if c.write_all(&o).is_err() {
+                                return;
+                            }
+                            *served.lock().unwrap() += 1;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_completes_from_others() {
+    let tracker = Tracker::start();
+    let f = fixture("corrupt.bin", 16 * MIB, 16);
+    let tor = f.dir.path().join("corrupt.torrent");
+    mktorrent(&f.file, &tor, &tracker.url(), 16, false);
+    let ih = info_hash_of(&tor);
+    let data = Arc::new(std::fs::read(&f.file).unwrap());
+    let (liar_port, liar_served) = scripted_peer(ih.clone().try_into().unwrap(), data.clone(), 1 << 16, true);
+    tracker.add(&ih, liar_port);
+    let port = free_port();
+    let seeder = aria2_seed(&tor, f.dir.path(), port, &[]);
+    assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "aria2 never announced: {}", seeder.log_text());
+    let node = Chiral::new();
+    let out = node.data_dir.path().join("out");
+    let o = run_with_timeout(
+        node.cmd().args(["get", tor.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json", "-v"]).args(BT),
+        Duration::from_secs(240),
+    );
+    assert_got(&o, &out.join("corrupt.bin"), &f.sha, "download beside a lying peer");
+    assert!(*liar_served.lock().unwrap() > 0, "the lying peer was never asked: the test proves nothing");
+    let err = stderr(&o);
+    assert!(err.contains("banning peer 127.0.0.1:") || err.contains("failed its SHA-1"), "no ban reported:\n{err}");
+}
+
+#[test]
+fn a_torrent_with_climbing_paths_writes_nothing_outside_the_folder() {
+    let tracker = Tracker::start();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let piece = 1u64 << 15;
+    let pieces: Vec<u8> = data.chunks(piece as usize).flat_map(|c| {
+        use sha1_smol_like::digest;
+        digest(c)
+    }).collect();
+    let files = [
+        (vec!["..", "..", "escaped.txt"], 100_000u64),
+        (vec!["/tmp", "abs-escape.txt"], 100_000),
+        (vec!["ok", "inside.txt"], 100_000),
+    ];
+    let mut flist = b"l".to_vec();
+    for (path, len) in &files {
+        flist.extend_from_slice(b"d6:lengthi");
+        flist.extend_from_slice(len.to_string().as_bytes());
+        flist.extend_from_slice(b"e4:pathl");
+        for c in path {
+            flist.extend_from_slice(&be_str(c.as_bytes()));
+        }
+        flist.extend_from_slice(b"ee");
+    }
+    flist.push(b'e');
+    let mut info = b"d5:files".to_vec();
+    info.extend_from_slice(&flist);
+    info.extend_from_slice(b"4:name");
+    info.extend_from_slice(&be_str(b"../../top"));
+    info.extend_from_slice(b"12:piece lengthi32768e6:pieces");
+    info.extend_from_slice(&be_str(&pieces));
+    info.push(b'e');
+    let ih = sha1_smol_like::digest(&info);
+    let mut torrent = b"d8:announce".to_vec();
+    torrent.extend_from_slice(&be_str(tracker.url().as_bytes()));
+    torrent.extend_from_slice(b"4:info");
+    torrent.extend_from_slice(&info);
+    torrent.push(b'e');
+    let work = tempfile::tempdir().unwrap();
+    let tor = work.path().join("evil.torrent");
+    std::fs::write(&tor, &torrent).unwrap();
+    let (port, _) = scripted_peer(ih, Arc::new(data.clone()), piece, false);
+    tracker.add(&ih, port);
+
+    let node = Chiral::new();
+    let out = work.path().join("a/b/out");
+    std::fs::create_dir_all(&out).unwrap();
+    let o = get(&node, tor.to_str().unwrap(), &out);
+    assert!(o.status.success(), "{}", last_error_line(&o));
+    // Nothing above the output folder, nothing at the absolute path.
+    assert!(!work.path().join("a/escaped.txt").exists() && !work.path().join("escaped.txt").exists());
+    assert!(!work.path().join("a/b/escaped.txt").exists());
+    assert!(!Path::new("/tmp/abs-escape.txt").exists());
+    let mut all = Vec::new();
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), out)
+            } else {
+                out.push(e.path())
+            }
+        }
+    }
+    walk(work.path(), &mut all);
+    for p in &all {
+        assert!(p.starts_with(&out) || p == &tor, "{} is outside {}", p.display(), out.display());
+    }
+    let inside: Vec<u8> = std::fs::read(find_file(&out, "inside.txt").unwrap()).unwrap();
+    assert_eq!(inside, data[200_000..]);
+    let escaped = find_file(&out, "escaped.txt").expect("neutralised, kept inside");
+    assert_eq!(std::fs::read(escaped).unwrap(), data[..100_000]);
+}
+
+/// SHA-1 for building a crafted torrent without trusting the plugin's code (tiny, test-only).
+mod sha1_smol_like {
+    pub fn digest(data: &[u8]) -> [u8; 20] {
+        let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
+        let ml = (data.len() as u64) * 8;
+        let mut msg = data.to_vec();
+        msg.push(0x80);
+        while msg.len() % 64 != 56 {
+            msg.push(0);
+        }
+        msg.extend_from_slice(&ml.to_be_bytes());
+        for chunk in msg.chunks(64) {
+            let mut w = [0u32; 80];
+            for i in 0..16 {
+                w[i] = u32::from_be_bytes(chunk[i * 4..i * 4 + 4].try_into().unwrap());
+            }
+            for i in 16..80 {
+                w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+            }
+            let (mut a, mut b, mut c, mut d, mut e) = (h[0], h[1], h[2], h[3], h[4]);
+            for (i, wi) in w.iter().enumerate() {
+                let (f, k) = match i {
+                    0..=19 => ((b & c) | (!b & d), 0x5A827999),
+                    20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
+                    40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
+                    _ => (b ^ c ^ d, 0xCA62C1D6),
+                };
+                let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
+                e = d;
+                d = c;
+                c = b.rotate_left(30);
+                b = a;
+                a = t;
+            }
+            h[0] = h[0].wrapping_add(a);
+            h[1] = h[1].wrapping_add(b);
+            h[2] = h[2].wrapping_add(c);
+            h[3] = h[3].wrapping_add(d);
+            h[4] = h[4].wrapping_add(e);
+        }
+        let mut out = [0u8; 20];
+        for (i, v) in h.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn known() {
+        assert_eq!(hex::encode(digest(b"abc")), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    }
+}
