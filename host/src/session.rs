@@ -115,7 +115,8 @@ pub fn log_event(plugin: &str, e: &Event) {
             _ => tracing::trace!(plugin, "{message}"),
         },
         Event::PaymentRequired { peer, wallet, bytes } => {
-            tracing::info!(plugin, %peer, wallet = ?wallet.as_ref().map(|w| w.as_str()), bytes, "payment required")
+            let wallet = wallet.as_ref().into_option().map(|w| w.as_str()).unwrap_or("unknown");
+            tracing::info!(plugin, %peer, wallet, bytes, "payment required")
         }
         Event::Progress { .. } => {}
     }
