@@ -103,9 +103,11 @@ for _ in $(seq 1 200); do curl -s "http://127.0.0.1:$TPORT/peers?hash=$hash" | g
 t0=$(date +%s.%N); start_seeder_t0=$t0; start_seeder
 while [ ! -e "$conf/finished" ] && kill -0 $LEECH_PID 2>/dev/null; do sleep 0.05; done
 t1=$(date +%s.%N)
-pkill -P $LEECH_PID 2>/dev/null || true; kill $LEECH_PID 2>/dev/null || true; wait $LEECH_PID 2>/dev/null || true; LEECH_PID=""
+# stop transmission-cli (the child of /usr/bin/time, which then writes its peak memory)
+pkill -P $LEECH_PID 2>/dev/null || true; wait $LEECH_PID 2>/dev/null || true; LEECH_PID=""
 [ -e "$conf/finished" ] || die "transmission-cli did not finish"
-echo "transmission-cli $(echo "$t1 - $t0" | bc) $(tail -1 "$BENCH_WORK/tr.time" 2>/dev/null || echo 0)" >>"$RESULTS"
+rss=$(tail -1 "$BENCH_WORK/tr.time" 2>/dev/null | grep -oE '^[0-9]+$' || echo 0)
+echo "transmission-cli $(echo "$t1 - $t0" | bc) $rss" >>"$RESULTS"
 
 python3 - "$RESULTS" "$SIZE_MB" <<'PY'
 import sys

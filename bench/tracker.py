@@ -29,8 +29,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
-        q = urllib.parse.parse_qs(url.query.encode("latin-1"), keep_blank_values=True)
-        get = lambda k: q.get(k.encode(), [b""])[0]
+        # latin-1 keeps every percent-decoded byte of the binary info_hash as one character
+        q = urllib.parse.parse_qs(url.query, keep_blank_values=True, encoding="latin-1")
+        get = lambda k: q.get(k, [""])[0].encode("latin-1")
         if url.path == "/peers":  # debugging aid: hex hash -> ip:port lines
             ih = bytes.fromhex(get("hash").decode())
             body = "".join(f"{ip}:{p}\n" for ip, p in PEERS.get(ih, {})).encode()
