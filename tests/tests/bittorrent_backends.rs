@@ -401,11 +401,12 @@ fn assert_got(o: &Output, backend: &str, file: &Path, want: &str, what: &str) ->
     v["download"]["seconds"].as_f64().unwrap_or(0.0)
 }
 
-/// Writes the node's config file (`$XDG_CONFIG_HOME/chiral/config.toml`).
+/// Writes the node's config file (`$XDG_CONFIG_HOME/chiral/config.toml`), keeping the public
+/// DHTs off as every test node's default config does: tests stay on loopback.
 fn write_config(node: &Chiral, text: &str) {
     let dir = node.data_dir.path().join("config/chiral");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.toml"), text).unwrap();
+    std::fs::write(dir.join("config.toml"), format!("no_dht = true\n{text}")).unwrap();
 }
 
 fn no_leftovers(out: &Path, what: &str) {
