@@ -272,20 +272,21 @@ fn unsafe_is_root() -> bool {
             .unwrap_or(false)
 }
 
-/// Starts `chiral seed ARGS...` and returns it with the identifiers it printed first.
-pub fn start_seed(node: &Chiral, args: &[&str], expect_lines: usize) -> (Proc, Vec<String>) {
-    let log = node.data_dir.path().join("seed.stderr");
+/// Starts `chiral COMMAND ARGS...` (a long-running `seed` or `node`) and returns it with a
+/// channel of the lines it prints on stdout, as they come.
+pub fn spawn_printing(node: &Chiral, command: &str, args: &[&str]) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    let log = node.data_dir.path().join(format!("{command}-{}.stderr", free_port()));
     let mut child = node
         .cmd()
-        .arg("seed")
+        .arg(command)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
-        .expect("spawn chiral seed");
+        .unwrap_or_else(|e| panic!("spawn chiral {command}: {e}"));
     let mut out = child.stdout.take().expect("stdout");
-    let proc = Proc { child, name: "chiral seed".into(), log };
-    // Read identifier lines as they come (the seed keeps running, so no read_to_end).
+    let proc = Proc { child, name: format!("chiral {command}"), log };
+    // Read lines as they come (the process keeps running, so no read_to_end).
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -299,6 +300,12 @@ pub fn start_seed(node: &Chiral, args: &[&str], expect_lines: usize) -> (Proc, V
             }
         }
     });
+    (proc, rx)
+}
+
+/// Starts `chiral seed ARGS...` and returns it with the identifiers it printed first.
+pub fn start_seed(node: &Chiral, args: &[&str], expect_lines: usize) -> (Proc, Vec<String>) {
+    let (proc, rx) = spawn_printing(node, "seed", args);
     let mut lines = Vec::new();
     while lines.len() < expect_lines {
         match rx.recv_timeout(Duration::from_secs(30)) {

@@ -1,11 +1,7 @@
 //! The Chiral network plugin end to end: several real `chiral` processes on loopback, each with
 //! its own data dir (identity), publishing, finding through the DHT, downloading, searching.
 
-use std::{
-    io::Read as _,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use chiral_tests::*;
 
@@ -13,30 +9,7 @@ const MIB: u64 = 1 << 20;
 
 /// Starts `chiral node ARGS...` and returns it with the first `/ip4/.../p2p/...` it printed.
 fn start_node(node: &Chiral, args: &[&str]) -> (Proc, String) {
-    let log = node.data_dir.path().join(format!("node-{}.stderr", std::process::id()));
-    let mut child = node
-        .cmd()
-        .arg("node")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn chiral node");
-    let mut out = child.stdout.take().expect("stdout");
-    let proc = Proc { child, name: "chiral node".into(), log };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while let Ok(1) = out.read(&mut byte) {
-            if byte[0] == b'\n' {
-                let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
-                buf.clear();
-            } else {
-                buf.push(byte[0]);
-            }
-        }
-    });
+    let (proc, rx) = spawn_printing(node, "node", args);
     loop {
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(l) if l.starts_with("/ip4/") && l.contains("/p2p/") => return (proc, l.trim().to_string()),

@@ -8,16 +8,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use chiral_sdk::{
     abi_stable::std_types::{RString, RVec},
-    engine::{self, safe_name, safe_relative, EngineEvent},
+    engine::{self, safe_name, safe_relative},
     resume::part_path,
     DownloadOutcome, DownloadRequest, Events, PieceSource, PluginError, SourceBytes,
 };
@@ -62,44 +59,9 @@ async fn with_engine(source: FtpSource, out_dir: PathBuf, connections: usize, ev
     let source: Arc<dyn PieceSource> = Arc::new(source);
     let mut opts = engine::Options::new(out_dir);
     opts.slots_per_source = connections;
-    let done = AtomicU64::new(0);
-    let total = AtomicU64::new(0);
-    let on_event = |event: EngineEvent| match event {
-        EngineEvent::Started { total: t, resumed, .. } => {
-            total.store(t, Ordering::Relaxed);
-            done.store(resumed, Ordering::Relaxed);
-            events.progress(resumed, t, 1);
-        }
-        EngineEvent::Piece { bytes, .. } => {
-            let now = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-            events.progress(now, total.load(Ordering::Relaxed), 1);
-        }
-        EngineEvent::SourceDropped { label, reason } => events.warn(format!("{label}: {reason}")),
-        _ => {}
-    };
-    let outcome = engine::run(vec![source], &opts, &on_event).await?;
-    Ok(DownloadOutcome {
-        files: outcome.files.iter().map(|p| path_string(p)).collect(),
-        bytes: outcome.length,
-        resumed_bytes: outcome.resumed_bytes,
-        per_source: outcome.sources.into_iter().map(|s| SourceBytes { label: s.label.into(), bytes: s.bytes }).collect(),
-    })
+    engine::download_for_plugin(vec![source], &opts, events).await
 }
 
-/// Removes the `.part` file of an unfinished stream, whether it ends by error or by being
-/// dropped (cancelled): without `REST` there is nothing to resume from it.
-struct PartGuard<'a> {
-    path: &'a Path,
-    armed: bool,
-}
-
-impl Drop for PartGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = std::fs::remove_file(self.path);
-        }
-    }
-}
 
 /// Progress of the streaming path across files.
 struct Progress<'a> {
@@ -196,7 +158,7 @@ async fn stream_file(
     }
     let part = part_path(final_path);
     let mut file = tokio::fs::File::create(&part).await.map_err(|e| io_error(&part, e))?;
-    let mut guard = PartGuard { path: &part, armed: true };
+    let mut guard = engine::RemoveOnDrop { path: &part, armed: true };
     let mut buf = vec![0u8; STREAM_BUFFER];
     let mut got = 0u64;
     loop {
