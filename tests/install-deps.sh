@@ -9,8 +9,36 @@ for pair in nginx:nginx-light aria2c:aria2 curl:curl nm:binutils vsftpd:vsftpd o
     prog="${pair%%:*}"; pkg="${pair#*:}"
     command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || need+=("$pkg")
 done
-[ ${#need[@]} -eq 0 ] && exit 0
+# pure-ftpd (FTP logins with a user and password, tests/tests/ftp.rs) conflicts with vsftpd as a
+# Debian package (both provide ftp-server), so its package is unpacked under target/test-tools
+# rather than installed: no service of it is set up or started. Its one library vsftpd does not
+# already pull in is libsodium.
+tools="$(cd "$(dirname "$0")/.." && pwd)/target/test-tools"
+pure_ftpd=1
+{ command -v pure-ftpd || [ -x /usr/sbin/pure-ftpd ]; } >/dev/null 2>&1 && command -v pure-pw >/dev/null 2>&1 && pure_ftpd=0
+[ -x "$tools/pure-ftpd/usr/sbin/pure-ftpd" ] && [ -x "$tools/pure-ftpd/usr/bin/pure-pw" ] && pure_ftpd=0
+if [ "$pure_ftpd" -eq 1 ]; then
+    ldconfig -p 2>/dev/null | grep -q 'libsodium\.so\.23' || need+=(libsodium23)
+fi
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "installing ${need[*]}" >&2
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+updated=0
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]}" >&2
+    $sudo apt-get update -qq
+    updated=1
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ "$pure_ftpd" -eq 1 ]; then
+    echo "unpacking pure-ftpd into $tools/pure-ftpd" >&2
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    fetch() { (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User="$(id -un)" pure-ftpd); }
+    fetch || { [ "$updated" -eq 0 ] && $sudo apt-get update -qq && fetch; }
+    rm -rf "$tools/pure-ftpd"
+    mkdir -p "$tools"
+    dpkg-deb -x "$tmp"/pure-ftpd_*.deb "$tools/pure-ftpd"
+    if ldd "$tools/pure-ftpd/usr/sbin/pure-ftpd" "$tools/pure-ftpd/usr/bin/pure-pw" | grep 'not found' >&2; then
+        echo "pure-ftpd is missing the libraries above: install them with apt-get" >&2
+        exit 1
+    fi
+fi

@@ -64,6 +64,40 @@ pub struct SourceLine {
     pub pieces: u32,
     pub failures: u32,
     pub dropped: Option<String>,
+    /// The peers behind the source (swarm members, Chiral providers), most bytes first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerLine>,
+}
+
+/// One remote peer of a source, as `--json` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerLine {
+    pub id: String,
+    pub address: String,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    /// Set when the peer proved to be a Chiral client.
+    pub chiral_peer_id: Option<String>,
+    pub reputation: Option<i64>,
+    pub banned: bool,
+}
+
+impl PeerLine {
+    fn from_stats(mut stats: Vec<chiral_sdk::abi::PeerStat>) -> Vec<PeerLine> {
+        stats.sort_by(|a, b| b.downloaded.cmp(&a.downloaded).then(b.uploaded.cmp(&a.uploaded)));
+        stats
+            .into_iter()
+            .map(|p| PeerLine {
+                id: p.id.into(),
+                address: p.address.into(),
+                downloaded: p.downloaded,
+                uploaded: p.uploaded,
+                chiral_peer_id: Some(p.chiral_peer_id.to_string()).filter(|s| !s.is_empty()),
+                reputation: p.reputation.into_option(),
+                banned: p.banned,
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -256,6 +290,7 @@ impl Host {
                     pieces: r.pieces,
                     failures: r.failures + r.bad_pieces,
                     dropped: r.dropped,
+                    peers: PeerLine::from_stats(r.peers),
                 })
                 .collect(),
         })
@@ -327,6 +362,7 @@ impl Host {
                     pieces: 0,
                     failures: 0,
                     dropped: None,
+                    peers: Vec::new(),
                 })
                 .collect(),
         })
@@ -350,9 +386,22 @@ impl Host {
         if entries.is_empty() {
             return Err(HostError::Other("no installed plugin can seed".into()));
         }
-        let mut lines = Vec::new();
+        // Plugins that make magnet links seed first, so the others (the Chiral network's
+        // `info_hash_idx`) can be told the info hash and a magnet finds every seed.
+        let mut entries = entries;
+        entries.sort_by_key(|e| {
+            !e.descriptor.as_ref().is_some_and(|d| d.schemes.iter().any(|s| s.as_str() == "magnet"))
+        });
+        let mut opts = opts.to_vec();
+        let mut lines: Vec<SeedLine> = Vec::new();
         let mut errors = Vec::new();
         for e in entries {
+            if !opts.iter().any(|(k, _)| k == "info_hash") {
+                if let Some(ih) = lines.iter().flat_map(|l| &l.identifiers).find_map(|i| magnet_btih_hex(i)) {
+                    opts.push(("info_hash".into(), ih));
+                }
+            }
+            let opts = opts.as_slice();
             let name = e.name().unwrap_or_default().to_string();
             let handler = match self.registry.handler(e) {
                 Ok(h) => h,
@@ -433,6 +482,15 @@ pub fn redact(identifier: &str) -> String {
     }
 }
 
+/// The hex info hash of a `magnet:?xt=urn:btih:<40 hex>` link.
+fn magnet_btih_hex(identifier: &str) -> Option<String> {
+    let query = identifier.strip_prefix("magnet:?")?;
+    query.split('&').find_map(|kv| {
+        let hex = kv.strip_prefix("xt=urn:btih:")?;
+        (hex.len() == 40 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
+    })
+}
+
 fn seed_line(plugin: &str, s: SeedInfo) -> SeedLine {
     SeedLine {
         plugin: plugin.to_string(),
@@ -460,6 +518,16 @@ pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn magnet_info_hash_is_read_from_hex_links_only() {
+        use super::magnet_btih_hex;
+        let ih = "AB".repeat(20);
+        assert_eq!(magnet_btih_hex(&format!("magnet:?dn=x&xt=urn:btih:{ih}&tr=u")), Some("ab".repeat(20)));
+        assert_eq!(magnet_btih_hex("magnet:?xt=urn:btih:CIMUQ2LKNJ2G64TJMVZGC3DVNZSXE5DF"), None);
+        assert_eq!(magnet_btih_hex("magnet:?xt=urn:btih:zz"), None);
+        assert_eq!(magnet_btih_hex("http://h/magnet:?xt=urn:btih:00"), None);
+    }
+
     #[test]
     fn passwords_never_shown() {
         use super::redact;

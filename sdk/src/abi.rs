@@ -206,6 +206,27 @@ pub struct ContentInfo {
     pub label: RString,
 }
 
+/// One remote peer behind a source, for per-peer totals in reports.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq, Default)]
+pub struct PeerStat {
+    /// The protocol's id for the peer (libp2p peer id, BitTorrent client name), or its address.
+    pub id: RString,
+    /// Where it was reached (`127.0.0.1:6881`, a multiaddr).
+    pub address: RString,
+    /// Verified content bytes received from it.
+    pub downloaded: u64,
+    /// Bytes sent to it.
+    pub uploaded: u64,
+    /// Its Chiral peer id when it proved to be a Chiral client (BEP 10 `chiral` exchange, a
+    /// Chiral node), empty otherwise.
+    pub chiral_peer_id: RString,
+    /// Reputation when the protocol keeps one, per mille (0..=1000), else `ROption::RNone`.
+    pub reputation: ROption<i64>,
+    /// Dropped or banned for bad data or repeated failures.
+    pub banned: bool,
+}
+
 /// Whole-download request (the seed contract's `download(identifier)`).
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug)]
@@ -303,6 +324,13 @@ pub trait Source: Send + Sync {
     /// Bytes `[offset, offset + length)`; exactly `length` bytes or an error.
     #[sabi(last_prefix_field)]
     fn fetch(&self, offset: u64, length: u64) -> FfiFuture<RResult<RVec<u8>, PluginError>>;
+
+    /// The remote peers behind this source and what each has sent and received (a swarm's
+    /// peers, a Chiral download's providers). Added in sdk 0.1.1: a source from an older plugin
+    /// has no such entry and the default (none) answers.
+    fn peers(&self) -> RVec<PeerStat> {
+        RVec::new()
+    }
 }
 
 /// A boxed source as it crosses the boundary.

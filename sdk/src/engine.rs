@@ -82,6 +82,9 @@ pub struct SourceReport {
     pub bad_pieces: u32,
     /// Why the source was dropped, if it was.
     pub dropped: Option<String>,
+    /// The peers behind the source (swarm members, providers) as the source reports them at
+    /// the end; empty for single-server sources.
+    pub peers: Vec<crate::abi::PeerStat>,
 }
 
 #[derive(Clone, Debug)]
@@ -306,6 +309,7 @@ impl SourceState {
                 failures: 0,
                 bad_pieces: 0,
                 dropped: None,
+                peers: Vec::new(),
             },
             availability: None,
             slots: options.slots_per_source.max(1),
@@ -313,6 +317,11 @@ impl SourceState {
             consecutive_failures: 0,
             last_error: None,
         }
+    }
+
+    /// The final report, with the source's own per-peer totals.
+    fn into_report(self) -> SourceReport {
+        SourceReport { peers: self.src.peers(), ..self.report }
     }
 
     fn has(&self, i: u32) -> bool {
@@ -521,7 +530,7 @@ pub async fn run_with_late_sources(
             files: storage.files.iter().map(|f| f.final_path.clone()).collect(),
             length: info.length,
             resumed_bytes: info.length,
-            sources: states.into_iter().map(|s| s.report).collect(),
+            sources: states.into_iter().map(SourceState::into_report).collect(),
             seconds: started.elapsed().as_secs_f64(),
         });
     }
@@ -739,7 +748,7 @@ pub async fn run_with_late_sources(
         files,
         length: info.length,
         resumed_bytes,
-        sources: states.into_iter().map(|s| s.report).collect(),
+        sources: states.into_iter().map(SourceState::into_report).collect(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

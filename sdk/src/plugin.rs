@@ -45,6 +45,10 @@ pub trait PieceSource: Send + Sync + 'static {
     }
     /// Exactly `length` bytes at `offset`.
     fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>>;
+    /// Per-peer totals for reports (a swarm's peers, a network's providers); none by default.
+    fn peers(&self) -> Vec<PeerStat> {
+        Vec::new()
+    }
 }
 
 /// A protocol plugin. Only `descriptor`, `new` and `runtime` are required; the rest answer
@@ -346,6 +350,10 @@ impl Source for SourceAdapter {
         let inner = self.inner.clone();
         bridge(&self.rt, move || inner.fetch(offset, length))
     }
+
+    fn peers(&self) -> RVec<PeerStat> {
+        catch_unwind(AssertUnwindSafe(|| self.inner.peers())).map(RVec::from).unwrap_or_default()
+    }
 }
 
 /// Host side: an ABI source seen as a [`PieceSource`], so the engine treats sources from every
@@ -372,6 +380,9 @@ impl PieceSource for AbiSource {
     fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
         let f = self.inner.fetch(offset, length);
         Box::pin(async move { f.await.into_result() })
+    }
+    fn peers(&self) -> Vec<PeerStat> {
+        self.inner.peers().into_vec()
     }
 }
 

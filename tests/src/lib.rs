@@ -263,6 +263,157 @@ http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n keepalive_timeout 30
     }
 }
 
+/// `width` consecutive loopback ports that are free now.
+pub fn free_port_window(width: u16) -> (u16, u16) {
+    for _ in 0..200 {
+        let base = free_port();
+        if base > 65_535 - width {
+            continue;
+        }
+        if (base..base + width).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return (base, base + width - 1);
+        }
+    }
+    panic!("no window of {width} free ports");
+}
+
+/// pure-ftpd on a free loopback port with one virtual user (a PureDB file of its own, no PAM,
+/// no system account: the user maps to `nobody`, or to the test's own uid when not root),
+/// chrooted to `root`, anonymous logins refused, passive ports picked from free ones. Runs in
+/// the foreground (no `-B`) in its own process group, all of it killed when dropped. `root`
+/// is made world-readable; the files in it must be too (`make_file` leaves them 0644).
+pub struct PureFtpd {
+    pub port: u16,
+    pub user: String,
+    pub proc: Proc,
+    _conf: tempfile::TempDir,
+}
+
+impl PureFtpd {
+    pub fn start(root: &Path, user: &str, password: &str) -> Self {
+        use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+        let pure_ftpd = pure_ftpd_program("sbin/pure-ftpd");
+        let pure_pw = pure_ftpd_program("bin/pure-pw");
+        let openssl = require("openssl", "openssl");
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).expect("chmod root");
+        let conf = tempfile::tempdir().expect("temp");
+        let c = conf.path();
+        // SHA-512 crypt instead of pure-pw's default argon2id (seconds per login here); the
+        // password goes to openssl on stdin, never on a command line.
+        let mut hasher = Command::new(openssl)
+            .args(["passwd", "-6", "-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn openssl");
+        hasher.stdin.take().expect("stdin").write_all(format!("{password}\n").as_bytes()).expect("write password");
+        let out = hasher.wait_with_output().expect("openssl passwd");
+        assert!(out.status.success(), "openssl passwd: {}", String::from_utf8_lossy(&out.stderr));
+        let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (uid, gid) = own_ids().filter(|(u, _)| *u != 0).unwrap_or((65_534, 65_534));
+        // pure-pw's passwd format: user:hash:uid:gid:gecos:home (`/./` = chroot there), then
+        // empty limits.
+        let passwd = c.join("pureftpd.passwd");
+        std::fs::write(&passwd, format!("{user}:{hash}:{uid}:{gid}::{}/./::::::::::::\n", root.display()))
+            .expect("write passwd");
+        let pdb = c.join("pureftpd.pdb");
+        let out = Command::new(pure_pw)
+            .arg("mkdb")
+            .arg(&pdb)
+            .arg("-f")
+            .arg(&passwd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("pure-pw mkdb");
+        assert!(out.status.success(), "pure-pw mkdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let (pasv_min, pasv_max) = free_port_window(40);
+        let log = c.join("stderr.log");
+        let child = Command::new(pure_ftpd)
+            .arg(format!("--login=puredb:{}", pdb.display()))
+            .arg(format!("--bind=127.0.0.1,{port}"))
+            .arg(format!("--passiveportrange={pasv_min}:{pasv_max}"))
+            .args(["--forcepassiveip=127.0.0.1", "--noanonymous", "--chrooteveryone", "--dontresolve"])
+            .args(["--ipv4only", "--syslogfacility=none", "--maxclientsnumber=64", "--maxclientsperip=64"])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn pure-ftpd");
+        let proc = Proc { child, name: "pure-ftpd".into(), log };
+        let t0 = Instant::now();
+        let greeting = loop {
+            match ftp_greeting(port) {
+                Some(line) => break line,
+                None if t0.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
+                None => panic!("pure-ftpd did not greet on {port}: {}", proc.log_text()),
+            }
+        };
+        assert!(greeting.starts_with("220"), "pure-ftpd greeted with {greeting:?}: {}", proc.log_text());
+        Self { port, user: user.to_string(), proc, _conf: conf }
+    }
+
+    /// `ftp://USER:PASSWORD@127.0.0.1:PORT/PATH` (`password` as given: percent-encode it first
+    /// if needed).
+    pub fn url_with(&self, password: &str, path: &str) -> String {
+        format!("ftp://{}:{password}@127.0.0.1:{}/{path}", self.user, self.port)
+    }
+
+    /// `ftp://127.0.0.1:PORT/PATH`, no credentials (the label `chiral` shows for any of them).
+    pub fn url(&self, path: &str) -> String {
+        format!("ftp://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for PureFtpd {
+    fn drop(&mut self) {
+        // The master and the per-session processes it forked share its process group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.proc.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `usr/REL` of the pure-ftpd package that tests/install-deps.sh unpacked under
+/// `target/test-tools` (installing it would remove vsftpd: both provide `ftp-server`), else of
+/// a system install.
+fn pure_ftpd_program(rel: &str) -> PathBuf {
+    let unpacked = root().join("target/test-tools/pure-ftpd/usr").join(rel);
+    if unpacked.is_file() {
+        return unpacked;
+    }
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("{name} not found: `bash tests/install-deps.sh` unpacks pure-ftpd into {}", unpacked.display())
+    })
+}
+
+/// The first reply line an FTP server sends on a new connection to 127.0.0.1:`port`, if it
+/// accepts one and says something within a second.
+fn ftp_greeting(port: u16) -> Option<String> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).ok()?;
+    Some(line.trim_end().to_string()).filter(|l| !l.is_empty())
+}
+
+/// This process's real uid and gid.
+fn own_ids() -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u32> {
+        status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((field("Uid:")?, field("Gid:")?))
+}
+
 fn unsafe_is_root() -> bool {
     // Root-run nginx workers drop to `nobody` unless told otherwise; test files live in
     // private temp dirs, so keep them as root.
@@ -385,4 +536,14 @@ fn copy_tree(from: &Path, to: &Path) {
 pub fn json_of(o: &Output) -> serde_json::Value {
     let text = stdout(o);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}\nstderr: {}", stderr(o)))
+}
+
+/// Fraction of `total` bytes a download's `.chiral-resume` file records as verified (0 while
+/// the file is missing or being replaced): lets a test act "half way" through a download.
+pub fn resume_fraction(state: &Path, total: u64) -> f64 {
+    let Ok(text) = std::fs::read_to_string(state) else { return 0.0 };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return 0.0 };
+    let bits = hex::decode(v["done"].as_str().unwrap_or_default()).unwrap_or_default();
+    let ones: u32 = bits.iter().map(|b| b.count_ones()).sum();
+    ones as f64 * v["piece_length"].as_f64().unwrap_or(0.0) / total as f64
 }

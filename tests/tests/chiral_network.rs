@@ -1,7 +1,11 @@
 //! The Chiral network plugin end to end: several real `chiral` processes on loopback, each with
 //! its own data dir (identity), publishing, finding through the DHT, downloading, searching.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use chiral_tests::*;
 
@@ -30,16 +34,25 @@ fn cid_of(lines: &[String]) -> String {
     cid
 }
 
-/// `chiral provider <peer>: <bytes> bytes in <n> chunks` lines of a `-v` run: last total per peer.
-fn provider_totals(stderr_text: &str) -> std::collections::BTreeMap<String, u64> {
-    let mut out = std::collections::BTreeMap::new();
-    for l in stderr_text.lines() {
-        let Some(rest) = l.split("chiral provider ").nth(1) else { continue };
-        let Some((peer, tail)) = rest.split_once(": ") else { continue };
-        let Some(bytes) = tail.split_whitespace().next().and_then(|b| b.parse::<u64>().ok()) else { continue };
-        out.insert(peer.to_string(), bytes);
+/// The providers of a `get --json` answer (`sources[].peers[]`): peer id -> (bytes, reputation, banned).
+fn provider_totals(v: &serde_json::Value) -> BTreeMap<String, (u64, i64, bool)> {
+    let mut out = BTreeMap::new();
+    for src in v["download"]["sources"].as_array().into_iter().flatten() {
+        for p in src["peers"].as_array().into_iter().flatten() {
+            let id = p["id"].as_str().expect("peer id").to_string();
+            assert_eq!(p["chiral_peer_id"].as_str(), Some(id.as_str()), "a Chiral provider is a Chiral peer: {p}");
+            let entry = (p["downloaded"].as_u64().unwrap(), p["reputation"].as_i64().unwrap(), p["banned"].as_bool().unwrap());
+            out.insert(id, entry);
+        }
     }
     out
+}
+
+/// The peer id a data dir's identity gives (its `chiral node` prints it).
+fn peer_id_for(node: &Chiral) -> String {
+    let (p, addr) = start_node(node, &[]);
+    drop(p);
+    peer_id_of(&addr)
 }
 
 #[test]
@@ -72,8 +85,9 @@ fn five_processes_find_and_download_through_the_dht_and_search() {
     assert_eq!(v["download"]["bytes"], size);
     assert_eq!(v["download"]["mode"], "engine");
     assert_eq!(sha256_file(&out_dir.join("fixture-net.bin")), want);
-    let totals = provider_totals(&stderr(&out));
+    let totals = provider_totals(&v);
     eprintln!("chiral network: {} MiB in {secs:.2} s (incl. lookup); providers {totals:?}", size / MIB);
+    assert!(totals.values().map(|t| t.0).sum::<u64>() >= size, "{totals:?}");
 
     // Keyword search from a node bootstrapped elsewhere.
     let s = e.run(&["search", "fixture", "--bootstrap", &addr_c]);
@@ -110,11 +124,134 @@ fn two_seeders_share_one_download() {
     let secs = t0.elapsed().as_secs_f64();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sha256_file(&out_dir.join("shared-two.bin")), want);
-    let totals = provider_totals(&stderr(&out));
+    let totals = provider_totals(&json_of(&out));
     eprintln!("two seeders: {} MiB in {secs:.2} s; per provider {totals:?}", size / MIB);
     assert_eq!(totals.len(), 2, "expected two providers: {totals:?}\n{}", stderr(&out));
-    assert!(totals.values().all(|b| *b > 0), "both providers must deliver: {totals:?}");
-    assert!(totals.values().sum::<u64>() >= size, "{totals:?}");
+    assert!(totals.values().all(|t| t.0 > 0 && !t.2), "both providers must deliver: {totals:?}");
+    assert!(totals.values().map(|t| t.0).sum::<u64>() >= size, "{totals:?}");
+}
+
+#[test]
+fn a_seeder_stopped_half_way_leaves_the_other_to_finish() {
+    let size = 64 * MIB;
+    let a = Chiral::new();
+    let (_pa, addr_a) = start_node(&a, &[]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("half-way.bin");
+    make_file(&file, size, 21);
+    let want = sha256_file(&file);
+    // Capped seeders (8 MiB/s each) so the download is still running when one goes away.
+    let (b1, b2) = (Chiral::new(), Chiral::new());
+    let (id1, id2) = (peer_id_for(&b1), peer_id_for(&b2));
+    let args = [file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr_a, "--option", "upload_rate=8M"];
+    let (s1, l1) = start_seed(&b1, &args, 1);
+    let (_s2, _) = start_seed(&b2, &args, 1);
+    let cid = cid_of(&l1);
+
+    let e = Chiral::new();
+    let out_dir = e.data_dir.path().join("dl");
+    let child = e
+        .cmd()
+        .args(["get", &cid, "--bootstrap", &addr_a, "-o", out_dir.to_str().unwrap(), "--json", "-q"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = out_dir.join("half-way.bin.chiral-resume");
+    let t0 = Instant::now();
+    while resume_fraction(&state, size) < 0.3 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress recorded in {}", state.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s1); // the first seeder goes away (killed) with most of the file still to fetch
+    let stopped_at = resume_fraction(&state, size);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stopped_at < 0.9, "the first seeder stopped too late ({stopped_at})");
+    assert_eq!(sha256_file(&out_dir.join("half-way.bin")), want);
+    let totals = provider_totals(&json_of(&out));
+    eprintln!("seeder stopped at {:.0}%: per provider {totals:?}", stopped_at * 100.0);
+    let (got1, got2) = (totals[&id1].0, totals[&id2].0);
+    assert!(got1 > 0 && got1 < size, "the stopped seeder delivered part of it: {got1}");
+    assert!(got2 as f64 >= (1.0 - stopped_at) * size as f64 * 0.9, "the other finished it: {got2}");
+    assert!(got1 + got2 >= size, "{totals:?}");
+}
+
+#[test]
+fn a_node_serving_corrupt_chunks_is_dropped_and_its_chunks_refetched() {
+    let size = 48 * MIB;
+    let a = Chiral::new();
+    let (_pa, addr_a) = start_node(&a, &[]);
+    let src = tempfile::tempdir().unwrap();
+    let good_file = src.path().join("good/corrupt-test.bin");
+    let bad_file = src.path().join("bad/corrupt-test.bin");
+    make_file(&good_file, size, 9);
+    make_file(&bad_file, size, 9);
+    let want = sha256_file(&good_file);
+    let (good, bad) = (Chiral::new(), Chiral::new());
+    let (good_id, bad_id) = (peer_id_for(&good), peer_id_for(&bad));
+    let (_sg, lg) = start_seed(&good, &[good_file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr_a], 1);
+    let (_sb, lb) = start_seed(&bad, &[bad_file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr_a], 1);
+    let cid = cid_of(&lg);
+    assert_eq!(cid, cid_of(&lb));
+    // The bad node's file changes under it after publishing: it now serves other bytes with
+    // the proofs of the published tree.
+    make_file(&bad_file, size, 10);
+
+    let e = Chiral::new();
+    let out_dir = e.data_dir.path().join("dl");
+    let out = e.run(&["get", &cid, "--bootstrap", &addr_a, "-o", out_dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256_file(&out_dir.join("corrupt-test.bin")), want);
+    let totals = provider_totals(&json_of(&out));
+    eprintln!("corrupt node: per provider {totals:?}");
+    let (bad_bytes, bad_rep, bad_banned) = totals[&bad_id];
+    let (good_bytes, good_rep, good_banned) = totals[&good_id];
+    assert!(bad_banned && !good_banned, "{totals:?}");
+    assert_eq!(bad_bytes, 0, "no chunk of the bad node is kept");
+    assert!(good_bytes >= size, "every chunk came from the good node: {good_bytes}");
+    assert!(bad_rep < 500 && bad_rep < good_rep, "reputation lowered: bad {bad_rep}, good {good_rep}");
+    assert!(stderr(&out).contains("sent bad data"), "the bad node is reported: {}", stderr(&out));
+}
+
+#[test]
+fn a_magnet_finds_a_chiral_seed_through_the_info_hash_index() {
+    let size = 24 * MIB;
+    let a = Chiral::new();
+    let (_pa, addr_a) = start_node(&a, &[]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("dual-lookup-sample.bin");
+    make_file(&file, size, 33);
+    let want = sha256_file(&file);
+    // One command seeds over BitTorrent (no tracker, no BitTorrent DHT) and on the Chiral
+    // network; the host hands the magnet's info hash to the Chiral plugin.
+    let b = Chiral::new();
+    let (_sb, lines) = start_seed(
+        &b,
+        &[file.to_str().unwrap(), "--via", "bittorrent", "--via", "chiral", "--bootstrap", &addr_a, "--no-dht"],
+        2,
+    );
+    let magnet = lines.iter().find(|l| l.starts_with("magnet:")).expect("a magnet link");
+    let ih = magnet.split("xt=urn:btih:").nth(1).expect("btih")[..40].to_string();
+    let cid = cid_of(&lines);
+
+    // The bare magnet: no tracker, no peer address; only the Chiral index can resolve it.
+    let e = Chiral::new();
+    let out_dir = e.data_dir.path().join("dl");
+    let bare = format!("magnet:?xt=urn:btih:{ih}");
+    let out = e.run(&["get", &bare, "--bootstrap", &addr_a, "--no-dht", "-o", out_dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json_of(&out);
+    assert_eq!(sha256_file(&out_dir.join("dual-lookup-sample.bin")), want);
+    let sources = v["download"]["sources"].as_array().unwrap();
+    let chiral = sources.iter().find(|s| s["plugin"] == "chiral").unwrap_or_else(|| panic!("no chiral source: {v}"));
+    assert_eq!(chiral["bytes"], size, "{v}");
+    assert!(chiral["label"].as_str().unwrap().starts_with(&cid), "{v}");
+
+    // And by a word of its name.
+    let s = e.run(&["search", "sample", "--bootstrap", &addr_a]);
+    assert!(s.status.success(), "{}", stderr(&s));
+    assert!(stdout(&s).contains(&cid), "{}", stdout(&s));
 }
 
 #[test]

@@ -2,13 +2,12 @@
 //! and over explicit TLS), mixed with nginx as an HTTP mirror, and `chiral seed --via ftp`
 //! fetched by curl and aria2c.
 //!
-//! Logins with a user and password are covered by the plugin's own tests against scripted
-//! servers: vsftpd's local users need a PAM service in /etc/pam.d, and with the sandbox off
+//! Logins with a user and password run against pure-ftpd with a virtual user (`PureFtpd`):
+//! vsftpd's local users need a PAM service in /etc/pam.d, and with the sandbox off
 //! (`isolate=NO`, as root in a container) its privileged helper stalls at the first passive
-//! data connection of a local-user session, so no transfer could be shown here.
+//! data connection of a local-user session.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
@@ -24,20 +23,6 @@ struct Vsftpd {
     port: u16,
     proc: Proc,
     conf: tempfile::TempDir,
-}
-
-/// `width` consecutive loopback ports that are free now.
-fn free_port_window(width: u16) -> (u16, u16) {
-    for _ in 0..200 {
-        let base = free_port();
-        if base > 65_535 - width {
-            continue;
-        }
-        if (base..base + width).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return (base, base + width - 1);
-        }
-    }
-    panic!("no window of {width} free ports");
 }
 
 impl Vsftpd {
@@ -209,13 +194,7 @@ fn killed_half_way_resumes_instead_of_starting_over() {
         .unwrap();
     let state = out_dir.join("resume.bin.chiral-resume");
     let t0 = Instant::now();
-    let done_fraction = || -> f64 {
-        let Ok(text) = std::fs::read_to_string(&state) else { return 0.0 };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return 0.0 };
-        let bits = hex::decode(v["done"].as_str().unwrap_or_default()).unwrap_or_default();
-        let ones: u32 = bits.iter().map(|b| b.count_ones()).sum();
-        ones as f64 * v["piece_length"].as_f64().unwrap_or(0.0) / (128 * MIB) as f64
-    };
+    let done_fraction = || resume_fraction(&state, 128 * MIB);
     while done_fraction() < 0.3 {
         assert!(t0.elapsed() < Duration::from_secs(120), "no progress recorded in {}", state.display());
         assert!(child.try_wait().unwrap().is_none(), "download ended before it could be interrupted");
@@ -375,4 +354,185 @@ rsa_cert_file={}\nrsa_private_key_file={}\nssl_ciphers=HIGH\nrequire_ssl_reuse=N
     assert!(!out.status.success());
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(!out2.join("tls.bin").exists());
+}
+
+/// The virtual user's password: `:` and `@` must be percent-encoded in a URL and decoded by
+/// the plugin.
+const PASSWORD: &str = "Pa55:w@rd-7Kq";
+const PASSWORD_IN_URL: &str = "Pa55%3Aw%40rd-7Kq";
+const USER: &str = "chiraltest";
+
+/// Fails when the password shows anywhere in what `chiral` printed, in either spelling.
+fn assert_no_password(out: &Output, password: &str, encoded: &str) {
+    let all = all_output(out);
+    assert!(!all.contains(password) && !all.contains(encoded), "password printed:\n{all}");
+}
+
+struct UserSite {
+    dir: tempfile::TempDir,
+    ftp: PureFtpd,
+    sha: String,
+}
+
+fn user_site(name: &str, size: u64) -> UserSite {
+    let dir = tempfile::tempdir().unwrap();
+    make_file(&dir.path().join(name), size, 3000);
+    let sha = sha256_file(&dir.path().join(name));
+    let ftp = PureFtpd::start(dir.path(), USER, PASSWORD);
+    UserSite { dir, ftp, sha }
+}
+
+#[test]
+fn pure_ftpd_password_login_with_one_and_four_connections() {
+    let s = user_site("auth.bin", 64 * MIB);
+    let node = Chiral::new();
+    let url = s.ftp.url_with(PASSWORD_IN_URL, "auth.bin");
+    for n in ["1", "4"] {
+        for json in [false, true] {
+            let out_dir = node.data_dir.path().join(format!("out{n}-{json}"));
+            let mut args = vec![url.as_str(), "-o", out_dir.to_str().unwrap(), "--connections", n];
+            if json {
+                args.push("--json");
+            }
+            let t0 = Instant::now();
+            let out = get(&node, &args);
+            let secs = t0.elapsed().as_secs_f64();
+            assert!(out.status.success(), "{}\npure-ftpd: {}", all_output(&out), s.ftp.proc.log_text());
+            eprintln!(
+                "64 MiB over FTP as {USER} with {n} connection(s){}: {secs:.2}s",
+                if json { " --json" } else { "" }
+            );
+            assert_no_password(&out, PASSWORD, PASSWORD_IN_URL);
+            assert_eq!(sha256_file(&out_dir.join("auth.bin")), s.sha);
+            assert!(!out_dir.join("auth.bin.part").exists() && !out_dir.join("auth.bin.chiral-resume").exists());
+            if json {
+                let v = json_of(&out);
+                assert_eq!(v["ok"], true);
+                assert_eq!(v["download"]["mode"], "engine");
+                assert_eq!(v["download"]["bytes"], 64 * MIB);
+                let src = &v["download"]["sources"][0];
+                assert_eq!(src["plugin"], "ftp");
+                assert_eq!(src["bytes"], 64 * MIB);
+                // The label drops the user information.
+                assert_eq!(src["label"], s.ftp.url("auth.bin"));
+            } else {
+                assert!(stdout(&out).trim().ends_with("auth.bin"), "{}", stdout(&out));
+            }
+        }
+    }
+    // The downloaded files were compared; the source is still there for the next run.
+    assert!(s.dir.path().join("auth.bin").exists());
+}
+
+/// The plugin's other ways to give credentials (plugins/ftp/src/lib.rs): `CHIRAL_FTP_USER` and
+/// `CHIRAL_FTP_PASSWORD`, a user in the URL with the password from the environment, and the
+/// config file's `[plugins.ftp]` `user` / `password`.
+#[test]
+fn pure_ftpd_credentials_from_environment_and_config_file() {
+    let s = user_site("env.bin", 64 * MIB);
+    let node = Chiral::new();
+    let check = |out: &Output, out_dir: &Path, what: &str| {
+        assert!(out.status.success(), "{what}: {}\npure-ftpd: {}", all_output(out), s.ftp.proc.log_text());
+        assert_no_password(out, PASSWORD, PASSWORD_IN_URL);
+        assert_eq!(sha256_file(&out_dir.join("env.bin")), s.sha, "{what}");
+        let v = json_of(out);
+        assert_eq!(v["download"]["sources"][0]["label"], s.ftp.url("env.bin"), "{what}");
+    };
+
+    // Both from the environment; with -vv the debug logs must not carry it either.
+    let out_dir = node.data_dir.path().join("env");
+    let out = run_with_timeout(
+        node.cmd()
+            .args([
+                "get",
+                &s.ftp.url("env.bin"),
+                "-o",
+                out_dir.to_str().unwrap(),
+                "--connections",
+                "4",
+                "--json",
+                "-vv",
+            ])
+            .env("CHIRAL_FTP_USER", USER)
+            .env("CHIRAL_FTP_PASSWORD", PASSWORD),
+        Duration::from_secs(300),
+    );
+    check(&out, &out_dir, "CHIRAL_FTP_USER + CHIRAL_FTP_PASSWORD");
+
+    // The user in the URL, the password from the environment.
+    let out_dir = node.data_dir.path().join("url-user");
+    let url = format!("ftp://{USER}@127.0.0.1:{}/env.bin", s.ftp.port);
+    let out = run_with_timeout(
+        node.cmd()
+            .args(["get", &url, "-o", out_dir.to_str().unwrap(), "--connections", "4", "--json"])
+            .env("CHIRAL_FTP_PASSWORD", PASSWORD),
+        Duration::from_secs(300),
+    );
+    check(&out, &out_dir, "user in the URL + CHIRAL_FTP_PASSWORD");
+
+    // The config file.
+    let conf = node.data_dir.path().join("ftp-config.toml");
+    std::fs::write(&conf, format!("no_dht = true\n[plugins.ftp]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n"))
+        .unwrap();
+    let out_dir = node.data_dir.path().join("config");
+    let out = get(
+        &node,
+        &[
+            "--config",
+            conf.to_str().unwrap(),
+            &s.ftp.url("env.bin"),
+            "-o",
+            out_dir.to_str().unwrap(),
+            "--connections",
+            "4",
+            "--json",
+        ],
+    );
+    check(&out, &out_dir, "[plugins.ftp] user + password");
+}
+
+#[test]
+fn pure_ftpd_wrong_password_is_one_line_error_without_file_or_password() {
+    let s = user_site("deny.bin", 4 * MIB);
+    let node = Chiral::new();
+    let (wrong, wrong_in_url) = ("Wr0ng:p@ss-9Zv", "Wr0ng%3Ap%40ss-9Zv");
+    let url = s.ftp.url_with(wrong_in_url, "deny.bin");
+    for json in [false, true] {
+        let out_dir = node.data_dir.path().join(format!("out-{json}"));
+        let mut args = vec![url.as_str(), "-o", out_dir.to_str().unwrap(), "--connections", "4"];
+        if json {
+            args.push("--json");
+        }
+        let t0 = Instant::now();
+        let out = get(&node, &args);
+        eprintln!("wrong password refused in {:.2}s (pure-ftpd delays a 530)", t0.elapsed().as_secs_f64());
+        assert!(!out.status.success(), "{}", all_output(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+        let line = last_error_line(&out);
+        assert!(line.starts_with("chiral: ") && line.contains("login refused") && line.contains("530"), "{line}");
+        assert_no_password(&out, wrong, wrong_in_url);
+        assert_no_password(&out, PASSWORD, PASSWORD_IN_URL);
+        if json {
+            let v = json_of(&out);
+            assert_eq!(v["ok"], false);
+            assert!(v["error"].as_str().unwrap().contains("login refused"), "{v}");
+        }
+        let left: Vec<_> =
+            std::fs::read_dir(&out_dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "left in {}: {left:?}", out_dir.display());
+    }
+    // The same wrong password from the environment: the same one line.
+    let out_dir = node.data_dir.path().join("out-env");
+    let out = run_with_timeout(
+        node.cmd()
+            .args(["get", &s.ftp.url("deny.bin"), "-o", out_dir.to_str().unwrap()])
+            .env("CHIRAL_FTP_USER", USER)
+            .env("CHIRAL_FTP_PASSWORD", wrong),
+        Duration::from_secs(300),
+    );
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(last_error_line(&out).contains("login refused"), "{}", stderr(&out));
+    assert_no_password(&out, wrong, wrong_in_url);
+    assert!(std::fs::read_dir(&out_dir).map(|mut d| d.next().is_none()).unwrap_or(true));
 }

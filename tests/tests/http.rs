@@ -56,13 +56,7 @@ fn killed_half_way_resumes_instead_of_starting_over() {
     let mut child = node.cmd().args(["get", &url, "-o", out_dir.to_str().unwrap(), "-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let state = out_dir.join("resume.bin.chiral-resume");
     let t0 = Instant::now();
-    let done_fraction = || -> f64 {
-        let Ok(text) = std::fs::read_to_string(&state) else { return 0.0 };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return 0.0 };
-        let bits = hex::decode(v["done"].as_str().unwrap_or_default()).unwrap_or_default();
-        let ones: u32 = bits.iter().map(|b| b.count_ones()).sum();
-        ones as f64 * v["piece_length"].as_f64().unwrap_or(0.0) / (256 * MIB) as f64
-    };
+    let done_fraction = || resume_fraction(&state, 256 * MIB);
     while done_fraction() < 0.3 {
         assert!(t0.elapsed() < Duration::from_secs(120), "no progress recorded in {}", state.display());
         assert!(child.try_wait().unwrap().is_none(), "download ended before it could be interrupted");

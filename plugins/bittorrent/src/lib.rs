@@ -49,6 +49,7 @@ use std::{
 
 use chiral_sdk::{
     abi_stable::std_types::{RString, RVec},
+    abi::PeerStat,
     capability,
     engine::{self, EngineEvent},
     plugin::BoxFut,
@@ -643,6 +644,10 @@ impl PieceSource for SwarmSource {
             return Vec::new();
         }
         self.session.0.availability()
+    }
+
+    fn peers(&self) -> Vec<PeerStat> {
+        self.session.0.peer_stats()
     }
 
     fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::{Buf as _, BytesMut};
-use chiral_sdk::{abi_stable::std_types::ROption, Event, Events, PluginError};
+use chiral_sdk::{abi::PeerStat, abi_stable::std_types::ROption, Event, Events, PluginError};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{tcp::OwnedWriteHalf, TcpStream},
@@ -89,6 +89,8 @@ struct PeerEntry {
     inflight: usize,
     ext: Option<ExtHandshake>,
     chiral_verified: bool,
+    /// The reputation the peer announced in its `chiral` message (0..=1000).
+    chiral_reputation: Option<i64>,
     wallet: Option<String>,
     down: u64,
     up: u64,
@@ -111,6 +113,19 @@ impl PeerEntry {
     }
     fn label(&self) -> String {
         self.addr.to_string()
+    }
+    /// Totals for reports; `banned` comes from the session's ban lists.
+    fn stat(&self, banned: bool) -> PeerStat {
+        let chiral = if self.chiral_verified { self.ext.as_ref().and_then(|e| e.chiral.clone()) } else { None };
+        PeerStat {
+            id: client_name(&self.peer_id).into(),
+            address: self.addr.to_string().into(),
+            downloaded: self.down,
+            uploaded: self.up,
+            chiral_peer_id: chiral.unwrap_or_default().into(),
+            reputation: self.chiral_reputation.filter(|_| self.chiral_verified).into(),
+            banned,
+        }
     }
     fn send(&mut self, m: &Message) {
         let mut b = Vec::with_capacity(32);
@@ -145,6 +160,34 @@ struct State {
     bad_pieces: u64,
     stopped: bool,
     choker: Choker,
+    /// Totals of peers that left, by address, so the end-of-download report still has them.
+    past_peers: HashMap<SocketAddr, PeerStat>,
+}
+
+/// Peers that left and are still remembered for the report (oldest forgotten first is not
+/// worth the bookkeeping: past this bound, new departures are simply not recorded).
+const MAX_PAST_PEERS: usize = 4096;
+
+/// Adds a connection's totals to what earlier connections from the same address did.
+fn merge_stat(into: &mut PeerStat, more: PeerStat) {
+    into.downloaded += more.downloaded;
+    into.uploaded += more.uploaded;
+    into.banned |= more.banned;
+    into.id = more.id;
+    into.address = more.address;
+    if !more.chiral_peer_id.is_empty() {
+        into.chiral_peer_id = more.chiral_peer_id;
+    }
+}
+
+/// The client tag of an Azureus-style peer id (`-TR3000-`), else the id's hex prefix.
+fn client_name(peer_id: &[u8; 20]) -> String {
+    let tag = &peer_id[..8];
+    if tag[0] == b'-' && tag[7] == b'-' && tag.iter().all(|b| b.is_ascii_graphic()) {
+        String::from_utf8_lossy(tag).into_owned()
+    } else {
+        peer_id[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 impl Default for State {
@@ -170,6 +213,7 @@ impl Default for State {
             bad_pieces: 0,
             stopped: false,
             choker: Choker::new(UPLOAD_SLOTS),
+            past_peers: HashMap::new(),
         }
     }
 }
@@ -291,6 +335,17 @@ impl Session {
 
     pub fn uploaded(&self) -> u64 {
         lock(&self.state).uploaded
+    }
+
+    /// Every peer met so far (connected now or gone) with its totals, one entry per address.
+    pub fn peer_stats(&self) -> Vec<PeerStat> {
+        let st = lock(&self.state);
+        let mut by_addr = st.past_peers.clone();
+        for p in st.peers.values() {
+            let now = p.stat(st.banned_addrs.contains(&p.addr));
+            merge_stat(by_addr.entry(p.addr).or_default(), now);
+        }
+        by_addr.into_values().collect()
     }
 
     /// Per-piece holder counts (at least 1: the swarm may still find a holder).
@@ -723,6 +778,7 @@ impl Session {
                 inflight: 0,
                 ext: None,
                 chiral_verified: false,
+                chiral_reputation: None,
                 wallet: None,
                 down: 0,
                 up: 0,
@@ -740,6 +796,10 @@ impl Session {
         let mut st = lock(&self.state);
         Self::release_requests(&mut st, id);
         if let Some(p) = st.peers.remove(&id) {
+            let gone = p.stat(st.banned_addrs.contains(&p.addr));
+            if st.past_peers.len() < MAX_PAST_PEERS || st.past_peers.contains_key(&p.addr) {
+                merge_stat(st.past_peers.entry(p.addr).or_default(), gone);
+            }
             for (i, h) in p.has.iter().enumerate() {
                 if *h {
                     if let Some(a) = st.availability.get_mut(i) {
@@ -1005,8 +1065,9 @@ impl Session {
                     let claimed = p.ext.as_ref().and_then(|e| e.chiral.clone());
                     if claimed.as_deref() == Some(hello.chiral_peer_id.as_str()) {
                         p.chiral_verified = true;
+                        p.chiral_reputation = Some(hello.reputation_score);
                         p.wallet = hello.wallet_address.clone();
-                        self.events.debug(format!(
+                        self.events.info(format!(
                             "{}: {} is Chiral peer {} (reputation {})",
                             self.label, p.addr, hello.chiral_peer_id, hello.reputation_score
                         ));

@@ -98,6 +98,7 @@ impl ChiralPlugin {
         }
         let mut info_hash = None;
         let mut mirrors = Vec::new();
+        let mut upload_rate = None;
         for t in request.options.iter() {
             match t.0.as_str() {
                 "info_hash" => {
@@ -106,6 +107,11 @@ impl ChiralPlugin {
                     })?)
                 }
                 "mirror" => mirrors.push(t.1.to_string()),
+                "upload_rate" => {
+                    upload_rate = Some(seed::parse_rate(t.1.as_str()).ok_or_else(|| {
+                        PluginError::invalid(format!("upload_rate {:?}: bytes per second, e.g. 16M", t.1.as_str()))
+                    })?)
+                }
                 _ => {}
             }
         }
@@ -119,7 +125,8 @@ impl ChiralPlugin {
         let root = tree.root();
         let cid = content_id(&root);
         let node = self.node().await?;
-        let entry = Arc::new(SeedEntry::open(&path, name.clone(), vec![cid.clone()], tree, size)?);
+        let entry =
+            Arc::new(SeedEntry::open(&path, name.clone(), vec![cid.clone()], tree, size)?.with_upload_rate(upload_rate));
         node.add_seed(root, entry.clone());
 
         let mut fm = FileMeta::new(&root, &name, size);

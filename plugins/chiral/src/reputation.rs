@@ -45,6 +45,11 @@ impl Default for PeerMetrics {
     }
 }
 
+/// A score as the integer reports and the BEP 10 `chiral` message carry (0..=1000).
+pub fn per_mille(score: f64) -> i64 {
+    (score.clamp(0.0, 1.0) * 1000.0).round() as i64
+}
+
 fn ewma(old: Option<f64>, sample: f64) -> f64 {
     match old {
         None => sample,

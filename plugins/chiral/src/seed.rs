@@ -100,6 +100,41 @@ pub struct SeedEntry {
     pub identifiers: Vec<String>,
     pub served: AtomicU64,
     file: File,
+    /// Upload cap of this seed (`upload_rate` option), if any.
+    pacer: Option<Pacer>,
+}
+
+/// Spaces chunk answers so a seed sends at most `rate` bytes per second on average.
+pub struct Pacer {
+    rate: u64,
+    next: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Pacer {
+    pub fn new(rate: u64) -> Self {
+        Self { rate: rate.max(1), next: std::sync::Mutex::new(std::time::Instant::now()) }
+    }
+
+    /// Reserves `bytes` of the budget; returns how long to wait before sending them.
+    pub fn reserve(&self, bytes: u64) -> std::time::Duration {
+        let now = std::time::Instant::now();
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let start = (*next).max(now);
+        *next = start + std::time::Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+        start - now
+    }
+}
+
+/// `upload_rate` values: bytes per second, with an optional K/M/G suffix (powers of 1024).
+pub fn parse_rate(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last()? {
+        (i, 'k' | 'K') => (&t[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&t[..i], 1 << 20),
+        (i, 'g' | 'G') => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).filter(|n| *n > 0)
 }
 
 impl SeedEntry {
@@ -114,7 +149,14 @@ impl SeedEntry {
             identifiers,
             served: AtomicU64::new(0),
             file,
+            pacer: None,
         })
+    }
+
+    /// Caps what this seed sends to `rate` bytes per second.
+    pub fn with_upload_rate(mut self, rate: Option<u64>) -> Self {
+        self.pacer = rate.map(Pacer::new);
+        self
     }
 
     pub fn manifest(&self) -> Response {
@@ -128,6 +170,9 @@ impl SeedEntry {
         };
         let offset = index as u64 * CHUNK_SIZE;
         let len = self.size.saturating_sub(offset).min(CHUNK_SIZE) as usize;
+        if let Some(p) = &self.pacer {
+            std::thread::sleep(p.reserve(len as u64));
+        }
         let mut data = vec![0u8; len];
         if let Err(e) = self.file.read_exact_at(&mut data, offset) {
             return Response::Error { message: format!("cannot read chunk {index}: {e}") };
@@ -139,6 +184,21 @@ impl SeedEntry {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rates_and_pacing() {
+        use super::{parse_rate, Pacer};
+        assert_eq!(parse_rate("1000"), Some(1000));
+        assert_eq!(parse_rate("16M"), Some(16 << 20));
+        assert_eq!(parse_rate("2k"), Some(2048));
+        assert_eq!(parse_rate("0"), None);
+        assert_eq!(parse_rate("fast"), None);
+        assert_eq!(parse_rate("99999999999G"), None);
+        let p = Pacer::new(1 << 20);
+        assert_eq!(p.reserve(1 << 19), std::time::Duration::ZERO);
+        let wait = p.reserve(1 << 19);
+        assert!(wait > std::time::Duration::from_millis(400) && wait <= std::time::Duration::from_millis(500), "{wait:?}");
+    }
+
     use super::*;
     use chiral_sdk::verify::{leaves_of, merkle_proof, merkle_root, verify_proof};
 

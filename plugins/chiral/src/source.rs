@@ -10,7 +10,8 @@ use std::{
 };
 
 use chiral_sdk::{
-    abi_stable::std_types::RVec,
+    abi::PeerStat,
+    abi_stable::std_types::{ROption, RVec},
     plugin::BoxFut,
     verify::{leaf_hash, merkle_root, verify_proof, Hash32, CHUNK_SIZE},
     ContentInfo, Events, HashKind, PieceSource, PluginError,
@@ -306,6 +307,22 @@ impl PieceSource for ChiralSource {
             }
             Ok(out.into())
         })
+    }
+
+    fn peers(&self) -> Vec<PeerStat> {
+        let provs = lock(&self.inner.providers);
+        provs
+            .iter()
+            .map(|(p, s)| PeerStat {
+                id: p.to_string().into(),
+                address: String::new().into(),
+                downloaded: s.bytes,
+                uploaded: 0,
+                chiral_peer_id: p.to_string().into(),
+                reputation: ROption::RSome(reputation::per_mille(self.inner.node.metrics_of(p).score)),
+                banned: s.banned,
+            })
+            .collect()
     }
 }
 
