@@ -292,6 +292,63 @@ impl TransmissionSeeder {
     }
 }
 
+/// transmission-cli downloading `torrent`, started first and waited until the tracker lists it:
+/// transmission never dials loopback peers, so the seeder started next must dial it.
+struct TransmissionLeecher {
+    proc: Proc,
+    mark: PathBuf,
+    out: PathBuf,
+    _conf: tempfile::TempDir,
+}
+
+impl TransmissionLeecher {
+    fn start(torrent: &Path, tracker: &Tracker, info_hash: &[u8]) -> Self {
+        let cli = require("transmission-cli", "transmission-cli");
+        let conf = tempfile::tempdir().unwrap();
+        std::fs::write(
+            conf.path().join("settings.json"),
+            r#"{"bind-address-ipv4":"127.0.0.1","dht-enabled":false,"lpd-enabled":false,"pex-enabled":false,"utp-enabled":false,
+"port-forwarding-enabled":false,"blocklist-enabled":false,"encryption":0,"speed-limit-up-enabled":false,"speed-limit-down-enabled":false,"message-level":1}"#,
+        )
+        .unwrap();
+        // The completion hook touches a file: the event the test waits for.
+        let mark = conf.path().join("finished");
+        let hook = conf.path().join("done.sh");
+        std::fs::write(&hook, format!("#!/bin/sh\ntouch '{}'\n", mark.display())).unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let out = conf.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let port = free_port();
+        let proc = spawn_logged(
+            Command::new(cli)
+                .arg("-g")
+                .arg(conf.path())
+                .arg("-w")
+                .arg(&out)
+                .args(["-p", &port.to_string(), "-M", "-D", "-U", "-ep", "-f"])
+                .arg(&hook)
+                .arg(torrent),
+            "transmission-cli",
+            conf.path().join("cli.log"),
+        );
+        assert!(tracker.wait_for(info_hash, port, Duration::from_secs(60)), "transmission-cli never announced: {}", proc.log_text());
+        Self { proc, mark, out, _conf: conf }
+    }
+
+    fn wait_done(&self, seed: &Proc) {
+        let t0 = Instant::now();
+        while !self.mark.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(150),
+                "transmission-cli did not finish: {}\nseed: {}",
+                self.proc.log_text(),
+                seed.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 // ---------------------------------------------------------------- chiral helpers
 
 fn get(node: &Chiral, id: &str, out: &Path) -> std::process::Output {
@@ -396,47 +453,58 @@ fn transmission_downloads_a_chiral_created_torrent_from_chiral_seed() {
     assert!(o.status.success(), "chiral create: {}", last_error_line(&o));
     let ih = info_hash_of(&tor);
     // transmission never dials loopback peers: start it first, then the seed dials it.
-    let cli = require("transmission-cli", "transmission-cli");
-    let conf = tempfile::tempdir().unwrap();
-    std::fs::write(
-        conf.path().join("settings.json"),
-        r#"{"bind-address-ipv4":"127.0.0.1","dht-enabled":false,"lpd-enabled":false,"pex-enabled":false,"utp-enabled":false,
-"port-forwarding-enabled":false,"blocklist-enabled":false,"encryption":0,"speed-limit-up-enabled":false,"speed-limit-down-enabled":false,"message-level":1}"#,
-    )
-    .unwrap();
-    let mark = conf.path().join("finished");
-    let hook = conf.path().join("done.sh");
-    std::fs::write(&hook, format!("#!/bin/sh\ntouch '{}'\n", mark.display())).unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = conf.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let port = free_port();
-    let leech = spawn_logged(
-        Command::new(cli)
-            .arg("-g")
-            .arg(conf.path())
-            .arg("-w")
-            .arg(&out)
-            .args(["-p", &port.to_string(), "-M", "-D", "-U", "-ep", "-f"])
-            .arg(&hook)
-            .arg(&tor),
-        "transmission-cli",
-        conf.path().join("cli.log"),
-    );
-    assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "transmission-cli never announced: {}", leech.log_text());
+    let leech = TransmissionLeecher::start(&tor, &tracker, &ih);
     let seed_node = Chiral::new();
     let (seed, _) = start_seed(&seed_node, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url()], 1);
-    let t0 = Instant::now();
-    while !mark.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(150),
-            "transmission-cli did not finish: {}\nseed: {}",
-            leech.log_text(),
-            seed.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    leech.wait_done(&seed);
+    assert_eq!(sha256_file(&leech.out.join("made.bin")), f.sha);
+}
+
+#[test]
+fn two_chiral_peers_recognise_each_other_while_transmission_leeches_normally() {
+    let tracker = Tracker::start();
+    let f = fixture("mixed.bin", 24 * MIB, 15);
+    let maker = Chiral::new();
+    let tor = f.dir.path().join("mixed.torrent");
+    let o = maker.run(&["create", f.file.to_str().unwrap(), "-o", tor.to_str().unwrap(), "--tracker", &tracker.url()]);
+    assert!(o.status.success(), "chiral create: {}", last_error_line(&o));
+    let ih = info_hash_of(&tor);
+    let leech = TransmissionLeecher::start(&tor, &tracker, &ih);
+
+    // Chiral peer A seeds (its Chiral id set in its config), B downloads the .torrent.
+    let a = Chiral::new();
+    std::fs::write(
+        a.data_dir.path().join("config/chiral/config.toml"),
+        "no_dht = true\n[plugins.bittorrent]\nchiral_peer_id = \"alice0123456789\"\n",
+    )
+    .unwrap();
+    let (seed, _) = start_seed(&a, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url(), "-v"], 1);
+    let b = Chiral::new();
+    let out = b.data_dir.path().join("out");
+    let o = run_with_timeout(
+        b.cmd().args(["get", tor.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json", "-v"]).args(BT),
+        Duration::from_secs(240),
+    );
+    assert_got(&o, &out.join("mixed.bin"), &f.sha, "chiral B from the swarm");
+    leech.wait_done(&seed);
+    assert_eq!(sha256_file(&leech.out.join("mixed.bin")), f.sha, "Transmission got the file intact");
+
+    // B's report: A is a verified Chiral peer (with the id A announced); nobody else is.
+    let v = json_of(&o);
+    let peers: Vec<serde_json::Value> =
+        v["download"]["sources"].as_array().unwrap().iter().flat_map(|s| s["peers"].as_array().cloned().unwrap_or_default()).collect();
+    let chiral: Vec<_> = peers.iter().filter(|p| !p["chiral_peer_id"].is_null()).collect();
+    assert_eq!(chiral.len(), 1, "exactly one Chiral peer (A) in B's swarm: {peers:?}");
+    assert_eq!(chiral[0]["chiral_peer_id"], "alice0123456789", "{peers:?}");
+    assert!(chiral[0]["downloaded"].as_u64().unwrap() > 0, "B got data from A: {peers:?}");
+    for p in peers.iter().filter(|p| p["id"].as_str().unwrap_or_default().starts_with("-TR")) {
+        assert!(p["chiral_peer_id"].is_null(), "Transmission is not taken for a Chiral peer: {p}");
     }
-    assert_eq!(sha256_file(&out.join("made.bin")), f.sha);
+    // A's log: B identified through the `chiral` extension, with B's stable id from its data dir.
+    let b_id = std::fs::read_to_string(b.data_dir.path().join("bittorrent/chiral_peer_id")).expect("B's Chiral id");
+    let a_log = seed.log_text();
+    assert!(a_log.contains(&format!("is Chiral peer {}", b_id.trim())), "A never recognised B ({b_id}):\n{a_log}");
+    assert_eq!(a_log.matches("is Chiral peer").count(), 1, "only B is a Chiral peer for A:\n{a_log}");
 }
 
 #[test]

@@ -72,6 +72,26 @@ const PIECE_TIMEOUT: Duration = Duration::from_secs(240);
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// This node's Chiral peer id on BitTorrent, kept in the plugin's data dir
+/// (`<data dir>/bittorrent/chiral_peer_id`) so other Chiral clients recognise the same node
+/// (and its reputation) across restarts.
+fn stable_chiral_id(data_dir: &Path, events: &Events) -> String {
+    let path = data_dir.join("chiral_peer_id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return id.to_string();
+        }
+        events.warn(format!("{}: not a peer id, making a new one", path.display()));
+    }
+    let id = format!("{:016x}{:016x}", random_u64(), random_u64());
+    let saved = path.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())).and_then(|_| std::fs::write(&path, &id));
+    if let Err(e) = saved {
+        events.debug(format!("{}: {e} (the Chiral peer id changes on each start)", path.display()));
+    }
+    id
+}
+
 pub fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
@@ -225,7 +245,10 @@ impl Plugin for BitTorrentPlugin {
                 .map_err(PluginError::invalid)?;
             Some(Arc::new(dht::DhtNode::new(cfg, events.clone())))
         };
-        let chiral_id = options.last("chiral_peer_id").unwrap_or_else(|| format!("{:016x}{:016x}", random_u64(), random_u64()));
+        let chiral_id = match options.last("chiral_peer_id") {
+            Some(id) => id,
+            None => stable_chiral_id(Path::new(config.data_dir.as_str()), &events),
+        };
         let shared = Arc::new(Shared {
             peer_id: new_peer_id(),
             port,
