@@ -5,11 +5,16 @@
 //!   of identifiers by scheme/suffix with priorities and user overrides;
 //! - [`session`]: downloads over one or more sources through the SDK's multi-source engine,
 //!   whole downloads by a plugin, and seeding;
-//! - [`config`]: the TOML config file and default directories.
+//! - [`config`]: the TOML config file and default directories;
+//! - [`lifecycle`]: seeds listed, stopped and forgotten across processes, through each serving
+//!   process's [`control`] socket and the [`seedbook`] (`seeds.json`).
 
 pub mod config;
+pub mod control;
+pub mod lifecycle;
 pub mod loader;
 pub mod registry;
+pub mod seedbook;
 pub mod session;
 
 pub use chiral_sdk::engine;

@@ -13,12 +13,18 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Parser as _;
 use cli::{
-    args::{Cli, Command, CreateArgs, DemoArgs, GetArgs, Global, NodeArgs, PluginsArgs, SearchArgs, SeedArgs},
+    args::{
+        Cli, Command, CreateArgs, DemoArgs, GetArgs, Global, NodeArgs, PluginsArgs, SearchArgs, SeedArgs, SeedsArgs,
+        TargetArgs,
+    },
     progress::ProgressUi,
 };
 use chiral_host::{
     config::{default_data_dir, ConfigFile},
+    control::ControlSocket,
+    lifecycle::{self, ServedSeeds},
     registry::{search_dirs, Registry, Status},
+    seedbook::{SeedBook, SeedState},
     session::{log_event, GetReport, GetRequest, SeedLine},
     Host,
 };
@@ -33,7 +39,13 @@ fn main() -> ExitCode {
     init_logging(cli.global.verbose);
     let json = matches!(
         &cli.command,
-        Command::Get(GetArgs { json: true, .. }) | Command::Demo(DemoArgs { json: true, .. }) | Command::Create(CreateArgs { json: true, .. })
+        Command::Get(GetArgs { json: true, .. })
+            | Command::Demo(DemoArgs { json: true, .. })
+            | Command::Create(CreateArgs { json: true, .. })
+            | Command::Seed(SeedArgs { json: true, .. })
+            | Command::Seeds(SeedsArgs { json: true })
+            | Command::Stop(TargetArgs { json: true, .. })
+            | Command::Remove(TargetArgs { json: true, .. })
     );
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -76,6 +88,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plugins(a) => cmd_plugins(&cli.global, a),
         Command::Get(a) => cmd_get(&cli.global, a).await,
         Command::Seed(a) => cmd_seed(&cli.global, a).await,
+        Command::Seeds(a) => cmd_seeds(&cli.global, a).await,
+        Command::Stop(a) => cmd_stop(&cli.global, a).await,
+        Command::Remove(a) => cmd_remove(&cli.global, a).await,
         Command::Create(a) => cmd_create(&cli.global, a).await,
         Command::Node(a) => cmd_node(&cli.global, a).await,
         Command::Search(a) => cmd_search(&cli.global, a).await,
@@ -257,7 +272,7 @@ fn summary_line(r: &GetReport) -> String {
 async fn cmd_get(g: &Global, a: GetArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let sha256 = a.sha256.as_deref().map(parse_sha256).transpose()?;
-    let host = build_host(g, &s, false)?;
+    let host = Arc::new(build_host(g, &s, false)?);
     let req = GetRequest {
         identifiers: a.ids.clone(),
         out_dir: a.out_dir.clone(),
@@ -283,17 +298,41 @@ async fn cmd_get(g: &Global, a: GetArgs) -> Result<ExitCode> {
         let via: Vec<String> = report.sources.iter().map(|s| s.plugin.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         let Some(path) = report.files.first() else { return Ok(ExitCode::SUCCESS) };
         let seeds = host.seed(path, &via, &[]).await?;
-        serve_until_signal(&seeds, false).await;
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).to_string_lossy().into_owned();
+        serve(host, &s.data_dir, vec![Served { path, via, options: Vec::new(), lines: seeds }], false).await;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve_until_signal(seeds: &[SeedLine], json: bool) {
+/// Seeds started for one path, as asked.
+struct Served {
+    path: String,
+    via: Vec<String>,
+    options: Vec<(String, String)>,
+    lines: Vec<SeedLine>,
+}
+
+/// Remembers the seeds in the seed list, prints their identifiers and serves until
+/// SIGINT/SIGTERM, or until `chiral stop` stops the last of them through the control socket.
+async fn serve(host: Arc<Host>, data_dir: &Path, served: Vec<Served>, json: bool) {
+    let control = Arc::new(ServedSeeds::new(host, data_dir));
+    // Bound before anything is printed: once a script sees an identifier, `chiral stop` works.
+    let socket = match ControlSocket::bind(data_dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("control socket: {e}; `chiral seeds` and `chiral stop` will not see this process");
+            None
+        }
+    };
+    for s in &served {
+        control.record(&s.path, &s.via, &s.options, &s.lines);
+    }
+    let seeds: Vec<&SeedLine> = served.iter().flat_map(|s| &s.lines).collect();
     let mut out = std::io::stdout().lock();
     if json {
         let _ = writeln!(out, "{}", json!({ "ok": true, "seeds": seeds }));
     } else {
-        for s in seeds {
+        for s in &seeds {
             for id in &s.identifiers {
                 let _ = writeln!(out, "{id}");
             }
@@ -301,25 +340,136 @@ async fn serve_until_signal(seeds: &[SeedLine], json: bool) {
     }
     let _ = out.flush();
     drop(out);
-    for s in seeds {
-        eprintln!("seeding {} through {} (Ctrl-C to stop)", s.path, s.plugin);
+    for s in &seeds {
+        eprintln!("seeding {} through {} (Ctrl-C or `chiral stop` to stop)", s.path, s.plugin);
     }
-    shutdown_signal().await;
+    let stopped_remotely = async {
+        match &socket {
+            Some(sock) => sock.serve(control.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = stopped_remotely => eprintln!("every seed was stopped; exiting"),
+    }
+    // The socket goes first, so that nobody waits on a process that no longer answers.
+    drop(socket);
+    control.finish();
 }
 
 async fn cmd_seed(g: &Global, a: SeedArgs) -> Result<ExitCode> {
     let s = settings(g)?;
-    let meta = std::fs::metadata(&a.path).with_context(|| format!("{}", a.path.display()))?;
+    let Some(path) = a.path.as_deref().filter(|_| !a.all) else { return seed_all(g, &s, a.json).await };
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     if !meta.is_file() && !meta.is_dir() {
-        bail!("{} is neither a file nor a folder", a.path.display());
+        bail!("{} is neither a file nor a folder", path.display());
     }
-    let host = build_host(g, &s, false)?;
+    let canonical = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
+    let host = Arc::new(build_host(g, &s, false)?);
     let mut opts: Vec<(String, String)> = a.tracker.iter().map(|t| ("tracker".to_string(), t.clone())).collect();
     opts.extend(a.options.iter().cloned());
-    let seeds = host.seed(&a.path, &a.via, &opts).await?;
-    serve_until_signal(&seeds, a.json).await;
-    for s in &seeds {
-        let _ = host.stop_seed(&s.plugin, &s.id);
+    let seeds = host.seed(&canonical, &a.via, &opts).await?;
+    let served =
+        Served { path: canonical.to_string_lossy().into_owned(), via: a.via.clone(), options: opts, lines: seeds };
+    serve(host, &s.data_dir, vec![served], a.json).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `chiral seed --all`: every remembered seed that is not running, served again in this process.
+async fn seed_all(g: &Global, s: &Settings, json: bool) -> Result<ExitCode> {
+    let probe = lifecycle::probe(&s.data_dir).await;
+    let records = SeedBook::new(&s.data_dir).load();
+    if records.is_empty() {
+        bail!("no remembered seed; start one with `chiral seed PATH`");
+    }
+    let idle: Vec<_> = records
+        .into_iter()
+        .filter(|r| !(r.state == SeedState::Running && r.pid.is_some_and(|p| probe.running(p))))
+        .collect();
+    if idle.is_empty() {
+        bail!("every remembered seed is already running");
+    }
+    let host = Arc::new(build_host(g, s, false)?);
+    let mut served = Vec::new();
+    let mut errors = Vec::new();
+    for r in idle {
+        match host.seed(Path::new(&r.path), &r.via, &r.options).await {
+            Ok(lines) => served.push(Served { path: r.path, via: r.via, options: r.options, lines }),
+            Err(e) => errors.push(format!("{}: {e}", r.path)),
+        }
+    }
+    if served.is_empty() {
+        bail!("no remembered seed could be served again: {}", errors.join("; "));
+    }
+    for e in errors {
+        tracing::warn!("not served again: {e}");
+    }
+    serve(host, &s.data_dir, served, json).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_seeds(g: &Global, a: SeedsArgs) -> Result<ExitCode> {
+    let s = settings(g)?;
+    let rows = lifecycle::list(&s.data_dir).await;
+    if a.json {
+        println!("{}", json!({ "ok": true, "seeds": rows }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    for r in &rows {
+        let state = match r.state {
+            SeedState::Running => "running",
+            SeedState::Stopped => "stopped",
+        };
+        let served = r.bytes_served.map_or_else(|| "-".to_string(), |b| HumanBytes(b).to_string());
+        writeln!(out, "{state}\t{}\t{}\t{}\t{served}", r.plugin, r.path, r.identifiers.join(" "))?;
+    }
+    if rows.is_empty() && !g.quiet {
+        eprintln!("no seeds; start one with `chiral seed PATH`");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_stop(g: &Global, a: TargetArgs) -> Result<ExitCode> {
+    let s = settings(g)?;
+    let out = lifecycle::stop(&s.data_dir, &a.target).await;
+    if out.stopped.is_empty() {
+        let why = if out.errors.is_empty() { String::new() } else { format!(" ({})", out.errors.join("; ")) };
+        bail!("no running seed matches {}{why}", a.target);
+    }
+    for e in &out.errors {
+        tracing::warn!("{e}");
+    }
+    if a.json {
+        println!("{}", json!({ "ok": true, "stopped": out.stopped, "exited": out.exited }));
+    } else {
+        for s in &out.stopped {
+            println!("stopped\t{}\t{}\t{}", s.plugin, s.path, s.identifiers.join(" "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_remove(g: &Global, a: TargetArgs) -> Result<ExitCode> {
+    let s = settings(g)?;
+    let out = lifecycle::remove(&s.data_dir, &a.target).await;
+    if out.removed.is_empty() && out.stop.stopped.is_empty() {
+        let why = if out.stop.errors.is_empty() { String::new() } else { format!(" ({})", out.stop.errors.join("; ")) };
+        bail!("no seed matches {}{why}", a.target);
+    }
+    for e in &out.stop.errors {
+        tracing::warn!("{e}");
+    }
+    if a.json {
+        println!("{}", json!({ "ok": true, "stopped": out.stop.stopped, "removed": out.removed }));
+    } else {
+        for s in &out.stop.stopped {
+            println!("stopped\t{}\t{}\t{}", s.plugin, s.path, s.identifiers.join(" "));
+        }
+        for r in &out.removed {
+            println!("removed\t{}", r.path);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

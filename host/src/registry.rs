@@ -89,6 +89,9 @@ fn path_part(identifier: &str) -> &str {
     identifier.split(['?', '#']).next().unwrap_or(identifier)
 }
 
+/// Where plugin events go: the plugin's name and the event.
+pub type EventHandler = Arc<dyn Fn(&str, chiral_sdk::Event) + Send + Sync>;
+
 /// Everything discovery found, and the host configuration handlers are built with.
 pub struct Registry {
     entries: Vec<Entry>,
@@ -97,7 +100,7 @@ pub struct Registry {
     overrides: BTreeMap<String, String>,
     /// plugin name -> options from the config's `[plugins.<name>]`.
     plugin_options: BTreeMap<String, Vec<(String, String)>>,
-    events: Arc<dyn Fn(&str, chiral_sdk::Event) + Send + Sync>,
+    events: EventHandler,
 }
 
 impl Registry {
@@ -108,7 +111,7 @@ impl Registry {
         config: HostConfig,
         overrides: BTreeMap<String, String>,
         plugin_options: BTreeMap<String, Vec<(String, String)>>,
-        events: Arc<dyn Fn(&str, chiral_sdk::Event) + Send + Sync>,
+        events: EventHandler,
     ) -> Self {
         let mut entries: Vec<Entry> = Vec::new();
         let mut files_seen: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -300,6 +303,11 @@ impl Registry {
                     .map_err(|e| format!("plugin {name} failed to start: {e}"))
             })
             .clone()
+    }
+
+    /// The plugin's handler if it was already built.
+    pub fn started_handler(&self, entry: &Entry) -> Option<Arc<HandlerBox>> {
+        entry.handler.get().and_then(|h| h.as_ref().ok()).cloned()
     }
 
     /// Capability names for display.

@@ -121,6 +121,7 @@ pub struct SeedLine {
     pub id: String,
     pub path: String,
     pub identifiers: Vec<String>,
+    pub bytes_served: u64,
 }
 
 /// Host operations over a registry.
@@ -450,11 +451,12 @@ impl Host {
         serde_json::from_str(&text).map_err(|e| HostError::Plugin(format!("{pname} answered {name} with invalid JSON: {e}")))
     }
 
-    /// Every seed every loaded plugin is running.
+    /// Every seed every started plugin is running (a plugin never started has none, and is not
+    /// started to be asked).
     pub fn list_seeds(&self) -> Vec<SeedLine> {
         let mut out = Vec::new();
         for e in self.registry.loaded().filter(|e| e.has(capability::SEED_MANAGE)) {
-            if let Ok(h) = self.registry.handler(e) {
+            if let Some(h) = self.registry.started_handler(e) {
                 out.extend(h.list_seeds().into_iter().map(|s| seed_line(e.name().unwrap_or_default(), s)));
             }
         }
@@ -497,6 +499,7 @@ fn seed_line(plugin: &str, s: SeedInfo) -> SeedLine {
         id: s.id.into(),
         path: s.path.into(),
         identifiers: s.identifiers.into_iter().map(RString::into_string).collect(),
+        bytes_served: s.bytes_served,
     }
 }
 

@@ -62,8 +62,14 @@ pub struct Global {
 pub enum Command {
     /// Download; several identifiers of the same content are sources of one download
     Get(GetArgs),
-    /// Serve PATH: print each identifier first, then serve until SIGINT/SIGTERM
+    /// Serve PATH: print each identifier first, then serve until SIGINT/SIGTERM or `chiral stop`
     Seed(SeedArgs),
+    /// List the seeds started with this data dir: running ones asked live (with bytes served), stopped ones
+    Seeds(SeedsArgs),
+    /// Stop the running seeds named by TARGET: a seed id, an identifier (URL, magnet, chiral:) or a path
+    Stop(TargetArgs),
+    /// Stop TARGET if it is running and forget it (the files are never touched)
+    Remove(TargetArgs),
     /// List the plugins found, loaded and skipped (with why), and which wins each scheme
     Plugins(PluginsArgs),
     /// Make a .torrent of a file or folder; prints its magnet link
@@ -131,7 +137,11 @@ pub struct GetArgs {
 #[derive(Args, Debug)]
 pub struct SeedArgs {
     /// File to serve
-    pub path: PathBuf,
+    #[arg(required_unless_present = "all")]
+    pub path: Option<PathBuf>,
+    /// Serve again every remembered seed that is not running (same plugins and options)
+    #[arg(long, conflicts_with_all = ["path", "via", "tracker", "options"])]
+    pub all: bool,
     /// Plugin to seed through (repeatable); default: every plugin that can seed
     #[arg(long, value_name = "PLUGIN")]
     pub via: Vec<String>,
@@ -153,6 +163,22 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         return Err(format!("{s:?} has an empty key"));
     }
     Ok((k.to_string(), v.to_string()))
+}
+
+#[derive(Args, Debug)]
+pub struct SeedsArgs {
+    /// Print the seeds as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TargetArgs {
+    /// Seed id, identifier (URL, magnet link, chiral:<id>) or path of the seeded file
+    pub target: String,
+    /// Print what was done as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
