@@ -21,7 +21,8 @@ pub struct LoadedLibrary {
 pub fn load(path: &Path) -> Result<LoadedLibrary, String> {
     // SAFETY: loading runs the library's initialisers; that is inherent to plugins. Only files
     // named like Chiral plugins in the configured directories are loaded.
-    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| format!("not a loadable library: {}", short(&e)))?;
+    let lib =
+        unsafe { libloading::Library::new(path) }.map_err(|e| format!("not a loadable library: {}", short(&e)))?;
     let version = {
         // SAFETY: the symbol's type is fixed by the SDK's export_plugin! macro.
         let sym = unsafe { lib.get::<extern "C" fn() -> *const c_char>(SDK_VERSION_SYMBOL) }
@@ -41,9 +42,7 @@ pub fn load(path: &Path) -> Result<LoadedLibrary, String> {
     let module = header
         .init_root_module::<PluginModRef>()
         .map_err(|e| format!("incompatible plugin layout: {}", first_line(&e.to_string())))?;
-    let descriptor = (module.descriptor())()
-        .into_result()
-        .map_err(|e| format!("descriptor failed: {e}"))?;
+    let descriptor = (module.descriptor())().into_result().map_err(|e| format!("descriptor failed: {e}"))?;
     if descriptor.name.is_empty() {
         return Err("descriptor has an empty name".into());
     }

@@ -11,14 +11,6 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use clap::Parser as _;
-use cli::{
-    args::{
-        Cli, Command, CreateArgs, DemoArgs, GetArgs, Global, NodeArgs, PluginsArgs, SearchArgs, SeedArgs, SeedsArgs,
-        TargetArgs,
-    },
-    progress::ProgressUi,
-};
 use chiral_host::{
     config::{default_data_dir, ConfigFile},
     control::ControlSocket,
@@ -29,6 +21,14 @@ use chiral_host::{
     Host,
 };
 use chiral_sdk::HostConfig;
+use clap::Parser as _;
+use cli::{
+    args::{
+        Cli, Command, CreateArgs, DemoArgs, GetArgs, Global, NodeArgs, PluginsArgs, SearchArgs, SeedArgs, SeedsArgs,
+        TargetArgs,
+    },
+    progress::ProgressUi,
+};
 use indicatif::HumanBytes;
 use serde_json::json;
 
@@ -75,12 +75,10 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -121,7 +119,11 @@ fn settings(g: &Global) -> Result<Settings> {
 fn build_host(g: &Global, s: &Settings, loopback: bool) -> Result<Host> {
     std::fs::create_dir_all(&s.data_dir).with_context(|| format!("data dir {}", s.data_dir.display()))?;
     let c = &s.config;
-    let listen = if loopback { "127.0.0.1".to_string() } else { g.listen.clone().or_else(|| c.listen.clone()).unwrap_or_else(|| "0.0.0.0".into()) };
+    let listen = if loopback {
+        "127.0.0.1".to_string()
+    } else {
+        g.listen.clone().or_else(|| c.listen.clone()).unwrap_or_else(|| "0.0.0.0".into())
+    };
     let mut bootstrap = g.bootstrap.clone();
     bootstrap.extend(c.bootstrap.iter().cloned());
     let host_config = HostConfig {
@@ -143,7 +145,8 @@ fn build_host(g: &Global, s: &Settings, loopback: bool) -> Result<Host> {
     let dirs = search_dirs(&explicit, env.as_deref(), exe.as_deref(), &s.data_dir);
     let plugin_options: BTreeMap<String, Vec<(String, String)>> =
         c.plugins.keys().map(|k| (k.clone(), c.plugin_options(k))).collect();
-    let registry = Registry::discover(&dirs, host_config, c.backend.clone(), plugin_options, Arc::new(|p, e| log_event(p, &e)));
+    let registry =
+        Registry::discover(&dirs, host_config, c.backend.clone(), plugin_options, Arc::new(|p, e| log_event(p, &e)));
     Ok(Host::new(registry))
 }
 
@@ -186,8 +189,10 @@ fn cmd_plugins(g: &Global, a: PluginsArgs) -> Result<ExitCode> {
     }
     writeln!(out, "{:<12} {:<8} {:<6} {:<22} {:<8} FILE", "NAME", "VERSION", "SDK", "SCHEMES", "STATUS")?;
     for r in &rows {
-        let mut claims: Vec<String> = r["schemes"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).map(str::to_string).collect();
-        claims.extend(r["suffixes"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).map(|s| format!("*{s}")));
+        let mut claims: Vec<String> =
+            r["schemes"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).map(str::to_string).collect();
+        claims
+            .extend(r["suffixes"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).map(|s| format!("*{s}")));
         writeln!(
             out,
             "{:<12} {:<8} {:<6} {:<22} {:<8} {}",
@@ -249,14 +254,10 @@ async fn download(host: &Host, req: GetRequest, quiet: bool) -> Result<Option<Ge
 fn summary_line(r: &GetReport) -> String {
     let fresh = r.bytes.saturating_sub(r.resumed_bytes);
     let rate = if r.seconds > 0.0 { fresh as f64 / r.seconds } else { 0.0 };
-    let from: Vec<String> = r.sources.iter().filter(|s| s.bytes > 0).map(|s| format!("{} {}", s.label, HumanBytes(s.bytes))).collect();
-    let mut line = format!(
-        "done: {} ({}) in {:.2} s, {}/s",
-        r.name,
-        HumanBytes(r.bytes),
-        r.seconds,
-        HumanBytes(rate as u64)
-    );
+    let from: Vec<String> =
+        r.sources.iter().filter(|s| s.bytes > 0).map(|s| format!("{} {}", s.label, HumanBytes(s.bytes))).collect();
+    let mut line =
+        format!("done: {} ({}) in {:.2} s, {}/s", r.name, HumanBytes(r.bytes), r.seconds, HumanBytes(rate as u64));
     if r.resumed_bytes > 0 {
         line.push_str(&format!(", {} resumed", HumanBytes(r.resumed_bytes)));
     }
@@ -295,7 +296,13 @@ async fn cmd_get(g: &Global, a: GetArgs) -> Result<ExitCode> {
         eprintln!("{}", summary_line(&report));
     }
     if a.seed {
-        let via: Vec<String> = report.sources.iter().map(|s| s.plugin.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let via: Vec<String> = report
+            .sources
+            .iter()
+            .map(|s| s.plugin.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let Some(path) = report.files.first() else { return Ok(ExitCode::SUCCESS) };
         let seeds = host.seed(path, &via, &[]).await?;
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).to_string_lossy().into_owned();
@@ -589,7 +596,13 @@ async fn cmd_demo(g: &Global, a: DemoArgs) -> Result<ExitCode> {
             ids.push(id.clone());
         }
     }
-    let req = GetRequest { identifiers: ids, out_dir: out_dir.clone(), backend: None, connections: s.connections, sha256: Some(want) };
+    let req = GetRequest {
+        identifiers: ids,
+        out_dir: out_dir.clone(),
+        backend: None,
+        connections: s.connections,
+        sha256: Some(want),
+    };
     let report = download(&host, req, g.quiet || a.json).await?;
     for s in &seeds {
         let _ = host.stop_seed(&s.plugin, &s.id);

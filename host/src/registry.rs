@@ -78,7 +78,8 @@ pub fn scheme_of(identifier: &str) -> Option<String> {
     let mut chars = head.chars();
     let first = chars.next()?;
     // One letter before ':' is a Windows drive, not a scheme.
-    if head.len() < 2 || !first.is_ascii_alphabetic() || !chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+    if head.len() < 2 || !first.is_ascii_alphabetic() || !chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
         return None;
     }
     Some(head.to_ascii_lowercase())
@@ -118,7 +119,8 @@ impl Registry {
         let mut names_seen: BTreeMap<String, PathBuf> = BTreeMap::new();
         for dir in dirs {
             let Ok(rd) = std::fs::read_dir(dir) else { continue };
-            let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_plugin_file(p)).collect();
+            let mut files: Vec<PathBuf> =
+                rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_plugin_file(p)).collect();
             files.sort();
             for path in files {
                 let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -143,7 +145,8 @@ impl Registry {
                         let name = lib.descriptor.name.to_string();
                         let mut e = blank(Status::Loaded);
                         if let Some(first) = names_seen.get(&name) {
-                            e.status = Status::Skipped(format!("plugin {name} already loaded from {}", first.display()));
+                            e.status =
+                                Status::Skipped(format!("plugin {name} already loaded from {}", first.display()));
                         } else {
                             names_seen.insert(name, path.clone());
                             e.module = Some(lib.module);
@@ -292,7 +295,11 @@ impl Registry {
                 let mut config = self.config.clone();
                 config.data_dir = Path::new(config.data_dir.as_str()).join(&name).to_string_lossy().into_owned().into();
                 config.options.extend(
-                    self.plugin_options.get(&name).into_iter().flatten().map(|(k, v)| (k.as_str().into(), v.as_str().into()).into()),
+                    self.plugin_options
+                        .get(&name)
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| (k.as_str().into(), v.as_str().into()).into()),
                 );
                 let events = self.events.clone();
                 let n = name.clone();
@@ -339,7 +346,13 @@ impl Registry {
                 handler: Arc::new(OnceLock::new()),
             })
             .collect();
-        Self { entries, config: chiral_sdk::testkit::config(Path::new("/tmp")), overrides, plugin_options: BTreeMap::new(), events: Arc::new(|_, _| {}) }
+        Self {
+            entries,
+            config: chiral_sdk::testkit::config(Path::new("/tmp")),
+            overrides,
+            plugin_options: BTreeMap::new(),
+            events: Arc::new(|_, _| {}),
+        }
     }
 }
 
@@ -407,8 +420,10 @@ mod tests {
             Some(Path::new("/opt/chiral/bin/chiral")),
             Path::new("/data"),
         );
-        let want: Vec<PathBuf> =
-            ["/a", "/b", "/c", "/opt/chiral/bin", "/opt/chiral/bin/plugins", "/data/plugins"].iter().map(PathBuf::from).collect();
+        let want: Vec<PathBuf> = ["/a", "/b", "/c", "/opt/chiral/bin", "/opt/chiral/bin/plugins", "/data/plugins"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
         assert_eq!(dirs, want);
     }
 

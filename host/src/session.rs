@@ -174,7 +174,12 @@ impl Host {
         for id in &req.identifiers {
             let entry = self.registry.route(id, req.backend.as_deref())?;
             let handler = self.registry.handler(entry).map_err(HostError::Plugin)?;
-            routed.push((id.clone(), entry.name().unwrap_or_default().to_string(), entry.has(capability::SOURCE), handler));
+            routed.push((
+                id.clone(),
+                entry.name().unwrap_or_default().to_string(),
+                entry.has(capability::SOURCE),
+                handler,
+            ));
             for extra in self.registry.extra_sources(id, entry) {
                 match self.registry.handler(extra) {
                     Ok(h) => extras.push((id.clone(), extra.name().unwrap_or_default().to_string(), h)),
@@ -228,13 +233,17 @@ impl Host {
 
         let Some((first_id, first_plugin, first_src)) = first else {
             // Nothing gives piece access: a plugin's own whole download, if one can.
-            let whole = routed
-                .iter()
-                .find(|r| r.3.descriptor().capabilities & capability::DOWNLOAD != 0 && (!r.2 || streaming_only.contains(&r.0)));
+            let whole = routed.iter().find(|r| {
+                r.3.descriptor().capabilities & capability::DOWNLOAD != 0 && (!r.2 || streaming_only.contains(&r.0))
+            });
             return match whole {
-                Some((id, plugin, _, handler)) => self.whole_download(req, id, plugin, handler, on_event, started).await,
+                Some((id, plugin, _, handler)) => {
+                    self.whole_download(req, id, plugin, handler, on_event, started).await
+                }
                 None if failures.len() == 1 => Err(HostError::Plugin(failures.remove(0))),
-                None if !failures.is_empty() => Err(HostError::Plugin(format!("every source failed: {}", failures.join("; ")))),
+                None if !failures.is_empty() => {
+                    Err(HostError::Plugin(format!("every source failed: {}", failures.join("; "))))
+                }
                 None => Err(HostError::Other("no plugin can download these identifiers".into())),
             };
         };
@@ -315,7 +324,12 @@ impl Host {
                 let prev = match *last {
                     Some(prev) => prev,
                     None => {
-                        cb(EngineEvent::Started { name: String::new(), total, resumed: done, sources: vec![name.clone()] });
+                        cb(EngineEvent::Started {
+                            name: String::new(),
+                            total,
+                            resumed: done,
+                            sources: vec![name.clone()],
+                        });
                         done
                     }
                 };
@@ -332,7 +346,8 @@ impl Host {
             connections: req.connections,
             options: RVec::new(),
         };
-        let out = handler.download(request, sink).await.into_result().map_err(|e| HostError::Plugin(e.message.into()))?;
+        let out =
+            handler.download(request, sink).await.into_result().map_err(|e| HostError::Plugin(e.message.into()))?;
         let files: Vec<PathBuf> = out.files.iter().map(|f| PathBuf::from(f.as_str())).collect();
         if let Some(want) = req.sha256 {
             let [file] = files.as_slice() else {
@@ -345,7 +360,11 @@ impl Host {
             }
         }
         Ok(GetReport {
-            name: files.first().and_then(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            name: files
+                .first()
+                .and_then(|f| f.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             files,
             bytes: out.bytes,
             resumed_bytes: out.resumed_bytes,
@@ -371,7 +390,12 @@ impl Host {
 
     /// Starts seeding `path` through each plugin named in `via` (every seed-capable plugin if
     /// empty); fails only if none could.
-    pub async fn seed(&self, path: &Path, via: &[String], opts: &[(String, String)]) -> Result<Vec<SeedLine>, HostError> {
+    pub async fn seed(
+        &self,
+        path: &Path,
+        via: &[String],
+        opts: &[(String, String)],
+    ) -> Result<Vec<SeedLine>, HostError> {
         let path = std::fs::canonicalize(path).map_err(|e| HostError::Other(format!("{}: {e}", path.display())))?;
         let entries: Vec<_> = if via.is_empty() {
             self.registry.loaded().filter(|e| e.has(capability::SEED)).collect()
@@ -379,7 +403,10 @@ impl Host {
             via.iter()
                 .map(|n| {
                     self.registry.by_name(n).ok_or_else(|| {
-                        HostError::Other(format!("no plugin named {n:?}; installed: {}", self.registry.installed_schemes()))
+                        HostError::Other(format!(
+                            "no plugin named {n:?}; installed: {}",
+                            self.registry.installed_schemes()
+                        ))
                     })
                 })
                 .collect::<Result<_, _>>()?
@@ -390,9 +417,8 @@ impl Host {
         // Plugins that make magnet links seed first, so the others (the Chiral network's
         // `info_hash_idx`) can be told the info hash and a magnet finds every seed.
         let mut entries = entries;
-        entries.sort_by_key(|e| {
-            !e.descriptor.as_ref().is_some_and(|d| d.schemes.iter().any(|s| s.as_str() == "magnet"))
-        });
+        entries
+            .sort_by_key(|e| !e.descriptor.as_ref().is_some_and(|d| d.schemes.iter().any(|s| s.as_str() == "magnet")));
         let mut opts = opts.to_vec();
         let mut lines: Vec<SeedLine> = Vec::new();
         let mut errors = Vec::new();
@@ -448,7 +474,8 @@ impl Host {
             .await
             .into_result()
             .map_err(|e| HostError::Plugin(format!("{pname}: {e}")))?;
-        serde_json::from_str(&text).map_err(|e| HostError::Plugin(format!("{pname} answered {name} with invalid JSON: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| HostError::Plugin(format!("{pname} answered {name} with invalid JSON: {e}")))
     }
 
     /// Every seed every started plugin is running (a plugin never started has none, and is not

@@ -294,11 +294,22 @@ pub mod level {
 #[repr(u8)]
 #[derive(StableAbi, Clone, Debug)]
 pub enum Event {
-    Log { level: u8, message: RString },
+    Log {
+        level: u8,
+        message: RString,
+    },
     /// Progress of a whole download run by the plugin.
-    Progress { done: u64, total: u64, peers: u32 },
+    Progress {
+        done: u64,
+        total: u64,
+        peers: u32,
+    },
     /// A peer's transferred bytes crossed the payment threshold.
-    PaymentRequired { peer: RString, wallet: ROption<RString>, bytes: u64 },
+    PaymentRequired {
+        peer: RString,
+        wallet: ROption<RString>,
+        bytes: u64,
+    },
 }
 
 /// Host-implemented receiver of events. Implementations must not block.

@@ -62,12 +62,25 @@ impl Options {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum EngineEvent {
-    Started { name: String, total: u64, resumed: u64, sources: Vec<String> },
+    Started {
+        name: String,
+        total: u64,
+        resumed: u64,
+        sources: Vec<String>,
+    },
     /// A piece from source `source` (index into `Started::sources`) was verified and written.
-    Piece { source: usize, bytes: u64 },
-    SourceDropped { label: String, reason: String },
+    Piece {
+        source: usize,
+        bytes: u64,
+    },
+    SourceDropped {
+        label: String,
+        reason: String,
+    },
     /// A source that opened late joined the download (index = its order of arrival).
-    SourceAdded { label: String },
+    SourceAdded {
+        label: String,
+    },
     /// All pieces are in; the whole-file check (if any) and renames follow.
     Finishing,
 }
@@ -192,7 +205,13 @@ impl Storage {
             }
             expect = f.offset + f.length;
             let final_path = root.join(rel);
-            files.push(StoredFile { part: part_path(&final_path), final_path, offset: f.offset, length: f.length, file: None });
+            files.push(StoredFile {
+                part: part_path(&final_path),
+                final_path,
+                offset: f.offset,
+                length: f.length,
+                file: None,
+            });
         }
         if expect != info.length {
             return Err(EngineError::Layout(format!("files add up to {expect} bytes, content is {}", info.length)));
@@ -423,7 +442,10 @@ impl Workers {
     }
 
     /// Runs `f` on a worker; the future resolves with its result.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> impl std::future::Future<Output = Option<T>> {
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> impl std::future::Future<Output = Option<T>> {
         let (tx, rx) = futures::channel::oneshot::channel();
         if let Some(q) = &self.tx {
             let _ = q.send(Box::new(move || {
@@ -524,7 +546,12 @@ pub async fn run_with_late_sources(
         storage.open_finals()?;
         verify_all(&storage, &layout, &verifier).map_err(|_| EngineError::Exists(top.clone()))?;
         check_sha256(&storage, info.length, options.sha256)?;
-        on_event(EngineEvent::Started { name: name.clone(), total: info.length, resumed: info.length, sources: labels });
+        on_event(EngineEvent::Started {
+            name: name.clone(),
+            total: info.length,
+            resumed: info.length,
+            sources: labels,
+        });
         return Ok(Outcome {
             name,
             files: storage.files.iter().map(|f| f.final_path.clone()).collect(),
@@ -586,9 +613,10 @@ pub async fn run_with_late_sources(
         // Fill every free slot of every live source.
         for (si, s) in states.iter_mut().enumerate() {
             while s.live() && s.active < s.slots {
-                let picked = resume.picker.pick(|i| s.has(i)).or_else(|| {
-                    resume.picker.pick_duplicate(|i| s.has(i), |i| running.contains_key(&(si, i)))
-                });
+                let picked = resume
+                    .picker
+                    .pick(|i| s.has(i))
+                    .or_else(|| resume.picker.pick_duplicate(|i| s.has(i), |i| running.contains_key(&(si, i))));
                 let Some(piece) = picked else { break };
                 let (off, len) = layout.piece(piece);
                 let (handle, reg) = AbortHandle::new_pair();
@@ -602,9 +630,10 @@ pub async fn run_with_late_sources(
                     let r = Abortable::new(fetch, reg).await.unwrap_or_else(|_| Err(PluginError::cancelled()));
                     let landed = match r {
                         Err(e) => Landed::Failed(e),
-                        Ok(d) if d.len() as u64 != len => {
-                            Landed::Failed(PluginError::invalid(format!("sent {} bytes for a {len}-byte piece", d.len())))
-                        }
+                        Ok(d) if d.len() as u64 != len => Landed::Failed(PluginError::invalid(format!(
+                            "sent {} bytes for a {len}-byte piece",
+                            d.len()
+                        ))),
                         Ok(d) => land
                             .run(move || {
                                 if verifier.verify(piece, &d).is_err() {
@@ -664,7 +693,11 @@ pub async fn run_with_late_sources(
                     .iter()
                     .map(|s| {
                         let why = s.report.dropped.clone().or_else(|| s.last_error.clone());
-                        format!("{}: {}", s.report.label, why.unwrap_or_else(|| "has none of the missing pieces".into()))
+                        format!(
+                            "{}: {}",
+                            s.report.label,
+                            why.unwrap_or_else(|| "has none of the missing pieces".into())
+                        )
                     })
                     .collect();
                 return Err(EngineError::AllFailed(reasons.join("; ")));
@@ -806,7 +839,12 @@ impl Drop for RemoveOnDrop<'_> {
     }
 }
 
-fn drop_source(s: &mut SourceState, picker: &mut PiecePicker, reason: String, on_event: &(dyn Fn(EngineEvent) + Send + Sync)) {
+fn drop_source(
+    s: &mut SourceState,
+    picker: &mut PiecePicker,
+    reason: String,
+    on_event: &(dyn Fn(EngineEvent) + Send + Sync),
+) {
     if s.report.dropped.is_some() {
         return;
     }
@@ -887,7 +925,7 @@ mod tests {
     }
 
     fn info_for(data: &[u8], piece: u64, hashed: bool, label: &str) -> ContentInfo {
-        let hashes: Vec<u8> = if hashed { data.chunks(piece as usize).flat_map(|c| sha1(c)).collect() } else { vec![] };
+        let hashes: Vec<u8> = if hashed { data.chunks(piece as usize).flat_map(sha1).collect() } else { vec![] };
         ContentInfo {
             name: "file.bin".into(),
             length: data.len() as u64,
@@ -906,7 +944,10 @@ mod tests {
         MemSource { data: data.clone(), info, corrupt: false, fail_after: None, calls: AtomicU32::new(0), has: None }
     }
 
-    fn run_blocking(sources: Vec<Arc<dyn PieceSource>>, opts: &Options) -> (Result<Outcome, EngineError>, Vec<EngineEvent>) {
+    fn run_blocking(
+        sources: Vec<Arc<dyn PieceSource>>,
+        opts: &Options,
+    ) -> (Result<Outcome, EngineError>, Vec<EngineEvent>) {
         let events = Mutex::new(Vec::new());
         let r = futures::executor::block_on(run(sources, opts, &|e| events.lock().unwrap().push(e)));
         (r, events.into_inner().unwrap())
@@ -1034,7 +1075,12 @@ mod tests {
         drop(tx);
         let mut s = src(&data, info_for(&data, 0, false, "dead"));
         s.fail_after = Some(0);
-        let r = futures::executor::block_on(run_with_late_sources(vec![Arc::new(s)], Some(rx), &Options::new(dir.path()), &|_| {}));
+        let r = futures::executor::block_on(run_with_late_sources(
+            vec![Arc::new(s)],
+            Some(rx),
+            &Options::new(dir.path()),
+            &|_| {},
+        ));
         assert!(matches!(r, Err(EngineError::AllFailed(_))));
     }
 

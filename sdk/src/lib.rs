@@ -22,7 +22,7 @@ pub mod testkit;
 pub mod verify;
 
 pub use abi::*;
-pub use plugin::{Events, Plugin, PieceSource};
+pub use plugin::{Events, PieceSource, Plugin};
 
 /// Re-exported so `export_plugin!` works in crates that depend on `chiral-sdk` alone.
 #[doc(hidden)]

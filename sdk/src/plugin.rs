@@ -278,7 +278,11 @@ impl<P: Plugin> ProtocolHandler for Handler<P> {
         catch_unwind(P::descriptor).unwrap_or_else(|_| PluginDescriptor::new("invalid", "0.0.0"))
     }
 
-    fn download(&self, request: DownloadRequest, events: EventSinkBox) -> FfiFuture<RResult<DownloadOutcome, PluginError>> {
+    fn download(
+        &self,
+        request: DownloadRequest,
+        events: EventSinkBox,
+    ) -> FfiFuture<RResult<DownloadOutcome, PluginError>> {
         let inner = self.inner.clone();
         bridge(&self.runtime(), move || inner.download(request, Events::from_box(events)))
     }
@@ -316,7 +320,12 @@ impl<P: Plugin> ProtocolHandler for Handler<P> {
 }
 
 impl<P: Plugin> Handler<P> {
-    fn command_impl(&self, name: RString, args: Options, events: EventSinkBox) -> FfiFuture<RResult<RString, PluginError>> {
+    fn command_impl(
+        &self,
+        name: RString,
+        args: Options,
+        events: EventSinkBox,
+    ) -> FfiFuture<RResult<RString, PluginError>> {
         let inner = self.inner.clone();
         bridge(&self.runtime(), move || {
             let args = args.into_iter().map(|t| (t.0.into_string(), t.1.into_string())).collect();
@@ -392,7 +401,10 @@ pub extern "C" fn descriptor_entry<P: Plugin>() -> RResult<PluginDescriptor, Plu
 }
 
 #[doc(hidden)]
-pub extern "C" fn new_handler_entry<P: Plugin>(config: HostConfig, events: EventSinkBox) -> RResult<HandlerBox, PluginError> {
+pub extern "C" fn new_handler_entry<P: Plugin>(
+    config: HostConfig,
+    events: EventSinkBox,
+) -> RResult<HandlerBox, PluginError> {
     guard(|| {
         let plugin = P::new(config, Events::from_box(events))?;
         Ok(ProtocolHandler_TO::from_value(Handler { inner: Arc::new(plugin) }, TD_Opaque))

@@ -116,8 +116,8 @@ impl Kit {
             problems.push("claims no scheme and no suffix".into());
         }
         for s in d.schemes.iter() {
-            let ok = !s.is_empty()
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+            let ok =
+                !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
             if !ok {
                 problems.push(format!("scheme {s:?} must be lowercase, without ':'"));
             }
@@ -142,7 +142,11 @@ impl Kit {
                 RResult::RErr(_) => {}
             }
         }
-        out.push(Check { name: "unknown identifier refused", passed: problems.is_empty(), detail: problems.join("; ") });
+        out.push(Check {
+            name: "unknown identifier refused",
+            passed: problems.is_empty(),
+            detail: problems.join("; "),
+        });
 
         // Bad input everywhere: errors, never panics.
         let mut problems = Vec::new();

@@ -206,10 +206,19 @@ mod tests {
     // Vectors computed independently with Python's hashlib following the definition above.
     #[test]
     fn merkle_known_vectors() {
-        assert_eq!(hx(&merkle_root(&leaves_of(b""))), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
-        assert_eq!(hx(&merkle_root(&leaves_of(b"abc"))), "609f6e36d2405585188d5cfd761f407c7cc46a7d3f314c88270469dde315fcd1");
+        assert_eq!(
+            hx(&merkle_root(&leaves_of(b""))),
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+        );
+        assert_eq!(
+            hx(&merkle_root(&leaves_of(b"abc"))),
+            "609f6e36d2405585188d5cfd761f407c7cc46a7d3f314c88270469dde315fcd1"
+        );
         let data: Vec<u8> = (0..(CHUNK_SIZE as usize * 5 + 7)).map(|i| (i % 251) as u8).collect();
-        assert_eq!(hx(&merkle_root(&leaves_of(&data))), "b1b7b10479243d720b25f9481016f5b775b936d30178ddff95e7439a7f85ec3d");
+        assert_eq!(
+            hx(&merkle_root(&leaves_of(&data))),
+            "b1b7b10479243d720b25f9481016f5b775b936d30178ddff95e7439a7f85ec3d"
+        );
     }
 
     #[test]
@@ -223,7 +232,10 @@ mod tests {
                 // a wrong leaf, index or truncated proof fails
                 assert!(!verify_proof(&root, i, count, &leaf_hash(b"x"), &proof));
                 if count > 1 {
-                    assert!(!verify_proof(&root, (i + 1) % count, count, &leaves[i], &proof) || leaves[i] == leaves[(i + 1) % count]);
+                    assert!(
+                        !verify_proof(&root, (i + 1) % count, count, &leaves[i], &proof)
+                            || leaves[i] == leaves[(i + 1) % count]
+                    );
                     assert!(!verify_proof(&root, i, count, &leaves[i], &proof[1..]));
                 }
             }

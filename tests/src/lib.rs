@@ -47,7 +47,8 @@ pub fn chiral_bin() -> PathBuf {
 
 /// Finds a program on PATH (or in /usr/sbin, where nginx lives), or fails with what to install.
 pub fn require(program: &str, package: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
     dirs.into_iter()
         .map(|d| d.join(program))
@@ -481,7 +482,11 @@ pub fn build_fixture_plugin(tag: &str, sdk_version: Option<&str>) -> PathBuf {
             let copy = work.join("sdk");
             copy_tree(&root().join("sdk"), &copy);
             let toml = std::fs::read_to_string(copy.join("Cargo.toml")).expect("sdk toml");
-            let toml = toml.replacen(&format!("version = \"{}\"", sdk_version_of_workspace()), &format!("version = \"{v}\""), 1);
+            let toml = toml.replacen(
+                &format!("version = \"{}\"", sdk_version_of_workspace()),
+                &format!("version = \"{v}\""),
+                1,
+            );
             std::fs::write(copy.join("Cargo.toml"), toml).expect("write");
             copy
         }

@@ -82,33 +82,34 @@ impl Tracker {
             q.insert(k, pct_decode(v));
         }
         let ip = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-        let body = match (q.get("info_hash"), q.get("port").and_then(|p| String::from_utf8_lossy(p).parse::<u16>().ok())) {
-            (Some(ih), Some(port)) if ih.len() == 20 => {
-                let mut sw = swarms.lock().unwrap();
-                let peers = sw.entry(ih.clone()).or_default();
-                peers.retain(|_, t| t.elapsed() < Duration::from_secs(60));
-                let me = (ip.clone(), port);
-                if q.get("event").map(|e| e.as_slice()) == Some(b"stopped") {
-                    peers.remove(&me);
-                } else {
-                    peers.insert(me.clone(), Instant::now());
-                }
-                let mut compact = Vec::new();
-                for (p_ip, p_port) in peers.keys().filter(|k| **k != me) {
-                    let octets: Vec<u8> = p_ip.split('.').filter_map(|o| o.parse().ok()).collect();
-                    if octets.len() == 4 {
-                        compact.extend_from_slice(&octets);
-                        compact.extend_from_slice(&p_port.to_be_bytes());
+        let body =
+            match (q.get("info_hash"), q.get("port").and_then(|p| String::from_utf8_lossy(p).parse::<u16>().ok())) {
+                (Some(ih), Some(port)) if ih.len() == 20 => {
+                    let mut sw = swarms.lock().unwrap();
+                    let peers = sw.entry(ih.clone()).or_default();
+                    peers.retain(|_, t| t.elapsed() < Duration::from_secs(60));
+                    let me = (ip.clone(), port);
+                    if q.get("event").map(|e| e.as_slice()) == Some(b"stopped") {
+                        peers.remove(&me);
+                    } else {
+                        peers.insert(me.clone(), Instant::now());
                     }
+                    let mut compact = Vec::new();
+                    for (p_ip, p_port) in peers.keys().filter(|k| **k != me) {
+                        let octets: Vec<u8> = p_ip.split('.').filter_map(|o| o.parse().ok()).collect();
+                        if octets.len() == 4 {
+                            compact.extend_from_slice(&octets);
+                            compact.extend_from_slice(&p_port.to_be_bytes());
+                        }
+                    }
+                    let mut b = b"d8:intervali5e12:min intervali2e5:peers".to_vec();
+                    b.extend_from_slice(format!("{}:", compact.len()).as_bytes());
+                    b.extend_from_slice(&compact);
+                    b.push(b'e');
+                    b
                 }
-                let mut b = b"d8:intervali5e12:min intervali2e5:peers".to_vec();
-                b.extend_from_slice(format!("{}:", compact.len()).as_bytes());
-                b.extend_from_slice(&compact);
-                b.push(b'e');
-                b
-            }
-            _ => b"d14:failure reason11:bad requeste".to_vec(),
-        };
+                _ => b"d14:failure reason11:bad requeste".to_vec(),
+            };
         let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", body.len());
         let _ = c.write_all(head.as_bytes());
         let _ = c.write_all(&body);
@@ -136,7 +137,12 @@ impl Tracker {
 
     /// Registers a peer by hand (a scripted peer that does not announce itself).
     fn add(&self, info_hash: &[u8], port: u16) {
-        self.swarms.lock().unwrap().entry(info_hash.to_vec()).or_default().insert(("127.0.0.1".into(), port), Instant::now() + Duration::from_secs(3600));
+        self.swarms
+            .lock()
+            .unwrap()
+            .entry(info_hash.to_vec())
+            .or_default()
+            .insert(("127.0.0.1".into(), port), Instant::now() + Duration::from_secs(3600));
     }
 }
 
@@ -165,7 +171,12 @@ fn mktorrent(file: &Path, torrent: &Path, tracker: &str, piece_log2: u32, privat
 
 fn spawn_logged(cmd: &mut Command, name: &str, log: PathBuf) -> Proc {
     let f = std::fs::File::create(&log).unwrap();
-    let child = cmd.stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     Proc { child, name: name.into(), log }
 }
 
@@ -267,7 +278,11 @@ impl TransmissionSeeder {
             "transmission-daemon",
             conf.path().join("daemon.log"),
         );
-        assert!(wait_port(rpc, Duration::from_secs(15)), "transmission-daemon RPC did not come up: {}", proc.log_text());
+        assert!(
+            wait_port(rpc, Duration::from_secs(15)),
+            "transmission-daemon RPC did not come up: {}",
+            proc.log_text()
+        );
         let target = format!("127.0.0.1:{rpc}");
         let add = Command::new(&remote).args([&target, "-a"]).arg(torrent).arg("-w").arg(dir).output().unwrap();
         assert!(add.status.success(), "transmission-remote -a: {}", String::from_utf8_lossy(&add.stderr));
@@ -285,7 +300,11 @@ impl TransmissionSeeder {
             } else {
                 ok = 0;
             }
-            assert!(t0.elapsed() < Duration::from_secs(120), "transmission never reached 100%: {line}\n{}", proc.log_text());
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "transmission never reached 100%: {line}\n{}",
+                proc.log_text()
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
         Self { proc, _conf: conf }
@@ -331,7 +350,11 @@ impl TransmissionLeecher {
             "transmission-cli",
             conf.path().join("cli.log"),
         );
-        assert!(tracker.wait_for(info_hash, port, Duration::from_secs(60)), "transmission-cli never announced: {}", proc.log_text());
+        assert!(
+            tracker.wait_for(info_hash, port, Duration::from_secs(60)),
+            "transmission-cli never announced: {}",
+            proc.log_text()
+        );
         Self { proc, mark, out, _conf: conf }
     }
 
@@ -415,7 +438,11 @@ fn torrent_and_magnet_from_a_transmission_seeder() {
     let ih = info_hash_of(&tor);
     let port = free_port();
     let seeder = TransmissionSeeder::start(&tor, f.dir.path(), port);
-    assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "transmission never announced: {}", seeder.proc.log_text());
+    assert!(
+        tracker.wait_for(&ih, port, Duration::from_secs(60)),
+        "transmission never announced: {}",
+        seeder.proc.log_text()
+    );
 
     let node = Chiral::new();
     let out = node.data_dir.path().join("out");
@@ -433,8 +460,10 @@ fn aria2_downloads_from_chiral_seed() {
     let tracker = Tracker::start();
     let f = fixture("served.bin", 32 * MIB, 13);
     let node = Chiral::new();
-    let (seed, lines) = start_seed(&node, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url()], 1);
-    let magnet = lines.iter().find(|l| l.starts_with("magnet:")).unwrap_or_else(|| panic!("no magnet in {lines:?}")).clone();
+    let (seed, lines) =
+        start_seed(&node, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url()], 1);
+    let magnet =
+        lines.iter().find(|l| l.starts_with("magnet:")).unwrap_or_else(|| panic!("no magnet in {lines:?}")).clone();
     assert!(magnet.contains("tr="), "{magnet}");
     let out = node.data_dir.path().join("aria2-out");
     let (ok, log) = aria2_get(&magnet, &out, Duration::from_secs(120));
@@ -455,7 +484,8 @@ fn transmission_downloads_a_chiral_created_torrent_from_chiral_seed() {
     // transmission never dials loopback peers: start it first, then the seed dials it.
     let leech = TransmissionLeecher::start(&tor, &tracker, &ih);
     let seed_node = Chiral::new();
-    let (seed, _) = start_seed(&seed_node, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url()], 1);
+    let (seed, _) =
+        start_seed(&seed_node, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url()], 1);
     leech.wait_done(&seed);
     assert_eq!(sha256_file(&leech.out.join("made.bin")), f.sha);
 }
@@ -478,7 +508,8 @@ fn two_chiral_peers_recognise_each_other_while_transmission_leeches_normally() {
         "no_dht = true\n[plugins.bittorrent]\nchiral_peer_id = \"alice0123456789\"\n",
     )
     .unwrap();
-    let (seed, _) = start_seed(&a, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url(), "-v"], 1);
+    let (seed, _) =
+        start_seed(&a, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url(), "-v"], 1);
     let b = Chiral::new();
     let out = b.data_dir.path().join("out");
     let o = run_with_timeout(
@@ -491,8 +522,12 @@ fn two_chiral_peers_recognise_each_other_while_transmission_leeches_normally() {
 
     // B's report: A is a verified Chiral peer (with the id A announced); nobody else is.
     let v = json_of(&o);
-    let peers: Vec<serde_json::Value> =
-        v["download"]["sources"].as_array().unwrap().iter().flat_map(|s| s["peers"].as_array().cloned().unwrap_or_default()).collect();
+    let peers: Vec<serde_json::Value> = v["download"]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["peers"].as_array().cloned().unwrap_or_default())
+        .collect();
     let chiral: Vec<_> = peers.iter().filter(|p| !p["chiral_peer_id"].is_null()).collect();
     assert_eq!(chiral.len(), 1, "exactly one Chiral peer (A) in B's swarm: {peers:?}");
     assert_eq!(chiral[0]["chiral_peer_id"], "alice0123456789", "{peers:?}");
@@ -662,10 +697,13 @@ fn a_torrent_with_climbing_paths_writes_nothing_outside_the_folder() {
     let tracker = Tracker::start();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let piece = 1u64 << 15;
-    let pieces: Vec<u8> = data.chunks(piece as usize).flat_map(|c| {
-        use sha1_smol_like::digest;
-        digest(c)
-    }).collect();
+    let pieces: Vec<u8> = data
+        .chunks(piece as usize)
+        .flat_map(|c| {
+            use sha1_smol_like::digest;
+            digest(c)
+        })
+        .collect();
     let files = [
         (vec!["..", "..", "escaped.txt"], 100_000u64),
         (vec!["/tmp", "abs-escape.txt"], 100_000),

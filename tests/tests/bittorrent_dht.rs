@@ -56,7 +56,7 @@ fn get(node: &Chiral, id: &str, out: &Path) -> std::process::Output {
 /// Three `chiral` processes on loopback: a DHT bootstrap node (a seed of another file, with
 /// `dht_bootstrap = ["none"]`: the first node of a new network), seeder A bootstrapped from it,
 /// and downloader B bootstrapped from A's DHT node only. B gets a magnet with no tracker and no
-/// peer address: the DHT is the only way to find A.
+/// peer address: the DHT is the only way to find A, whose DHT node was first sent malformed KRPC.
 #[test]
 fn trackerless_magnet_completes_over_the_dht() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,6 +81,27 @@ fn trackerless_magnet_completes_over_the_dht() {
     let a_dht = wait_log_word(&seed, ", DHT ", Duration::from_secs(30));
     assert!(a_dht.starts_with("127.0.0.1:") && a_dht != boot_addr, "seed's DHT address: {a_dht}");
     wait_log(&seed, "announced on the DHT", Duration::from_secs(90));
+
+    // Malformed KRPC at A's DHT node first (KRPC is parsed by the mainline crate): garbage,
+    // truncated and lying bencode, absurd length prefixes, deep nesting, wrong types, an
+    // oversized datagram. The node must shrug them off and still serve B's lookup below.
+    let junk: Vec<Vec<u8>> = vec![
+        b"not bencode at all".to_vec(),
+        b"d1:ad2:id20:".to_vec(),
+        b"d1:t99999999999999999999:x1:y1:qe".to_vec(),
+        format!("{}{}", "l".repeat(5000), "e".repeat(5000)).into_bytes(),
+        b"d1:ai42e1:q4:ping1:t2:aa1:y1:qe".to_vec(),
+        b"d1:ad2:id3:abc9:info_hash3:xyze1:q9:get_peers1:t2:bb1:y1:qe".to_vec(),
+        b"d1:rd2:id20:aaaaaaaaaaaaaaaaaaaa5:nodes7:garbagee1:t2:cc1:y1:re".to_vec(),
+        vec![0xff; 65000],
+        Vec::new(),
+    ];
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..20 {
+        for j in &junk {
+            let _ = udp.send_to(j, &a_dht);
+        }
+    }
 
     let magnet = lines[0].trim();
     let hash = magnet.split("xt=urn:btih:").nth(1).unwrap().split('&').next().unwrap();

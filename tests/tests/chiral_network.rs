@@ -41,7 +41,8 @@ fn provider_totals(v: &serde_json::Value) -> BTreeMap<String, (u64, i64, bool)> 
         for p in src["peers"].as_array().into_iter().flatten() {
             let id = p["id"].as_str().expect("peer id").to_string();
             assert_eq!(p["chiral_peer_id"].as_str(), Some(id.as_str()), "a Chiral provider is a Chiral peer: {p}");
-            let entry = (p["downloaded"].as_u64().unwrap(), p["reputation"].as_i64().unwrap(), p["banned"].as_bool().unwrap());
+            let entry =
+                (p["downloaded"].as_u64().unwrap(), p["reputation"].as_i64().unwrap(), p["banned"].as_bool().unwrap());
             out.insert(id, entry);
         }
     }

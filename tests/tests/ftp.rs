@@ -70,7 +70,11 @@ ftp_username=ftp\nidle_session_timeout=120\ndata_connection_timeout=120\n{extra}
     }
 
     fn logs(&self) -> String {
-        format!("{}{}", self.proc.log_text(), std::fs::read_to_string(self.conf.path().join("vsftpd.log")).unwrap_or_default())
+        format!(
+            "{}{}",
+            self.proc.log_text(),
+            std::fs::read_to_string(self.conf.path().join("vsftpd.log")).unwrap_or_default()
+        )
     }
 }
 
@@ -133,7 +137,8 @@ fn a_1_gib_file_with_four_connections() {
     let node = Chiral::new();
     let out_dir = node.data_dir.path().join("out");
     let t0 = Instant::now();
-    let out = get(&node, &[&s.ftp.url("huge.bin"), "-o", out_dir.to_str().unwrap(), "--connections", "4", "--sha256", &want]);
+    let out =
+        get(&node, &[&s.ftp.url("huge.bin"), "-o", out_dir.to_str().unwrap(), "--connections", "4", "--sha256", &want]);
     let secs = t0.elapsed().as_secs_f64();
     assert!(out.status.success(), "{}\nvsftpd: {}", stderr(&out), s.ftp.logs());
     eprintln!("1 GiB over FTP with 4 connections (and --sha256): {secs:.2}s");
@@ -224,7 +229,10 @@ fn ftp_and_http_mirrors_share_one_download() {
     let want = sha256_file(&s.dir.path().join("m.bin"));
     let node = Chiral::new();
     let out_dir = node.data_dir.path().join("out");
-    let out = get(&node, &[&s.ftp.url("m.bin"), &nginx.url("m.bin"), "-o", out_dir.to_str().unwrap(), "--json", "--connections", "4"]);
+    let out = get(
+        &node,
+        &[&s.ftp.url("m.bin"), &nginx.url("m.bin"), "-o", out_dir.to_str().unwrap(), "--json", "--connections", "4"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json_of(&out);
     let sources = v["download"]["sources"].as_array().unwrap();
@@ -285,7 +293,15 @@ fn seeded_file_is_fetched_intact_by_curl_and_aria2c() {
 
     let aria_dir = dir.path().join("aria");
     let out = Command::new(aria2c)
-        .args(["-x4", "-s4", "-k1M", "--allow-overwrite=true", "--console-log-level=warn", "--summary-interval=0", "-d"])
+        .args([
+            "-x4",
+            "-s4",
+            "-k1M",
+            "--allow-overwrite=true",
+            "--console-log-level=warn",
+            "--summary-interval=0",
+            "-d",
+        ])
         .arg(&aria_dir)
         .args(["-o", "aria.bin", &url])
         .output()
@@ -308,9 +324,50 @@ fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
     };
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=chiral test CA", "-keyout", "ca.key", "-out", "ca.pem"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"]);
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.pem"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=chiral test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
     (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
 }
 
@@ -335,7 +392,9 @@ rsa_cert_file={}\nrsa_private_key_file={}\nssl_ciphers=HIGH\nrequire_ssl_reuse=N
     let url = format!("ftps://127.0.0.1:{}/tls.bin", ftp.port);
     let out_dir = node.data_dir.path().join("out");
     let out = run_with_timeout(
-        node.cmd().args(["get", &url, "-o", out_dir.to_str().unwrap(), "--connections", "4", "--json"]).env("CHIRAL_FTP_CA_FILE", &ca),
+        node.cmd()
+            .args(["get", &url, "-o", out_dir.to_str().unwrap(), "--connections", "4", "--json"])
+            .env("CHIRAL_FTP_CA_FILE", &ca),
         Duration::from_secs(120),
     );
     assert!(out.status.success(), "{}\n{}", stderr(&out), ftp.logs());

@@ -53,7 +53,13 @@ fn killed_half_way_resumes_instead_of_starting_over() {
     let out_dir = node.data_dir.path().join("out");
     // A mirror limited to 8 MB/s per connection: slow enough to be killed part way.
     let url = s.nginx.slow_url("resume.bin");
-    let mut child = node.cmd().args(["get", &url, "-o", out_dir.to_str().unwrap(), "-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = node
+        .cmd()
+        .args(["get", &url, "-o", out_dir.to_str().unwrap(), "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let state = out_dir.join("resume.bin.chiral-resume");
     let t0 = Instant::now();
     let done_fraction = || resume_fraction(&state, 256 * MIB);
@@ -100,7 +106,8 @@ fn missing_file_and_dead_server_are_one_line_errors_with_no_file() {
     assert!(!out_dir.join("x.bin").exists());
 
     // A wrong --sha256 fails and leaves nothing at the final name.
-    let out = node.run(&["get", &s.nginx.url("here.bin"), "-o", out_dir.to_str().unwrap(), "--sha256", &"0".repeat(64)]);
+    let out =
+        node.run(&["get", &s.nginx.url("here.bin"), "-o", out_dir.to_str().unwrap(), "--sha256", &"0".repeat(64)]);
     assert!(!out.status.success());
     assert!(last_error_line(&out).contains("SHA-256"), "{}", stderr(&out));
     assert!(!out_dir.join("here.bin").exists());
@@ -113,7 +120,16 @@ fn two_mirrors_share_one_download() {
     let want = sha256_file(&s.dir.path().join("m.bin"));
     let node = Chiral::new();
     let out_dir = node.data_dir.path().join("out");
-    let out = node.run(&["get", &s.nginx.url("m.bin"), &s.nginx.url("mirror2.bin"), "-o", out_dir.to_str().unwrap(), "--json", "--connections", "4"]);
+    let out = node.run(&[
+        "get",
+        &s.nginx.url("m.bin"),
+        &s.nginx.url("mirror2.bin"),
+        "-o",
+        out_dir.to_str().unwrap(),
+        "--json",
+        "--connections",
+        "4",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json_of(&out);
     let sources = v["download"]["sources"].as_array().unwrap();
@@ -155,7 +171,15 @@ fn seeded_file_is_fetched_intact_by_curl_and_aria2c() {
 
     let aria_dir = dir.path().join("aria");
     let out = Command::new(aria2c)
-        .args(["-x4", "-s4", "-k1M", "--allow-overwrite=true", "--console-log-level=warn", "--summary-interval=0", "-d"])
+        .args([
+            "-x4",
+            "-s4",
+            "-k1M",
+            "--allow-overwrite=true",
+            "--console-log-level=warn",
+            "--summary-interval=0",
+            "-d",
+        ])
         .arg(&aria_dir)
         .args(["-o", "aria.bin", &url])
         .output()

@@ -22,14 +22,19 @@ fn plugin_dir_with(extra: &[(&Path, &str)]) -> tempfile::TempDir {
 
 #[test]
 fn the_binary_does_not_contain_the_http_client() {
-    let out = Command::new(require("nm", "binutils")).args(["-C", "--defined-only"]).arg(chiral_bin()).output().unwrap();
+    let out =
+        Command::new(require("nm", "binutils")).args(["-C", "--defined-only"]).arg(chiral_bin()).output().unwrap();
     assert!(out.status.success(), "nm failed: {}", stderr(&out));
     let syms = stdout(&out);
     assert!(syms.lines().count() > 1000, "nm listed too few symbols to judge");
     for needle in ["reqwest::", "hyper::"] {
         assert!(!syms.contains(needle), "chiral links {needle} itself");
     }
-    let plugin = Command::new("nm").args(["-C", "-D", "--defined-only"]).arg(bin_dir().join("libchiral_plugin_http.so")).output().unwrap();
+    let plugin = Command::new("nm")
+        .args(["-C", "-D", "--defined-only"])
+        .arg(bin_dir().join("libchiral_plugin_http.so"))
+        .output()
+        .unwrap();
     assert!(stdout(&plugin).contains("chiral_plugin_sdk_version"));
 }
 
@@ -52,7 +57,12 @@ fn third_party_plugin_garbage_and_mismatched_sdk() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json_of(&out);
     let plugins = v["plugins"].as_array().unwrap();
-    let by_file = |f: &str| plugins.iter().find(|p| p["file"].as_str().unwrap().ends_with(f)).unwrap_or_else(|| panic!("{f} not listed: {v}"));
+    let by_file = |f: &str| {
+        plugins
+            .iter()
+            .find(|p| p["file"].as_str().unwrap().ends_with(f))
+            .unwrap_or_else(|| panic!("{f} not listed: {v}"))
+    };
     assert_eq!(by_file("libchiral_plugin_http.so")["status"], "loaded");
     let g = by_file("libchiral_plugin_gen.so");
     assert_eq!(g["status"], "loaded");
@@ -75,7 +85,8 @@ fn third_party_plugin_garbage_and_mismatched_sdk() {
 
     // Download through the third-party plugin by its own scheme; pieces are SHA-1 verified.
     let out_dir = node.data_dir.path().join("out");
-    let out = node.run(&["--plugin-path", &pp, "get", "gen://3000000/made.bin", "-o", out_dir.to_str().unwrap(), "--json"]);
+    let out =
+        node.run(&["--plugin-path", &pp, "get", "gen://3000000/made.bin", "-o", out_dir.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let data = std::fs::read(out_dir.join("made.bin")).unwrap();
     assert_eq!(data.len(), 3_000_000);
@@ -106,9 +117,12 @@ fn third_party_plugin_garbage_and_mismatched_sdk() {
         connections: 2,
         sha256: None,
     };
-    let e = futures::executor::block_on(host.get(&req("gen://panic/y"), Arc::new(|_| {}))).err().expect("panic is an error");
+    let Err(e) = futures::executor::block_on(host.get(&req("gen://panic/y"), Arc::new(|_| {}))) else {
+        panic!("a panicking plugin call must be an error")
+    };
     assert!(e.to_string().contains("panicked"), "{e}");
-    let ok = futures::executor::block_on(host.get(&req("gen://65536/after.bin"), Arc::new(|_| {}))).expect("host still works");
+    let ok = futures::executor::block_on(host.get(&req("gen://65536/after.bin"), Arc::new(|_| {})))
+        .expect("host still works");
     assert_eq!(ok.bytes, 65536);
 
     // The SDK's conformance kit, run on the loaded third-party library as its author would.
@@ -142,7 +156,12 @@ fn explicit_plugin_path_wins_over_the_executable_folder() {
     let node = Chiral::new();
     let out = node.run(&["--plugin-path", dir.path().to_str().unwrap(), "plugins", "--json"]);
     let v = json_of(&out);
-    let http: Vec<_> = v["plugins"].as_array().unwrap().iter().filter(|p| p["file"].as_str().unwrap().ends_with("libchiral_plugin_http.so")).collect();
+    let http: Vec<_> = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["file"].as_str().unwrap().ends_with("libchiral_plugin_http.so"))
+        .collect();
     assert_eq!(http.len(), 2, "{v}");
     assert!(http[0]["file"].as_str().unwrap().starts_with(dir.path().to_str().unwrap()));
     assert_eq!(http[0]["status"], "loaded");

@@ -276,7 +276,8 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let cases: &[&[u8]] = &[b"i0e", b"i-42e", b"4:spam", b"0:", b"le", b"de", b"l4:spami3ee", b"d3:bar4:spam3:fooi42ee"];
+        let cases: &[&[u8]] =
+            &[b"i0e", b"i-42e", b"4:spam", b"0:", b"le", b"de", b"l4:spami3ee", b"d3:bar4:spam3:fooi42ee"];
         for c in cases {
             let v = d(c).unwrap();
             assert_eq!(encode(&v), c.to_vec(), "{}", String::from_utf8_lossy(c));
@@ -287,8 +288,24 @@ mod tests {
     #[test]
     fn malformed_is_refused() {
         let bad: &[&[u8]] = &[
-            b"", b"i", b"ie", b"i-e", b"i01e", b"i-0e", b"i1x", b"5:abc", b"-1:a", b"l", b"d", b"d1:a", b"di1ei2ee",
-            b"x", b"i99999999999999999999e", b"d1:ai1e1:ai2ee", b"4:spamx", b"99999999999999999999:a",
+            b"",
+            b"i",
+            b"ie",
+            b"i-e",
+            b"i01e",
+            b"i-0e",
+            b"i1x",
+            b"5:abc",
+            b"-1:a",
+            b"l",
+            b"d",
+            b"d1:a",
+            b"di1ei2ee",
+            b"x",
+            b"i99999999999999999999e",
+            b"d1:ai1e1:ai2ee",
+            b"4:spamx",
+            b"99999999999999999999:a",
         ];
         for b in bad {
             assert!(d(b).is_err(), "{:?} accepted", String::from_utf8_lossy(b));

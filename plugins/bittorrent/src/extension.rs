@@ -121,11 +121,13 @@ impl Metadata {
 
     pub fn decode(b: &[u8]) -> Result<Self, String> {
         let (v, used) = bencode::decode_prefix(b, Limits::MESSAGE).map_err(|e| e.to_string())?;
-        let piece = v.get("piece").and_then(Value::as_int).filter(|p| (0..1 << 20).contains(p)).ok_or("no piece")? as u32;
+        let piece =
+            v.get("piece").and_then(Value::as_int).filter(|p| (0..1 << 20).contains(p)).ok_or("no piece")? as u32;
         match v.get("msg_type").and_then(Value::as_int) {
             Some(0) => Ok(Metadata::Request { piece }),
             Some(1) => {
-                let total = v.get("total_size").and_then(Value::as_int).filter(|n| *n > 0).ok_or("no total_size")? as u64;
+                let total =
+                    v.get("total_size").and_then(Value::as_int).filter(|n| *n > 0).ok_or("no total_size")? as u64;
                 let data = b[used..].to_vec();
                 if data.len() > METADATA_PIECE {
                     return Err("metadata piece over 16 KiB".into());
@@ -235,7 +237,11 @@ mod tests {
 
     #[test]
     fn metadata_messages() {
-        for m in [Metadata::Request { piece: 2 }, Metadata::Reject { piece: 1 }, Metadata::Data { piece: 0, total_size: 5, data: b"hello".to_vec() }] {
+        for m in [
+            Metadata::Request { piece: 2 },
+            Metadata::Reject { piece: 1 },
+            Metadata::Data { piece: 0, total_size: 5, data: b"hello".to_vec() },
+        ] {
             assert_eq!(Metadata::decode(&m.encode()).unwrap(), m);
         }
         assert_eq!(Metadata::Request { piece: 0 }.encode(), b"d8:msg_typei0e5:piecei0ee");
@@ -248,7 +254,12 @@ mod tests {
 
     #[test]
     fn chiral_hello() {
-        let h = ChiralHello { msg_type: "hello".into(), chiral_peer_id: "abc".into(), reputation_score: 900, wallet_address: Some("0xw".into()) };
+        let h = ChiralHello {
+            msg_type: "hello".into(),
+            chiral_peer_id: "abc".into(),
+            reputation_score: 900,
+            wallet_address: Some("0xw".into()),
+        };
         assert_eq!(ChiralHello::decode(&h.encode()).unwrap(), h);
         assert!(ChiralHello::decode(b"de").is_err());
     }

@@ -48,8 +48,8 @@ use std::{
 };
 
 use chiral_sdk::{
-    abi_stable::std_types::{RString, RVec},
     abi::PeerStat,
+    abi_stable::std_types::{RString, RVec},
     capability,
     engine::{self, EngineEvent},
     plugin::BoxFut,
@@ -144,7 +144,8 @@ impl Shared {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(info_hash).and_then(Weak::upgrade)
     }
     pub fn is_self(&self, addr: SocketAddr) -> bool {
-        addr.port() == self.port && (addr.ip().is_loopback() || addr.ip() == self.listen_ip || self.listen_ip.is_unspecified())
+        addr.port() == self.port
+            && (addr.ip().is_loopback() || addr.ip() == self.listen_ip || self.listen_ip.is_unspecified())
     }
 }
 
@@ -241,8 +242,12 @@ impl Plugin for BitTorrentPlugin {
         let dht = if config.no_dht {
             None
         } else {
-            let cfg = dht::DhtConfig::from_options(&options.all("dht_bootstrap"), config.listen_addr.as_str(), options.num("dht_port")?)
-                .map_err(PluginError::invalid)?;
+            let cfg = dht::DhtConfig::from_options(
+                &options.all("dht_bootstrap"),
+                config.listen_addr.as_str(),
+                options.num("dht_port")?,
+            )
+            .map_err(PluginError::invalid)?;
             Some(Arc::new(dht::DhtNode::new(cfg, events.clone())))
         };
         let chiral_id = match options.last("chiral_peer_id") {
@@ -286,7 +291,9 @@ impl Plugin for BitTorrentPlugin {
             let web: Vec<Arc<webseed::WebSeedSource>> = source
                 .web_seed_urls
                 .iter()
-                .map(|u| Arc::new(webseed::WebSeedSource::new(self.shared.http.clone(), u.clone(), source.meta.clone())))
+                .map(|u| {
+                    Arc::new(webseed::WebSeedSource::new(self.shared.http.clone(), u.clone(), source.meta.clone()))
+                })
                 .collect();
             let connections = match request.connections {
                 0 => 8,
@@ -477,7 +484,9 @@ impl BitTorrentPlugin {
             return Err(PluginError::invalid(format!("{path}: torrent file over 64 MiB")));
         }
         let bytes = tokio::fs::read(p).await.map_err(|e| PluginError::io(format!("{path}: {e}")))?;
-        Ok(Torrent::File(metainfo::parse_torrent_file(&bytes).map_err(|e| PluginError::invalid(format!("{path}: {e}")))?))
+        Ok(Torrent::File(
+            metainfo::parse_torrent_file(&bytes).map_err(|e| PluginError::invalid(format!("{path}: {e}")))?,
+        ))
     }
 
     /// Joins the swarm of `torrent` and returns it as a piece source (waits for a magnet's
@@ -485,9 +494,17 @@ impl BitTorrentPlugin {
     ///
     /// With `web_fallback`, the source's `fetch` takes a piece no connected peer has from the
     /// torrent's web seeds (BEP 19), checking its SHA-1 first.
-    async fn open_swarm(&self, torrent: Torrent, opts: &Opts, web_fallback: bool, events: Events) -> Result<Arc<SwarmSource>, PluginError> {
+    async fn open_swarm(
+        &self,
+        torrent: Torrent,
+        opts: &Opts,
+        web_fallback: bool,
+        events: Events,
+    ) -> Result<Arc<SwarmSource>, PluginError> {
         let (info_hash, meta, mut trackers, peers, name_hint, web_seed_urls) = match torrent {
-            Torrent::File(m) => (m.info_hash, Some(Arc::new(m.clone())), m.trackers.clone(), Vec::new(), None, m.web_seeds.clone()),
+            Torrent::File(m) => {
+                (m.info_hash, Some(Arc::new(m.clone())), m.trackers.clone(), Vec::new(), None, m.web_seeds.clone())
+            }
             Torrent::Magnet(mg) => (
                 mg.info_hash,
                 None,
@@ -522,8 +539,11 @@ impl BitTorrentPlugin {
         let private = session.meta().is_some_and(|m| m.private);
         match &self.shared.dht {
             Some(dht) if !private => {
-                let first_wait =
-                    if trackers.is_empty() && peers.is_empty() && web_seed_urls.is_empty() { Duration::ZERO } else { Duration::from_secs(10) };
+                let first_wait = if trackers.is_empty() && peers.is_empty() && web_seed_urls.is_empty() {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(10)
+                };
                 session.spawn(tokio::spawn(session.clone().dht_lookup_loop(dht.clone(), first_wait)));
             }
             _ if trackers.is_empty() && peers.is_empty() && web_seed_urls.is_empty() => {
@@ -534,18 +554,26 @@ impl BitTorrentPlugin {
         }
         let meta = match session.meta() {
             Some(m) => m.clone(),
-            None => tokio::time::timeout(METADATA_TIMEOUT, session.wait_meta())
-                .await
-                .map_err(|_| PluginError::network(format!("{}: no peer sent the metadata in {METADATA_TIMEOUT:?}", session.label)))?,
+            None => tokio::time::timeout(METADATA_TIMEOUT, session.wait_meta()).await.map_err(|_| {
+                PluginError::network(format!("{}: no peer sent the metadata in {METADATA_TIMEOUT:?}", session.label))
+            })?,
         };
         let info = content_info(&meta, &session.label);
         let web = if web_fallback {
-            web_seed_urls.iter().map(|u| Arc::new(webseed::WebSeedSource::new(self.shared.http.clone(), u.clone(), meta.clone()))).collect()
+            web_seed_urls
+                .iter()
+                .map(|u| Arc::new(webseed::WebSeedSource::new(self.shared.http.clone(), u.clone(), meta.clone())))
+                .collect()
         } else {
             Vec::new()
         };
         if !web_seed_urls.is_empty() {
-            events.info(format!("{}: {} web seed(s): {}", session.label, web_seed_urls.len(), web_seed_urls.join(", ")));
+            events.info(format!(
+                "{}: {} web seed(s): {}",
+                session.label,
+                web_seed_urls.len(),
+                web_seed_urls.join(", ")
+            ));
         }
         Ok(Arc::new(SwarmSource { session: guard, meta, info, web, web_seed_urls, next_web: AtomicU64::new(0) }))
     }
@@ -568,15 +596,29 @@ impl BitTorrentPlugin {
         meta.trackers = trackers.iter().map(|t| vec![t.clone()]).collect();
         let storage = storage::Storage::open(&meta, &metainfo::disk_paths(&meta, &p))?;
         let meta = Arc::new(meta);
-        let session =
-            Session::new(self.shared.clone(), meta.info_hash, Some(meta.clone()), meta.trackers.clone(), Mode::Seed(storage), events.clone());
+        let session = Session::new(
+            self.shared.clone(),
+            meta.info_hash,
+            Some(meta.clone()),
+            meta.trackers.clone(),
+            Mode::Seed(storage),
+            events.clone(),
+        );
         self.shared.register(&session);
         if !meta.trackers.is_empty() {
             session.spawn(tokio::spawn(session.clone().announce_loop()));
         }
-        let host = if self.shared.advertise_host.is_empty() { "127.0.0.1".to_string() } else { self.shared.advertise_host.clone() };
+        let host = if self.shared.advertise_host.is_empty() {
+            "127.0.0.1".to_string()
+        } else {
+            self.shared.advertise_host.clone()
+        };
         let mut magnet = meta.magnet();
-        let pe = if host.contains(':') { format!("[{host}]:{}", self.shared.port) } else { format!("{host}:{}", self.shared.port) };
+        let pe = if host.contains(':') {
+            format!("[{host}]:{}", self.shared.port)
+        } else {
+            format!("{host}:{}", self.shared.port)
+        };
         magnet.push_str("&x.pe=");
         magnet.push_str(&magnet::percent_encode(pe.as_bytes()));
         session.spawn(tokio::spawn(session.clone().choke_loop()));
@@ -624,7 +666,10 @@ pub fn content_info(meta: &TorrentMetadata, label: &str) -> ContentInfo {
         piece_hashes: meta.pieces.clone().into(),
         root: RVec::new(),
         files: if meta.multi_file {
-            meta.files.iter().map(|f| FileEntry { path: f.joined().into(), offset: f.offset, length: f.length }).collect()
+            meta.files
+                .iter()
+                .map(|f| FileEntry { path: f.joined().into(), offset: f.offset, length: f.length })
+                .collect()
         } else {
             RVec::new()
         },
@@ -689,9 +734,9 @@ impl PieceSource for SwarmSource {
                             return Ok(p);
                         }
                     }
-                    tokio::time::timeout(PIECE_TIMEOUT, session.fetch_piece(i))
-                        .await
-                        .map_err(|_| PluginError::network(format!("{}: piece {i} not received in {PIECE_TIMEOUT:?}", session.label)))?
+                    tokio::time::timeout(PIECE_TIMEOUT, session.fetch_piece(i)).await.map_err(|_| {
+                        PluginError::network(format!("{}: piece {i} not received in {PIECE_TIMEOUT:?}", session.label))
+                    })?
                 }
             };
             let end = offset.checked_add(length).filter(|e| *e <= meta.length).ok_or_else(|| {
@@ -702,7 +747,7 @@ impl PieceSource for SwarmSource {
             }
             let first = (offset / meta.piece_length) as u32;
             let last = ((end - 1) / meta.piece_length) as u32;
-            if first == last && offset % meta.piece_length == 0 && length == meta.piece_len(first) {
+            if first == last && offset.is_multiple_of(meta.piece_length) && length == meta.piece_len(first) {
                 let piece = get_piece(first).await?;
                 return Ok(piece.into());
             }
@@ -720,7 +765,12 @@ impl PieceSource for SwarmSource {
 }
 
 /// Piece `i` from the first web seed (round robin from `start`) whose bytes match its hash.
-async fn piece_from_web_seeds(web: &[Arc<webseed::WebSeedSource>], start: usize, meta: &TorrentMetadata, i: u32) -> Option<Vec<u8>> {
+async fn piece_from_web_seeds(
+    web: &[Arc<webseed::WebSeedSource>],
+    start: usize,
+    meta: &TorrentMetadata,
+    i: u32,
+) -> Option<Vec<u8>> {
     let want = meta.piece_hash(i)?;
     let off = i as u64 * meta.piece_length;
     for k in 0..web.len() {
@@ -771,14 +821,24 @@ async fn run_engine(
     let mut sources: Vec<Arc<dyn PieceSource>> = vec![source.clone()];
     sources.extend(web.into_iter().map(|w| w as Arc<dyn PieceSource>));
     let outcome = engine::run(sources, &opts, &on_event).await?;
-    let mut per_source: Vec<SourceBytes> =
-        session.peer_bytes().into_iter().filter(|(_, d, _)| *d > 0).map(|(l, d, _)| SourceBytes { label: l.into(), bytes: d }).collect();
+    let mut per_source: Vec<SourceBytes> = session
+        .peer_bytes()
+        .into_iter()
+        .filter(|(_, d, _)| *d > 0)
+        .map(|(l, d, _)| SourceBytes { label: l.into(), bytes: d })
+        .collect();
     // The web seeds' own lines (the swarm's is split per peer above).
     per_source.extend(
-        outcome.sources.iter().skip(1).filter(|s| s.bytes > 0).map(|s| SourceBytes { label: s.label.clone().into(), bytes: s.bytes }),
+        outcome
+            .sources
+            .iter()
+            .skip(1)
+            .filter(|s| s.bytes > 0)
+            .map(|s| SourceBytes { label: s.label.clone().into(), bytes: s.bytes }),
     );
     if per_source.is_empty() {
-        per_source = outcome.sources.iter().map(|s| SourceBytes { label: s.label.clone().into(), bytes: s.bytes }).collect();
+        per_source =
+            outcome.sources.iter().map(|s| SourceBytes { label: s.label.clone().into(), bytes: s.bytes }).collect();
     }
     drop(source);
     Ok(DownloadOutcome {

@@ -23,16 +23,14 @@ pub fn percent_decode(s: &str) -> Vec<u8> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match (hexval(b[i + 1]), hexval(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hexval(b[i + 1]), hexval(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             c => out.push(c),
         }
@@ -110,7 +108,14 @@ pub fn parse_magnet_uri(uri: &str) -> Result<Magnet, String> {
         .strip_prefix("magnet:?")
         .or_else(|| uri.strip_prefix("MAGNET:?"))
         .ok_or_else(|| "not a magnet link".to_string())?;
-    let mut m = Magnet { info_hash: [0; 20], name: None, trackers: vec![], peers: vec![], web_seeds: vec![], select_only: vec![] };
+    let mut m = Magnet {
+        info_hash: [0; 20],
+        name: None,
+        trackers: vec![],
+        peers: vec![],
+        web_seeds: vec![],
+        select_only: vec![],
+    };
     let mut found = false;
     for pair in rest.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -184,7 +189,14 @@ mod tests {
 
     #[test]
     fn bad_links() {
-        for l in ["", "magnet:", "magnet:?dn=x", "magnet:?xt=urn:btih:zz", "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a8", "http://x"] {
+        for l in [
+            "",
+            "magnet:",
+            "magnet:?dn=x",
+            "magnet:?xt=urn:btih:zz",
+            "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a8",
+            "http://x",
+        ] {
             assert!(parse_magnet_uri(l).is_err(), "{l}");
         }
         assert!(parse_magnet_uri(&format!("magnet:?xt=urn:btih:{}&dn={}", "a".repeat(40), "x".repeat(70_000))).is_err());

@@ -177,7 +177,8 @@ pub fn parse_info(info_bytes: &[u8]) -> Result<TorrentMetadata, MetaError> {
         .or_else(|| info.get("name").and_then(Value::as_bytes))
         .ok_or_else(|| MetaError("info has no name".into()))?;
     let name = sanitize_component(&String::from_utf8_lossy(raw_name)).unwrap_or_else(|| "download".to_string());
-    let piece_length = info.get("piece length").and_then(Value::as_int).ok_or_else(|| MetaError("no piece length".into()))?;
+    let piece_length =
+        info.get("piece length").and_then(Value::as_int).ok_or_else(|| MetaError("no piece length".into()))?;
     if piece_length < MIN_PIECE_LENGTH as i64 || piece_length > MAX_PIECE_LENGTH as i64 {
         return bad(format!("piece length {piece_length} is outside 16 KiB..512 MiB"));
     }
@@ -232,7 +233,10 @@ pub fn parse_info(info_bytes: &[u8]) -> Result<TorrentMetadata, MetaError> {
         }
         (files, offset, true)
     } else {
-        let len = info.get("length").and_then(Value::as_int).ok_or_else(|| MetaError("info has neither length nor files".into()))?;
+        let len = info
+            .get("length")
+            .and_then(Value::as_int)
+            .ok_or_else(|| MetaError("info has neither length nor files".into()))?;
         if len < 0 || len as u64 > MAX_TOTAL_LENGTH {
             return bad(format!("length {len} out of range"));
         }
@@ -261,10 +265,8 @@ pub fn parse_info(info_bytes: &[u8]) -> Result<TorrentMetadata, MetaError> {
 /// `..` is neutralised to `_..` rather than dropped, separators and control characters become
 /// `_`, and overlong components are refused by the caller.
 pub fn sanitize_component(raw: &str) -> Option<String> {
-    let cleaned: String = raw
-        .chars()
-        .map(|c| if c == '/' || c == '\\' || c == '\0' || c.is_control() { '_' } else { c })
-        .collect();
+    let cleaned: String =
+        raw.chars().map(|c| if c == '/' || c == '\\' || c == '\0' || c.is_control() { '_' } else { c }).collect();
     let t = cleaned.trim();
     match t {
         "" | "." => None,
@@ -362,7 +364,11 @@ fn torrent_bytes(info_bytes: &[u8], opts: &CreateOptions) -> Vec<u8> {
     if let Some(first) = opts.trackers.first() {
         put("announce", &Value::str(first), &mut out);
         if opts.trackers.len() > 1 {
-            put("announce-list", &Value::List(opts.trackers.iter().map(|t| Value::List(vec![Value::str(t)])).collect()), &mut out);
+            put(
+                "announce-list",
+                &Value::List(opts.trackers.iter().map(|t| Value::List(vec![Value::str(t)])).collect()),
+                &mut out,
+            );
         }
     }
     put("created by", &Value::str(concat!("chiral ", env!("CARGO_PKG_VERSION"))), &mut out);
@@ -483,7 +489,10 @@ pub fn build(path: &Path, opts: &CreateOptions) -> Result<(TorrentMetadata, Vec<
         let list = files
             .iter()
             .map(|(_, rel, len)| {
-                dict([("length", Value::Int(*len as i64)), ("path", Value::List(rel.iter().map(|c| Value::str(c)).collect()))])
+                dict([
+                    ("length", Value::Int(*len as i64)),
+                    ("path", Value::List(rel.iter().map(|c| Value::str(c)).collect())),
+                ])
             })
             .collect();
         info.push(("files", Value::List(list)));
@@ -550,7 +559,13 @@ mod tests {
             single(40_000, 16384),
             vec![
                 ("announce", Value::str("http://t/a")),
-                ("announce-list", Value::List(vec![Value::List(vec![Value::str("udp://u:1"), Value::str("http://t/a")]), Value::List(vec![Value::str("https://x/y")])])),
+                (
+                    "announce-list",
+                    Value::List(vec![
+                        Value::List(vec![Value::str("udp://u:1"), Value::str("http://t/a")]),
+                        Value::List(vec![Value::str("https://x/y")]),
+                    ]),
+                ),
                 ("url-list", Value::str("http://mirror/a.bin")),
             ],
         );
@@ -582,11 +597,25 @@ mod tests {
     #[test]
     fn multi_file_paths_are_sanitised() {
         let files = Value::List(vec![
-            dict([("length", Value::Int(10)), ("path", Value::List(vec![Value::str(".."), Value::str(".."), Value::str("etc"), Value::str("passwd")]))]),
-            dict([("length", Value::Int(20)), ("path", Value::List(vec![Value::str("/abs"), Value::str("a/b\\c"), Value::str(""), Value::str(".")]))]),
+            dict([
+                ("length", Value::Int(10)),
+                (
+                    "path",
+                    Value::List(vec![Value::str(".."), Value::str(".."), Value::str("etc"), Value::str("passwd")]),
+                ),
+            ]),
+            dict([
+                ("length", Value::Int(20)),
+                ("path", Value::List(vec![Value::str("/abs"), Value::str("a/b\\c"), Value::str(""), Value::str(".")])),
+            ]),
             dict([("length", Value::Int(0)), ("path", Value::List(vec![Value::str("ok.txt")]))]),
         ]);
-        let info = dict([("name", Value::str("../top")), ("piece length", Value::Int(16384)), ("pieces", Value::Bytes(vec![1; 20])), ("files", files)]);
+        let info = dict([
+            ("name", Value::str("../top")),
+            ("piece length", Value::Int(16384)),
+            ("pieces", Value::Bytes(vec![1; 20])),
+            ("files", files),
+        ]);
         let m = parse_torrent_file(&torrent(info, vec![])).unwrap();
         assert!(m.multi_file);
         assert_eq!(m.name, ".._top");
@@ -604,29 +633,91 @@ mod tests {
         let cases: Vec<Vec<u8>> = vec![
             b"le".to_vec(),
             b"d8:announce3:abce".to_vec(),
-            torrent(single(40_000, 1000), vec![]),                // piece too small
-            torrent(single(40_000, 1 << 30), vec![]),             // too large
+            torrent(single(40_000, 1000), vec![]),    // piece too small
+            torrent(single(40_000, 1 << 30), vec![]), // too large
             torrent(single(-1, 16384), vec![]),
-            torrent(dict([("name", Value::str("x")), ("length", Value::Int(40_000)), ("piece length", Value::Int(16384)), ("pieces", Value::Bytes(vec![0; 20]))]), vec![]), // wrong count
-            torrent(dict([("name", Value::str("x")), ("length", Value::Int(1)), ("piece length", Value::Int(16384)), ("pieces", Value::Bytes(vec![0; 21]))]), vec![]),
-            torrent(dict([("name", Value::str("x")), ("piece length", Value::Int(16384)), ("pieces", Value::Bytes(vec![0; 20])), ("files", Value::List(vec![
-                dict([("length", Value::Int(i64::MAX)), ("path", Value::List(vec![Value::str("a")]))]),
-                dict([("length", Value::Int(i64::MAX)), ("path", Value::List(vec![Value::str("b")]))]),
-            ]))]), vec![]), // overflow
-            torrent(dict([("name", Value::str("x")), ("piece length", Value::Int(16384)), ("pieces", Value::Bytes(vec![0; 20])), ("files", Value::List(vec![
-                dict([("length", Value::Int(1)), ("path", Value::List(vec![Value::str("a")]))]),
-                dict([("length", Value::Int(1)), ("path", Value::List(vec![Value::str("a")]))]),
-            ]))]), vec![]), // duplicate
-            torrent(dict([("name", Value::str("x")), ("piece length", Value::Int(16384)), ("pieces", Value::Bytes(vec![0; 20])), ("files", Value::List(vec![
-                dict([("length", Value::Int(1)), ("path", Value::List(vec![Value::str(".."), Value::str("")]))]),
-            ]))]), vec![]), // nothing usable... ("_.." survives, so this one is fine) -> replaced below
+            torrent(
+                dict([
+                    ("name", Value::str("x")),
+                    ("length", Value::Int(40_000)),
+                    ("piece length", Value::Int(16384)),
+                    ("pieces", Value::Bytes(vec![0; 20])),
+                ]),
+                vec![],
+            ), // wrong count
+            torrent(
+                dict([
+                    ("name", Value::str("x")),
+                    ("length", Value::Int(1)),
+                    ("piece length", Value::Int(16384)),
+                    ("pieces", Value::Bytes(vec![0; 21])),
+                ]),
+                vec![],
+            ),
+            torrent(
+                dict([
+                    ("name", Value::str("x")),
+                    ("piece length", Value::Int(16384)),
+                    ("pieces", Value::Bytes(vec![0; 20])),
+                    (
+                        "files",
+                        Value::List(vec![
+                            dict([("length", Value::Int(i64::MAX)), ("path", Value::List(vec![Value::str("a")]))]),
+                            dict([("length", Value::Int(i64::MAX)), ("path", Value::List(vec![Value::str("b")]))]),
+                        ]),
+                    ),
+                ]),
+                vec![],
+            ), // overflow
+            torrent(
+                dict([
+                    ("name", Value::str("x")),
+                    ("piece length", Value::Int(16384)),
+                    ("pieces", Value::Bytes(vec![0; 20])),
+                    (
+                        "files",
+                        Value::List(vec![
+                            dict([("length", Value::Int(1)), ("path", Value::List(vec![Value::str("a")]))]),
+                            dict([("length", Value::Int(1)), ("path", Value::List(vec![Value::str("a")]))]),
+                        ]),
+                    ),
+                ]),
+                vec![],
+            ), // duplicate
+            torrent(
+                dict([
+                    ("name", Value::str("x")),
+                    ("piece length", Value::Int(16384)),
+                    ("pieces", Value::Bytes(vec![0; 20])),
+                    (
+                        "files",
+                        Value::List(vec![dict([
+                            ("length", Value::Int(1)),
+                            ("path", Value::List(vec![Value::str(".."), Value::str("")])),
+                        ])]),
+                    ),
+                ]),
+                vec![],
+            ), // nothing usable... ("_.." survives, so this one is fine) -> replaced below
         ];
         for (i, c) in cases.iter().enumerate().take(cases.len() - 1) {
             assert!(parse_torrent_file(c).is_err(), "case {i} accepted");
         }
-        let empty_path = torrent(dict([("name", Value::str("x")), ("piece length", Value::Int(16384)), ("pieces", Value::Bytes(vec![0; 20])), ("files", Value::List(vec![
-            dict([("length", Value::Int(1)), ("path", Value::List(vec![Value::str("."), Value::str("")]))]),
-        ]))]), vec![]);
+        let empty_path = torrent(
+            dict([
+                ("name", Value::str("x")),
+                ("piece length", Value::Int(16384)),
+                ("pieces", Value::Bytes(vec![0; 20])),
+                (
+                    "files",
+                    Value::List(vec![dict([
+                        ("length", Value::Int(1)),
+                        ("path", Value::List(vec![Value::str("."), Value::str("")])),
+                    ])]),
+                ),
+            ]),
+            vec![],
+        );
         assert!(parse_torrent_file(&empty_path).is_err());
         assert!(parse_torrent_file(&vec![b'l'; MAX_TORRENT_BYTES + 1]).is_err());
     }
@@ -637,7 +728,11 @@ mod tests {
         let f = dir.path().join("data.bin");
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
         std::fs::write(&f, &data).unwrap();
-        let opts = CreateOptions { trackers: vec!["http://127.0.0.1:1/announce".into()], piece_size: Some(16384), ..Default::default() };
+        let opts = CreateOptions {
+            trackers: vec!["http://127.0.0.1:1/announce".into()],
+            piece_size: Some(16384),
+            ..Default::default()
+        };
         let (m, bytes) = build(&f, &opts).unwrap();
         let (m2, bytes2) = build(&f, &opts).unwrap();
         assert_eq!(bytes, bytes2);

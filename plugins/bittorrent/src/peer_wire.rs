@@ -71,14 +71,29 @@ pub enum Message {
     NotInterested,
     Have(u32),
     Bitfield(Vec<u8>),
-    Request { index: u32, begin: u32, length: u32 },
-    Piece { index: u32, begin: u32, data: Vec<u8> },
-    Cancel { index: u32, begin: u32, length: u32 },
+    Request {
+        index: u32,
+        begin: u32,
+        length: u32,
+    },
+    Piece {
+        index: u32,
+        begin: u32,
+        data: Vec<u8>,
+    },
+    Cancel {
+        index: u32,
+        begin: u32,
+        length: u32,
+    },
     Port(u16),
     /// BEP 6 (not advertised by us, tolerated from others).
     HaveAll,
     HaveNone,
-    Extended { id: u8, payload: Vec<u8> },
+    Extended {
+        id: u8,
+        payload: Vec<u8>,
+    },
     /// A message id we do not know (ignored).
     Unknown(u8),
 }
@@ -109,7 +124,11 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// Decodes one frame from the start of `buf`: `Ok(None)` if incomplete, else the message and
 /// the bytes it used. `bitfield_len` (when the piece count is known) is the exact bitfield size.
-pub fn decode(buf: &[u8], max_frame: usize, bitfield_len: Option<usize>) -> Result<Option<(Message, usize)>, WireError> {
+pub fn decode(
+    buf: &[u8],
+    max_frame: usize,
+    bitfield_len: Option<usize>,
+) -> Result<Option<(Message, usize)>, WireError> {
     if buf.len() < 4 {
         return Ok(None);
     }

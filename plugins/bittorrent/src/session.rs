@@ -446,7 +446,8 @@ impl Session {
             return;
         }
         let mut room = depth - p.inflight;
-        let has = |st: &State, i: u32| st.peers.get(&id).is_some_and(|p| p.has.get(i as usize).copied().unwrap_or(false));
+        let has =
+            |st: &State, i: u32| st.peers.get(&id).is_some_and(|p| p.has.get(i as usize).copied().unwrap_or(false));
         let mut reqs: Vec<(u32, u32, u32)> = Vec::new();
         let now = Instant::now();
         // 1. Missing blocks of pieces already wanted (engine's first, then prefetches).
@@ -596,10 +597,13 @@ impl Session {
             st.wasted += n;
             return;
         };
-        let expected_len = (meta.piece_len(index) - (b as u64 * BLOCK as u64).min(meta.piece_len(index))).min(BLOCK as u64);
+        let expected_len =
+            (meta.piece_len(index) - (b as u64 * BLOCK as u64).min(meta.piece_len(index))).min(BLOCK as u64);
         let state = job.blocks.get(b).copied();
         let (ok, other) = match state {
-            Some(BlockState::Requested { peer, dup, .. }) if begin % BLOCK == 0 && n == expected_len && (peer == id || dup == Some(id)) => {
+            Some(BlockState::Requested { peer, dup, .. })
+                if begin.is_multiple_of(BLOCK) && n == expected_len && (peer == id || dup == Some(id)) =>
+            {
                 (true, if peer == id { dup } else { Some(peer) })
             }
             _ => (false, None),
@@ -1025,7 +1029,11 @@ impl Session {
                             Some(meta) if (piece as usize) * METADATA_PIECE < meta.info_bytes.len() => {
                                 let s = piece as usize * METADATA_PIECE;
                                 let e = (s + METADATA_PIECE).min(meta.info_bytes.len());
-                                Metadata::Data { piece, total_size: meta.info_bytes.len() as u64, data: meta.info_bytes[s..e].to_vec() }
+                                Metadata::Data {
+                                    piece,
+                                    total_size: meta.info_bytes.len() as u64,
+                                    data: meta.info_bytes[s..e].to_vec(),
+                                }
                             }
                             _ => Metadata::Reject { piece },
                         };
@@ -1192,7 +1200,8 @@ impl Session {
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        let ours = Handshake { reserved: peer_wire::reserved(false), info_hash: self.info_hash, peer_id: self.shared.peer_id };
+        let ours =
+            Handshake { reserved: peer_wire::reserved(false), info_hash: self.info_hash, peer_id: self.shared.peer_id };
         stream.write_all(&ours.encode()).await.map_err(|e| e.to_string())?;
         let mut hs = [0u8; peer_wire::HANDSHAKE_LEN];
         tokio::time::timeout(Duration::from_secs(15), stream.read_exact(&mut hs))
@@ -1207,8 +1216,14 @@ impl Session {
     }
 
     /// An incoming connection whose handshake named this torrent.
-    pub async fn accept(self: Arc<Self>, mut stream: TcpStream, addr: SocketAddr, theirs: Handshake) -> Result<(), String> {
-        let ours = Handshake { reserved: peer_wire::reserved(false), info_hash: self.info_hash, peer_id: self.shared.peer_id };
+    pub async fn accept(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        theirs: Handshake,
+    ) -> Result<(), String> {
+        let ours =
+            Handshake { reserved: peer_wire::reserved(false), info_hash: self.info_hash, peer_id: self.shared.peer_id };
         stream.write_all(&ours.encode()).await.map_err(|e| e.to_string())?;
         self.run_peer(stream, addr, theirs).await
     }
@@ -1293,7 +1308,8 @@ impl Session {
             (true, _) => 0,
             (false, Some(m)) => {
                 let st = lock(&self.state);
-                let done: u64 = st.delivered.iter().enumerate().filter(|(_, d)| **d).map(|(i, _)| m.piece_len(i as u32)).sum();
+                let done: u64 =
+                    st.delivered.iter().enumerate().filter(|(_, d)| **d).map(|(i, _)| m.piece_len(i as u32)).sum();
                 m.length.saturating_sub(done)
             }
             (false, None) => 1 << 30,
@@ -1334,7 +1350,12 @@ impl Session {
             let wait = match self.announce_once(event).await {
                 Ok(r) => {
                     event = tracker::Event::None;
-                    self.events.debug(format!("{}: tracker gave {} peers (interval {}s)", self.label, r.peers.len(), r.interval));
+                    self.events.debug(format!(
+                        "{}: tracker gave {} peers (interval {}s)",
+                        self.label,
+                        r.peers.len(),
+                        r.interval
+                    ));
                     for a in r.peers {
                         self.connect(a);
                     }

@@ -16,7 +16,11 @@ impl Storage {
             let file = File::open(p)?;
             let len = file.metadata()?.len();
             if len != f.length {
-                return Err(std::io::Error::other(format!("{}: {len} bytes, the torrent says {}", p.display(), f.length)));
+                return Err(std::io::Error::other(format!(
+                    "{}: {len} bytes, the torrent says {}",
+                    p.display(),
+                    f.length
+                )));
             }
             files.push((file, f.offset, f.length, p.clone()));
         }

@@ -139,7 +139,10 @@ fn liar(info_hash: [u8; 20], piece_count: u32) -> (u16, std::thread::JoinHandle<
         }
         let ours = crate::peer_wire::Handshake { reserved: [0; 8], info_hash, peer_id: *b"-XX0001-liarliarliar" };
         let mut out = ours.encode().to_vec();
-        crate::peer_wire::encode(&crate::peer_wire::Message::Bitfield(crate::peer_wire::bitfield_bytes(&vec![true; piece_count as usize])), &mut out);
+        crate::peer_wire::encode(
+            &crate::peer_wire::Message::Bitfield(crate::peer_wire::bitfield_bytes(&vec![true; piece_count as usize])),
+            &mut out,
+        );
         crate::peer_wire::encode(&crate::peer_wire::Message::Unchoke, &mut out);
         let _ = s.write_all(&out);
         let mut buf = Vec::new();
@@ -154,7 +157,10 @@ fn liar(info_hash: [u8; 20], piece_count: u32) -> (u16, std::thread::JoinHandle<
                 buf.drain(..used);
                 if let crate::peer_wire::Message::Request { index, begin, length } = m {
                     let mut o = Vec::new();
-                    crate::peer_wire::encode(&crate::peer_wire::Message::Piece { index, begin, data: vec![0xee; length as usize] }, &mut o);
+                    crate::peer_wire::encode(
+                        &crate::peer_wire::Message::Piece { index, begin, data: vec![0xee; length as usize] },
+                        &mut o,
+                    );
                     if s.write_all(&o).is_err() {
                         return served;
                     }
@@ -202,7 +208,8 @@ fn chiral_peers_identify_each_other_and_payments_are_announced() {
     std::fs::write(&src, &data).unwrap();
     let seeder = handler_with(&dir.path().join("s"), &[("wallet", "0xseeder"), ("chiral_peer_id", "seed-node")]);
     let info = seed(&seeder, &src, &[]).unwrap();
-    let leecher = handler_with(&dir.path().join("l"), &[("payment_threshold", "1048576"), ("chiral_peer_id", "leech-node")]);
+    let leecher =
+        handler_with(&dir.path().join("l"), &[("payment_threshold", "1048576"), ("chiral_peer_id", "leech-node")]);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let sink = Events::sink_from_fn(move |e| {
@@ -301,11 +308,16 @@ fn web_seeds_serve_a_torrent_with_no_peers() {
     let out = dir.path().join("out");
     let outcome = download(&h, torrent.to_str().unwrap(), &out, &[]).unwrap();
     assert_eq!(std::fs::read(out.join("file.bin")).unwrap(), data);
-    assert!(outcome.per_source.iter().any(|s| s.label.as_str().starts_with("webseed:") && s.bytes == data.len() as u64), "{:?}", outcome.per_source);
+    assert!(
+        outcome.per_source.iter().any(|s| s.label.as_str().starts_with("webseed:") && s.bytes == data.len() as u64),
+        "{:?}",
+        outcome.per_source
+    );
     assert!(hits.load(std::sync::atomic::Ordering::Relaxed) >= 23);
 
     // The host's path: one source whose fetch takes pieces from the web seed.
-    let src = block_on(h.open_source(torrent.to_string_lossy().into_owned().into(), no_events())).into_result().unwrap();
+    let src =
+        block_on(h.open_source(torrent.to_string_lossy().into_owned().into(), no_events())).into_result().unwrap();
     let piece = block_on(src.fetch(65536, 65536)).into_result().unwrap();
     assert_eq!(piece.as_slice(), &data[65536..131072]);
     let tail = block_on(src.fetch(1_400_000, 100_000)).into_result().unwrap();

@@ -207,19 +207,15 @@ async fn announce_http(client: &reqwest::Client, url: &str, a: &Announce) -> Res
 }
 
 async fn announce_udp(url: &str, a: &Announce) -> Result<AnnounceReply, String> {
-    let hostport = url
-        .strip_prefix("udp://")
-        .ok_or("not udp")?
-        .split(['/', '?'])
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let hostport =
+        url.strip_prefix("udp://").ok_or("not udp")?.split(['/', '?']).next().unwrap_or_default().to_string();
     let addr = tokio::net::lookup_host(&hostport)
         .await
         .map_err(|e| format!("{url}: {e}"))?
         .next()
         .ok_or_else(|| format!("{url}: no address"))?;
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
+    let bind: SocketAddr =
+        if addr.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
     let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|e| format!("{url}: {e}"))?;
     sock.connect(addr).await.map_err(|e| format!("{url}: {e}"))?;
     let mut buf = vec![0u8; 20 + 18 * MAX_PEERS_PER_REPLY];
@@ -304,7 +300,8 @@ mod tests {
 
     #[test]
     fn http_replies() {
-        let r = parse_http_reply(b"d8:intervali900e5:peers12:\x7f\x00\x00\x01\x1a\xe1\x0a\x00\x00\x02\x00\x50e").unwrap();
+        let r =
+            parse_http_reply(b"d8:intervali900e5:peers12:\x7f\x00\x00\x01\x1a\xe1\x0a\x00\x00\x02\x00\x50e").unwrap();
         assert_eq!(r.interval, 900);
         assert_eq!(r.peers, vec!["127.0.0.1:6881".parse().unwrap(), "10.0.0.2:80".parse().unwrap()]);
         let r = parse_http_reply(b"d8:intervali60e5:peersld2:ip9:127.0.0.14:porti51413eeee").unwrap();

@@ -125,8 +125,9 @@ impl ChiralPlugin {
         let root = tree.root();
         let cid = content_id(&root);
         let node = self.node().await?;
-        let entry =
-            Arc::new(SeedEntry::open(&path, name.clone(), vec![cid.clone()], tree, size)?.with_upload_rate(upload_rate));
+        let entry = Arc::new(
+            SeedEntry::open(&path, name.clone(), vec![cid.clone()], tree, size)?.with_upload_rate(upload_rate),
+        );
         node.add_seed(root, entry.clone());
 
         let mut fm = FileMeta::new(&root, &name, size);
@@ -143,7 +144,12 @@ impl ChiralPlugin {
         node.join().await;
         publish(&node, &fm, &events).await?;
         events.info(format!("seeding {} as {cid}", path.display()));
-        Ok(SeedInfo { id: entry.id.clone().into(), path: path.to_string_lossy().into_owned().into(), identifiers: vec![cid.into()].into(), bytes_served: 0 })
+        Ok(SeedInfo {
+            id: entry.id.clone().into(),
+            path: path.to_string_lossy().into_owned().into(),
+            identifiers: vec![cid.into()].into(),
+            bytes_served: 0,
+        })
     }
 
     async fn search(&self, word: &str, events: &Events) -> Result<String, PluginError> {
@@ -359,7 +365,8 @@ mod tests {
     #[test]
     fn conformance() {
         let dir = tempfile::tempdir().unwrap();
-        let handler = chiral_sdk::testkit::handler_for::<ChiralPlugin>(chiral_sdk::testkit::config(dir.path())).unwrap();
+        let handler =
+            chiral_sdk::testkit::handler_for::<ChiralPlugin>(chiral_sdk::testkit::config(dir.path())).unwrap();
         chiral_sdk::testkit::Kit::new(handler).out_dir(dir.path()).assert_all();
     }
 
@@ -375,7 +382,8 @@ mod tests {
     #[test]
     fn seed_find_fetch_and_search_in_process() {
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..(chiral_sdk::verify::CHUNK_SIZE as usize * 5 + 123)).map(|i| (i * 31 % 251) as u8).collect();
+        let data: Vec<u8> =
+            (0..(chiral_sdk::verify::CHUNK_SIZE as usize * 5 + 123)).map(|i| (i * 31 % 251) as u8).collect();
         let file = dir.path().join("Holiday_Movie.bin");
         std::fs::write(&file, &data).unwrap();
         let seeder = plugin(&dir.path().join("s"), vec![]);
@@ -415,7 +423,9 @@ mod tests {
         let m = grt.block_on(getter.clone().open_source(magnet, Events::none())).unwrap();
         assert_eq!(m.info().root.as_slice(), root.as_slice());
 
-        let found = grt.block_on(getter.clone().command("search".into(), vec![("word".into(), "MOVIE".into())], Events::none())).unwrap();
+        let found = grt
+            .block_on(getter.clone().command("search".into(), vec![("word".into(), "MOVIE".into())], Events::none()))
+            .unwrap();
         let found: serde_json::Value = serde_json::from_str(&found).unwrap();
         assert_eq!(found["results"][0]["id"], content_id(&root));
         assert_eq!(found["results"][0]["size"], data.len() as u64);

@@ -19,7 +19,10 @@ use chiral_sdk::{verify::Hash32, Events, HostConfig, PluginError};
 use futures::StreamExt as _;
 use libp2p::{
     identify, identity,
-    kad::{self, store::RecordStore as _, BucketInserts, GetProvidersOk, GetRecordOk, QueryResult, Quorum, Record, StoreInserts},
+    kad::{
+        self, store::RecordStore as _, BucketInserts, GetProvidersOk, GetRecordOk, QueryResult, Quorum, Record,
+        StoreInserts,
+    },
     multiaddr::Protocol,
     noise, request_response,
     swarm::{dial_opts::DialOpts, NetworkBehaviour, SwarmEvent},
@@ -182,9 +185,7 @@ impl Node {
             .map_err(|e| PluginError::other(format!("behaviour: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
-        swarm
-            .listen_on(listen.clone())
-            .map_err(|e| PluginError::network(format!("cannot listen on {listen}: {e}")))?;
+        swarm.listen_on(listen.clone()).map_err(|e| PluginError::network(format!("cannot listen on {listen}: {e}")))?;
 
         let shared = Arc::new(Shared {
             peer_id,
@@ -204,7 +205,8 @@ impl Node {
                     lock(&shared.listen).push(address);
                     break;
                 }
-                Ok(SwarmEvent::ListenerError { error, .. }) | Ok(SwarmEvent::ListenerClosed { reason: Err(error), .. }) => {
+                Ok(SwarmEvent::ListenerError { error, .. })
+                | Ok(SwarmEvent::ListenerClosed { reason: Err(error), .. }) => {
                     return Err(PluginError::network(format!("cannot listen on {listen}: {error}")))
                 }
                 Ok(_) => {}
@@ -212,7 +214,9 @@ impl Node {
             }
         }
         let settle = Instant::now() + Duration::from_millis(150);
-        while let Ok(ev) = tokio::time::timeout(settle.saturating_duration_since(Instant::now()), swarm.select_next_some()).await {
+        while let Ok(ev) =
+            tokio::time::timeout(settle.saturating_duration_since(Instant::now()), swarm.select_next_some()).await
+        {
             if let SwarmEvent::NewListenAddr { address, .. } = ev {
                 lock(&shared.listen).push(address);
             }
@@ -240,7 +244,13 @@ impl Node {
         };
         tokio::spawn(task.run());
         events.info(format!("chiral node {peer_id} listening on {:?}", lock(&shared.listen)));
-        Ok(Node { shared, tx, routable, has_bootstrap: !bootstrap.is_empty(), joined: Arc::new(tokio::sync::OnceCell::new()) })
+        Ok(Node {
+            shared,
+            tx,
+            routable,
+            has_bootstrap: !bootstrap.is_empty(),
+            joined: Arc::new(tokio::sync::OnceCell::new()),
+        })
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -282,9 +292,10 @@ impl Node {
         self.joined
             .get_or_init(|| async {
                 let mut r = self.routable.clone();
-                let waited = tokio::time::timeout(Duration::from_secs(10), async move { r.wait_for(|n| *n > 0).await.is_ok() })
-                    .await
-                    .unwrap_or(false);
+                let waited =
+                    tokio::time::timeout(Duration::from_secs(10), async move { r.wait_for(|n| *n > 0).await.is_ok() })
+                        .await
+                        .unwrap_or(false);
                 if !waited {
                     self.shared.events.warn("no bootstrap peer answered within 10 s");
                     return;
@@ -605,7 +616,8 @@ impl Task {
                     let seed = lock(&self.shared.seeds).get(&root).cloned();
                     let Some(seed) = seed else {
                         let msg = format!("no content {}", hex::encode(root));
-                        let _ = self.swarm.behaviour_mut().chunks.send_response(channel, Response::Error { message: msg });
+                        let _ =
+                            self.swarm.behaviour_mut().chunks.send_response(channel, Response::Error { message: msg });
                         return;
                     };
                     let tx = self.served.0.clone();

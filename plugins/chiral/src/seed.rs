@@ -138,7 +138,13 @@ pub fn parse_rate(text: &str) -> Option<u64> {
 }
 
 impl SeedEntry {
-    pub fn open(path: &Path, name: String, identifiers: Vec<String>, tree: MerkleTree, size: u64) -> Result<Self, PluginError> {
+    pub fn open(
+        path: &Path,
+        name: String,
+        identifiers: Vec<String>,
+        tree: MerkleTree,
+        size: u64,
+    ) -> Result<Self, PluginError> {
         let file = File::open(path).map_err(|e| PluginError::io(format!("{}: {e}", path.display())))?;
         Ok(Self {
             id: hex::encode(tree.root()),
@@ -196,7 +202,10 @@ mod tests {
         let p = Pacer::new(1 << 20);
         assert_eq!(p.reserve(1 << 19), std::time::Duration::ZERO);
         let wait = p.reserve(1 << 19);
-        assert!(wait > std::time::Duration::from_millis(400) && wait <= std::time::Duration::from_millis(500), "{wait:?}");
+        assert!(
+            wait > std::time::Duration::from_millis(400) && wait <= std::time::Duration::from_millis(500),
+            "{wait:?}"
+        );
     }
 
     use super::*;

@@ -67,7 +67,14 @@ pub fn check_manifest(root: &Hash32, size: u64, leaves: &[Hash32]) -> Result<(),
 }
 
 /// Checks one chunk: its length, its leaf hash and its proof up to the root.
-pub fn check_chunk(root: &Hash32, leaves: &[Hash32], size: u64, index: u32, data: &[u8], proof: &[Hash32]) -> Result<(), String> {
+pub fn check_chunk(
+    root: &Hash32,
+    leaves: &[Hash32],
+    size: u64,
+    index: u32,
+    data: &[u8],
+    proof: &[Hash32],
+) -> Result<(), String> {
     let i = index as usize;
     let Some(expect) = leaves.get(i) else { return Err(format!("no chunk {index}")) };
     let want_len = size.saturating_sub(index as u64 * CHUNK_SIZE).min(CHUNK_SIZE);
@@ -182,7 +189,6 @@ impl ChiralSource {
 }
 
 impl Inner {
-
     fn pick(&self) -> Option<PeerId> {
         let mut provs = lock(&self.providers);
         let live: Vec<PeerId> = provs.iter().filter(|(_, s)| !s.banned).map(|(p, _)| *p).collect();

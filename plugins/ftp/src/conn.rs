@@ -281,7 +281,8 @@ impl Conn {
                 let name = ServerName::try_from(t.host.clone())
                     .map_err(|_| PluginError::invalid(format!("{} is not a valid TLS server name", t.host)))?;
                 let connector = TlsConnector::from(config);
-                let secured = timeout(REPLY_TIMEOUT, ctrl.into_secure(AsyncRustlsConnector::from(connector.clone()), &t.host));
+                let secured =
+                    timeout(REPLY_TIMEOUT, ctrl.into_secure(AsyncRustlsConnector::from(connector.clone()), &t.host));
                 match secured.await {
                     Err(_) => return Err(PluginError::network(format!("TLS setup with {server} timed out")).into()),
                     Ok(Err(e)) => return Err(ftp_error(&e, &server, &t.password, "AUTH TLS").into()),
@@ -294,14 +295,21 @@ impl Conn {
         conn.login(&t.user, &t.password).await?;
         let r = conn.cmd("TYPE I").await?;
         if !r.is_success() {
-            return Err(PluginError::other(format!("{} refused binary mode: {}", conn.server, conn.scrub(&r.text))).into());
+            return Err(
+                PluginError::other(format!("{} refused binary mode: {}", conn.server, conn.scrub(&r.text))).into()
+            );
         }
         Ok(conn)
     }
 
     async fn login(&mut self, user: &str, password: &str) -> Result<(), OpenError> {
         let refused = |c: &Self, r: &Reply| OpenError {
-            error: PluginError::other(format!("login refused by {} as {}: {}", c.server, user_shown(user), c.scrub(&r.text))),
+            error: PluginError::other(format!(
+                "login refused by {} as {}: {}",
+                c.server,
+                user_shown(user),
+                c.scrub(&r.text)
+            )),
             busy: is_busy_reply(r.code, &r.text),
         };
         let r = self.cmd(&format!("USER {user}")).await?;
@@ -312,7 +320,10 @@ impl Conn {
         };
         match r.code {
             230 | 202 => Ok(()),
-            332 => Err(PluginError::other(format!("{} asks for an account (ACCT), which is not supported", self.server)).into()),
+            332 => {
+                Err(PluginError::other(format!("{} asks for an account (ACCT), which is not supported", self.server))
+                    .into())
+            }
             _ => Err(refused(self, &r)),
         }
     }
@@ -394,7 +405,11 @@ impl Conn {
                     Some(port) => Ok(SocketAddr::new(self.peer.ip(), port)),
                     None => {
                         self.broken = true;
-                        Err(PluginError::network(format!("{} sent a bad EPSV reply: {}", self.server, self.scrub(&r.text))))
+                        Err(PluginError::network(format!(
+                            "{} sent a bad EPSV reply: {}",
+                            self.server,
+                            self.scrub(&r.text)
+                        )))
                     }
                 };
             }
@@ -513,7 +528,11 @@ impl Conn {
         }
         if r.code == 213 {
             self.broken = true;
-            return Err(PluginError::network(format!("{} sent a bad SIZE reply: {}", self.server, self.scrub(&r.text))));
+            return Err(PluginError::network(format!(
+                "{} sent a bad SIZE reply: {}",
+                self.server,
+                self.scrub(&r.text)
+            )));
         }
         Ok(Err(r))
     }
@@ -575,7 +594,8 @@ impl Conn {
 
     /// Stores the local file `from` as `path` (`STOR`), returning the bytes sent.
     pub async fn store(&mut self, from: &Path, path: &str) -> Result<u64, PluginError> {
-        let mut file = tokio::fs::File::open(from).await.map_err(|e| PluginError::io(format!("{}: {e}", from.display())))?;
+        let mut file =
+            tokio::fs::File::open(from).await.map_err(|e| PluginError::io(format!("{}: {e}", from.display())))?;
         let mut data = match self.start(&format!("STOR {path}"), 0, None).await {
             Ok(d) => d,
             Err(StartError::Refused(r)) | Err(StartError::RestRefused(r)) => {

@@ -34,9 +34,12 @@ const STREAM_BUFFER: usize = 1 << 20;
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// Downloads `request.identifier` into `request.out_dir`.
-pub async fn download(settings: Arc<Settings>, request: DownloadRequest, events: Events) -> Result<DownloadOutcome, PluginError> {
-    let options: Vec<(String, String)> =
-        request.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
+pub async fn download(
+    settings: Arc<Settings>,
+    request: DownloadRequest,
+    events: Events,
+) -> Result<DownloadOutcome, PluginError> {
+    let options: Vec<(String, String)> = request.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
     let target = settings.target(&request.identifier, &options)?;
     let tls = settings.tls_for(&target)?;
     let out_dir = PathBuf::from(request.out_dir.as_str());
@@ -55,13 +58,17 @@ pub async fn download(settings: Arc<Settings>, request: DownloadRequest, events:
 }
 
 /// Parallel ranged download through the SDK engine (resumable, `connections` fetches at once).
-async fn with_engine(source: FtpSource, out_dir: PathBuf, connections: usize, events: &Events) -> Result<DownloadOutcome, PluginError> {
+async fn with_engine(
+    source: FtpSource,
+    out_dir: PathBuf,
+    connections: usize,
+    events: &Events,
+) -> Result<DownloadOutcome, PluginError> {
     let source: Arc<dyn PieceSource> = Arc::new(source);
     let mut opts = engine::Options::new(out_dir);
     opts.slots_per_source = connections;
     engine::download_for_plugin(vec![source], &opts, events).await
 }
-
 
 /// Progress of the streaming path across files.
 struct Progress<'a> {
@@ -88,7 +95,8 @@ async fn stream_all(source: &FtpSource, out_dir: &Path, events: &Events) -> Resu
     let name = safe_name(&info.name);
     let single = info.files.is_empty();
     let mut written = Vec::with_capacity(files.len());
-    let mut progress = Progress { events, done: 0, total: if info.length_known { info.length } else { 0 }, last: Instant::now() };
+    let mut progress =
+        Progress { events, done: 0, total: if info.length_known { info.length } else { 0 }, last: Instant::now() };
     events.progress(0, progress.total, 1);
     let (mut conn, _) = pool.take().await?;
     let mut resumed = 0u64;
@@ -97,7 +105,8 @@ async fn stream_all(source: &FtpSource, out_dir: &Path, events: &Events) -> Resu
         let final_path = if single {
             out_dir.join(&name)
         } else {
-            let rel = safe_relative(&f.rel).ok_or_else(|| PluginError::invalid(format!("unusable file name {:?}", f.rel)))?;
+            let rel =
+                safe_relative(&f.rel).ok_or_else(|| PluginError::invalid(format!("unusable file name {:?}", f.rel)))?;
             out_dir.join(&name).join(rel)
         };
         if final_path.exists() {
@@ -114,7 +123,11 @@ async fn stream_all(source: &FtpSource, out_dir: &Path, events: &Events) -> Resu
                 final_path.display()
             )));
         }
-        let label = if f.rel.is_empty() { info.label.to_string() } else { format!("{}{}", info.label, crate::target::encode_path(&f.rel)) };
+        let label = if f.rel.is_empty() {
+            info.label.to_string()
+        } else {
+            format!("{}{}", info.label, crate::target::encode_path(&f.rel))
+        };
         let got = stream_file(&mut conn, f, info.length_known, &final_path, &label, &mut progress).await?;
         delivered += got;
         written.push(path_string(&final_path));
@@ -179,7 +192,10 @@ async fn stream_file(
         got += n as u64;
         if length_known && got > f.length {
             conn.broken = true;
-            return Err(PluginError::invalid(format!("server sent more than the {} bytes it announced: {label}", f.length)));
+            return Err(PluginError::invalid(format!(
+                "server sent more than the {} bytes it announced: {label}",
+                f.length
+            )));
         }
         file.write_all(&buf[..n]).await.map_err(|e| io_error(&part, e))?;
         progress.add(n as u64);

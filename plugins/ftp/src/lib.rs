@@ -100,7 +100,9 @@ impl Plugin for FtpPlugin {
             .schemes(&["ftp", "ftps"])
             .capabilities(capability::DOWNLOAD | capability::SEED | capability::SOURCE | capability::SEED_MANAGE)
             .priority(0)
-            .description("FTP/FTPS: parallel REST-ranged downloads of files and folders, and seeding from a built-in FTP server")
+            .description(
+                "FTP/FTPS: parallel REST-ranged downloads of files and folders, and seeding from a built-in FTP server",
+            )
     }
 
     fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
@@ -122,7 +124,8 @@ impl Plugin for FtpPlugin {
 
     fn seed(self: Arc<Self>, request: SeedRequest, events: Events) -> BoxFut<SeedInfo> {
         Box::pin(async move {
-            let options: Vec<(String, String)> = request.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
+            let options: Vec<(String, String)> =
+                request.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
             self.seeder.seed(&self.settings, &request.path, &options, &events).await
         })
     }

@@ -80,7 +80,8 @@ pub fn parse_pasv(text: &str) -> Option<(Ipv4Addr, u16)> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_digit()) {
-            let end = body[i..].find(|c: char| !(c.is_ascii_digit() || c == ',' || c == ' ')).map_or(body.len(), |e| i + e);
+            let end =
+                body[i..].find(|c: char| !(c.is_ascii_digit() || c == ',' || c == ' ')).map_or(body.len(), |e| i + e);
             let nums: Vec<&str> = body[i..end].split(',').map(str::trim).collect();
             if nums.len() >= 6 {
                 let v: Option<Vec<u8>> = nums[..6].iter().map(|n| n.parse::<u8>().ok()).collect();
@@ -329,7 +330,10 @@ mod tests {
 
     #[test]
     fn pasv() {
-        assert_eq!(parse_pasv("227 Entering Passive Mode (127,0,0,1,117,48)."), Some((Ipv4Addr::new(127, 0, 0, 1), 30000)));
+        assert_eq!(
+            parse_pasv("227 Entering Passive Mode (127,0,0,1,117,48)."),
+            Some((Ipv4Addr::new(127, 0, 0, 1), 30000))
+        );
         assert_eq!(parse_pasv("227 Entering Passive Mode 10,1,2,3,4,1"), Some((Ipv4Addr::new(10, 1, 2, 3), 1025)));
         assert_eq!(parse_pasv("227 =192,168,0,9,255,255"), Some((Ipv4Addr::new(192, 168, 0, 9), 65535)));
         for bad in ["227 Entering Passive Mode", "227 (1,2,3,4,5)", "227 (256,0,0,1,1,1)", "227 (1,2,3,4,0,0)", "22"] {

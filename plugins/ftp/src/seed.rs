@@ -111,7 +111,13 @@ impl Seeder {
 
     /// Serves `path` (a regular file), or uploads it when `options` has `ftp_upload`. Seeding
     /// the same path again returns the same seed.
-    pub async fn seed(&self, settings: &Settings, path: &str, options: &[(String, String)], events: &Events) -> Result<SeedInfo, PluginError> {
+    pub async fn seed(
+        &self,
+        settings: &Settings,
+        path: &str,
+        options: &[(String, String)],
+        events: &Events,
+    ) -> Result<SeedInfo, PluginError> {
         let path = check_file(path).await?;
         if let Some((_, dest)) = options.iter().rev().find(|(k, _)| k == "ftp_upload") {
             return self.upload(settings, &path, dest, options, events).await;
@@ -152,11 +158,22 @@ impl Seeder {
     }
 
     /// `STOR`s `path` into the folder (or as the file) `dest` names; the seed records where.
-    async fn upload(&self, settings: &Settings, path: &Path, dest: &str, options: &[(String, String)], events: &Events) -> Result<SeedInfo, PluginError> {
+    async fn upload(
+        &self,
+        settings: &Settings,
+        path: &Path,
+        dest: &str,
+        options: &[(String, String)],
+        events: &Events,
+    ) -> Result<SeedInfo, PluginError> {
         let target = settings.target(dest, options)?;
         let tls = settings.tls_for(&target)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
-        let remote = if target.is_dir || target.path.is_empty() { join_remote(&target.path, &name) } else { target.path.clone() };
+        let remote = if target.is_dir || target.path.is_empty() {
+            join_remote(&target.path, &name)
+        } else {
+            target.path.clone()
+        };
         let mut conn = crate::conn::Conn::open(&target, tls, Arc::new(true.into())).await?;
         let sent = conn.store(path, &remote).await?;
         conn.quit().await;
@@ -206,7 +223,12 @@ impl Seeder {
     }
 
     fn find_served(&self, path: &Path) -> Option<Arc<Seed>> {
-        self.seeds.read().unwrap_or_else(|p| p.into_inner()).values().find(|s| s.path == path && s.vpath.is_some()).cloned()
+        self.seeds
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|s| s.path == path && s.vpath.is_some())
+            .cloned()
     }
 
     /// Binds the control port and spawns the accept loop (on the runtime this is called from:
@@ -438,7 +460,11 @@ impl SeedFs {
             [one] => served()
                 .find(|s| s.vpath.as_deref() == Some(one.as_str()))
                 .map(|s| Node::File(s.clone()))
-                .or_else(|| served().find(|s| s.id == *one && s.vpath.as_deref().is_some_and(|v| v.contains('/'))).map(|s| Node::IdDir(s.clone()))),
+                .or_else(|| {
+                    served()
+                        .find(|s| s.id == *one && s.vpath.as_deref().is_some_and(|v| v.contains('/')))
+                        .map(|s| Node::IdDir(s.clone()))
+                }),
             [id, name] => {
                 let want = format!("{id}/{name}");
                 served().find(|s| s.vpath.as_deref() == Some(want.as_str())).map(|s| Node::File(s.clone()))
@@ -459,10 +485,15 @@ impl SeedFs {
         Ok(SeedMeta { len: m.len(), dir: false, modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH) })
     }
 
-    async fn open(&self, path: &Path, start: u64) -> Result<(Box<dyn AsyncRead + Send + Sync + Unpin>, Arc<Seed>), StorageError> {
+    async fn open(
+        &self,
+        path: &Path,
+        start: u64,
+    ) -> Result<(Box<dyn AsyncRead + Send + Sync + Unpin>, Arc<Seed>), StorageError> {
         let Some(Node::File(seed)) = self.resolve(path) else { return Err(not_available()) };
         let fs = seed.fs.clone().ok_or_else(not_available)?;
-        let reader = StorageBackend::<DefaultUser>::get(fs.as_ref(), &DefaultUser, seed.disk_name.clone(), start).await?;
+        let reader =
+            StorageBackend::<DefaultUser>::get(fs.as_ref(), &DefaultUser, seed.disk_name.clone(), start).await?;
         Ok((reader, seed))
     }
 }
@@ -475,7 +506,11 @@ impl StorageBackend<DefaultUser> for SeedFs {
         unftp_core::storage::FEATURE_RESTART
     }
 
-    async fn metadata<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> unftp_core::storage::Result<SeedMeta> {
+    async fn metadata<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        path: P,
+    ) -> unftp_core::storage::Result<SeedMeta> {
         match self.resolve(path.as_ref()) {
             Some(Node::Root) | Some(Node::IdDir(_)) => Ok(Self::dir_meta()),
             Some(Node::File(seed)) => Self::file_meta(&seed).await,
@@ -488,7 +523,9 @@ impl StorageBackend<DefaultUser> for SeedFs {
         _user: &DefaultUser,
         path: P,
     ) -> unftp_core::storage::Result<Vec<Fileinfo<PathBuf, SeedMeta>>> {
-        let node = self.resolve(path.as_ref()).ok_or_else(|| StorageError::from(StorageErrorKind::PermanentDirectoryNotAvailable))?;
+        let node = self
+            .resolve(path.as_ref())
+            .ok_or_else(|| StorageError::from(StorageErrorKind::PermanentDirectoryNotAvailable))?;
         let mut listed: Vec<(u64, String, Option<Arc<Seed>>)> = Vec::new();
         match node {
             Node::Root => {
@@ -530,7 +567,13 @@ impl StorageBackend<DefaultUser> for SeedFs {
     }
 
     /// Large reads and writes (the default copies 8 KiB at a time).
-    async fn get_into<'a, P, W: ?Sized>(&self, _user: &DefaultUser, path: P, start_pos: u64, output: &'a mut W) -> unftp_core::storage::Result<u64>
+    async fn get_into<'a, P, W: ?Sized>(
+        &self,
+        _user: &DefaultUser,
+        path: P,
+        start_pos: u64,
+        output: &'a mut W,
+    ) -> unftp_core::storage::Result<u64>
     where
         W: AsyncWrite + Unpin + Sync + Send,
         P: AsRef<Path> + Send + Debug,
@@ -563,23 +606,44 @@ impl StorageBackend<DefaultUser> for SeedFs {
         Err(read_only())
     }
 
-    async fn del<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, _path: P) -> unftp_core::storage::Result<()> {
+    async fn del<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        _path: P,
+    ) -> unftp_core::storage::Result<()> {
         Err(read_only())
     }
 
-    async fn mkd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, _path: P) -> unftp_core::storage::Result<()> {
+    async fn mkd<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        _path: P,
+    ) -> unftp_core::storage::Result<()> {
         Err(read_only())
     }
 
-    async fn rename<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, _from: P, _to: P) -> unftp_core::storage::Result<()> {
+    async fn rename<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        _from: P,
+        _to: P,
+    ) -> unftp_core::storage::Result<()> {
         Err(read_only())
     }
 
-    async fn rmd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, _path: P) -> unftp_core::storage::Result<()> {
+    async fn rmd<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        _path: P,
+    ) -> unftp_core::storage::Result<()> {
         Err(read_only())
     }
 
-    async fn cwd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> unftp_core::storage::Result<()> {
+    async fn cwd<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        path: P,
+    ) -> unftp_core::storage::Result<()> {
         match self.resolve(path.as_ref()) {
             Some(Node::Root) | Some(Node::IdDir(_)) => Ok(()),
             _ => Err(StorageError::from(StorageErrorKind::PermanentDirectoryNotAvailable)),

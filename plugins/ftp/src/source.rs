@@ -268,7 +268,12 @@ async fn walk(conn: &mut Conn, t: &Target, events: &Events) -> Result<Vec<Remote
         let lines = match lines {
             Ok(l) => l,
             Err(r) => {
-                let e = PluginError::other(format!("{}: cannot list {}: {}", t.label, if rel.is_empty() { "the folder" } else { &rel }, conn.scrub(&r.text)));
+                let e = PluginError::other(format!(
+                    "{}: cannot list {}: {}",
+                    t.label,
+                    if rel.is_empty() { "the folder" } else { &rel },
+                    conn.scrub(&r.text)
+                ));
                 if rel.is_empty() {
                     return Err(e);
                 }
@@ -420,7 +425,11 @@ impl Target {
         if f.rel.is_empty() {
             std::borrow::Cow::Borrowed(self.label.as_str())
         } else {
-            std::borrow::Cow::Owned(format!("{}/{}", self.label.trim_end_matches('/'), crate::target::encode_path(&f.rel)))
+            std::borrow::Cow::Owned(format!(
+                "{}/{}",
+                self.label.trim_end_matches('/'),
+                crate::target::encode_path(&f.rel)
+            ))
         }
     }
 }
@@ -442,7 +451,10 @@ async fn retr_range(
         Ok(d) => d,
         Err(StartError::RestRefused(r)) => {
             return Err((
-                PluginError::invalid(format!("{label}: the server refused to start at an offset: {}", conn.scrub(&r.text))),
+                PluginError::invalid(format!(
+                    "{label}: the server refused to start at an offset: {}",
+                    conn.scrub(&r.text)
+                )),
                 false,
             ))
         }
@@ -464,10 +476,7 @@ async fn retr_range(
     if let Err(e) = read_exact_into(&mut data, buf, n).await {
         let got = buf.len() - before;
         conn.broken = true;
-        return Err((
-            PluginError::network(format!("{} after {got} of {len} bytes: {label}", io_reason(&e))),
-            got > 0,
-        ));
+        return Err((PluginError::network(format!("{} after {got} of {len} bytes: {label}", io_reason(&e))), got > 0));
     }
     if at_eof {
         // The server closes the data connection at the end of the file.

@@ -39,7 +39,12 @@ impl Defaults {
     /// `CHIRAL_FTP_PASSWORD`); empty values count as absent.
     pub fn from_options_and_env(options: &[(String, String)], env: impl Fn(&str) -> Option<String>) -> Self {
         let opt = |key: &str| {
-            options.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone()).filter(|v| !v.is_empty())
+            options
+                .iter()
+                .rev()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty())
         };
         Self {
             user: opt("user").or_else(|| env(ENV_USER).filter(|v| !v.is_empty())),
@@ -115,9 +120,13 @@ impl Target {
             Some(configured) => *configured == user,
             None => !anonymous,
         };
-        let password = url_password
-            .or_else(|| defaults.password.clone().filter(|_| applies))
-            .unwrap_or_else(|| if anonymous { ANONYMOUS_PASSWORD.to_string() } else { String::new() });
+        let password = url_password.or_else(|| defaults.password.clone().filter(|_| applies)).unwrap_or_else(|| {
+            if anonymous {
+                ANONYMOUS_PASSWORD.to_string()
+            } else {
+                String::new()
+            }
+        });
         let (path, is_dir) = command_path(url.path());
         if path.contains(['\r', '\n', '\0']) {
             return Err(PluginError::invalid(format!("the path has a line break or NUL in it: {shown}")));
@@ -187,7 +196,18 @@ pub fn command_path(url_path: &str) -> (String, bool) {
 /// Escapes a command path back into a URL path (`/` kept as the separator).
 pub fn encode_path(path: &str) -> String {
     use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-    const SEG: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'<').add(b'>').add(b'?').add(b'`').add(b'{').add(b'}').add(b';');
+    const SEG: &AsciiSet = &CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}')
+        .add(b';');
     utf8_percent_encode(path, SEG).to_string()
 }
 

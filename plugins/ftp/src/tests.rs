@@ -184,7 +184,13 @@ fn session(stream: TcpStream, s: &Script, log: &Mutex<Vec<String>>, drops: &Mute
             },
             "TYPE" => "200 ok".into(),
             "PWD" => "257 \"/\" is home".into(),
-            "CWD" => if arg == "/" || arg.is_empty() { "250 ok".into() } else { "550 no such folder".into() },
+            "CWD" => {
+                if arg == "/" || arg.is_empty() {
+                    "250 ok".into()
+                } else {
+                    "550 no such folder".into()
+                }
+            }
             "FEAT" => "211-Features:\r\n SIZE\r\n211 End".into(),
             "NOOP" => "200 ok".into(),
             "EPSV" if s.no_epsv => "502 no EPSV".into(),
@@ -212,7 +218,10 @@ fn session(stream: TcpStream, s: &Script, log: &Mutex<Vec<String>>, drops: &Mute
                 None => "550 Could not get file size.".into(),
             },
             "LIST" => {
-                let Some(l) = pasv.take() else { out.write_all(b"425 use PASV first\r\n")?; continue };
+                let Some(l) = pasv.take() else {
+                    out.write_all(b"425 use PASV first\r\n")?;
+                    continue;
+                };
                 out.write_all(b"150 Here comes the directory listing.\r\n")?;
                 let (mut data, _) = l.accept()?;
                 for (n, d) in &s.files {
@@ -228,7 +237,10 @@ fn session(stream: TcpStream, s: &Script, log: &Mutex<Vec<String>>, drops: &Mute
                     out.write_all(b"550 Failed to open file.\r\n")?;
                     continue;
                 };
-                let Some(l) = pasv.take() else { out.write_all(b"425 use PASV first\r\n")?; continue };
+                let Some(l) = pasv.take() else {
+                    out.write_all(b"425 use PASV first\r\n")?;
+                    continue;
+                };
                 let from = std::mem::take(&mut rest).min(d.len());
                 out.write_all(b"150 Opening BINARY mode data connection.\r\n")?;
                 let (mut data, _) = l.accept()?;
@@ -240,10 +252,17 @@ fn session(stream: TcpStream, s: &Script, log: &Mutex<Vec<String>>, drops: &Mute
                 let end = dropping.map_or(d.len(), |k| (from + k).min(d.len()));
                 let ok = data.write_all(&d[from..end]).is_ok();
                 drop(data);
-                if ok && dropping.is_none() { "226 Transfer complete.".into() } else { "426 Failure writing network stream.".into() }
+                if ok && dropping.is_none() {
+                    "226 Transfer complete.".into()
+                } else {
+                    "426 Failure writing network stream.".into()
+                }
             }
             "STOR" => {
-                let Some(l) = pasv.take() else { out.write_all(b"425 use PASV first\r\n")?; continue };
+                let Some(l) = pasv.take() else {
+                    out.write_all(b"425 use PASV first\r\n")?;
+                    continue;
+                };
                 out.write_all(b"150 Ok to send data.\r\n")?;
                 let (mut data, _) = l.accept()?;
                 let mut got = Vec::new();
@@ -264,7 +283,12 @@ fn session(stream: TcpStream, s: &Script, log: &Mutex<Vec<String>>, drops: &Mute
 #[test]
 fn server_without_rest_is_streamed_whole() {
     let data = content(3 * 1024 * 1024 + 7);
-    let (port, log) = scripted(Script { files: vec![("f.bin".into(), data.clone())], no_rest: true, no_epsv: true, ..Default::default() });
+    let (port, log) = scripted(Script {
+        files: vec![("f.bin".into(), data.clone())],
+        no_rest: true,
+        no_epsv: true,
+        ..Default::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let h = handler(dir.path());
     let url = format!("ftp://127.0.0.1:{port}/f.bin");
@@ -282,7 +306,8 @@ fn server_without_rest_is_streamed_whole() {
 #[test]
 fn server_without_size_is_sized_by_list() {
     let data = content(777_777);
-    let (port, _) = scripted(Script { files: vec![("f.bin".into(), data.clone())], no_size: true, ..Default::default() });
+    let (port, _) =
+        scripted(Script { files: vec![("f.bin".into(), data.clone())], no_size: true, ..Default::default() });
     let dir = tempfile::tempdir().unwrap();
     let h = handler(dir.path());
     let url = format!("ftp://127.0.0.1:{port}/f.bin");
@@ -425,7 +450,8 @@ fn upload_option_stores_the_file_on_another_server() {
     std::fs::write(&other, b"x").unwrap();
     let s = seed(&h, &other, &[]).unwrap();
     let base = s.identifiers[0].as_str().rsplit_once('/').unwrap().0.to_string();
-    let e = seed(&h, &file, &[("ftp_upload", &format!("ftp://u:pw@{}/", base.trim_start_matches("ftp://")))]).unwrap_err();
+    let e =
+        seed(&h, &file, &[("ftp_upload", &format!("ftp://u:pw@{}/", base.trim_start_matches("ftp://")))]).unwrap_err();
     assert_one_line(&e);
     assert!(e.message.contains("refused the upload"), "{e}");
     assert!(!e.message.contains(":pw"), "{e}");

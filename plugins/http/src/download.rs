@@ -64,7 +64,6 @@ async fn with_engine(
     engine::download_for_plugin(vec![source], &opts, events).await
 }
 
-
 /// One plain `GET` of the whole body into `<name>.part`, renamed to `<name>` when complete.
 async fn stream_whole(
     client: &Client,
