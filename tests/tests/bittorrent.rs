@@ -470,6 +470,23 @@ fn aria2_downloads_from_chiral_seed() {
     assert!(ok, "aria2c failed: {log}\nseed: {}", seed.log_text());
     let got = find_file(&out, "served.bin").expect("aria2 wrote the file");
     assert_eq!(sha256_file(&got), f.sha);
+
+    // The seed is listed from another command (with what it served) and stopped by its magnet.
+    let mut seed = seed;
+    let o = node.run(&["seeds", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json_of(&o);
+    let rows = v["seeds"].as_array().unwrap();
+    let row = rows.iter().find(|r| r["identifiers"].as_array().unwrap().iter().any(|i| i == magnet.as_str()));
+    let row = row.unwrap_or_else(|| panic!("the magnet is not listed: {v}"));
+    assert_eq!((&row["state"], &row["plugin"]), (&"running".into(), &"bittorrent".into()), "{row}");
+    assert!(row["bytes_served"].as_u64().unwrap() >= 32 * MIB, "aria2 got it all from this seed: {row}");
+    let o = node.run(&["stop", &magnet]);
+    assert!(o.status.success(), "chiral stop: {}", stderr(&o));
+    let status = seed.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the seed exits once stopped: {}", seed.log_text());
+    let v = json_of(&node.run(&["seeds", "--json"]));
+    assert_eq!(v["seeds"][0]["state"], "stopped", "{v}");
 }
 
 #[test]
