@@ -445,6 +445,45 @@ mod tests {
         assert!(seeder.stop_seed("nope").is_err());
     }
 
+    /// A malformed record put by a peer is refused by the node that receives it, with the
+    /// reason logged; one over the size bound does not even leave the sender.
+    #[test]
+    fn malformed_and_oversized_records_are_rejected_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = logs.clone();
+        let events = Events::from_box(Events::sink_from_fn(move |e| {
+            if let chiral_sdk::Event::Log { message, .. } = e {
+                seen.lock().unwrap().push(message.to_string());
+            }
+        }));
+        let mut cfg = chiral_sdk::testkit::config(&dir.path().join("r"));
+        cfg.no_dht = false;
+        let receiver = Arc::new(ChiralPlugin::new(cfg, events).unwrap());
+        let rt = receiver.runtime();
+        let addr = rt.block_on(receiver.clone().command("node".into(), vec![], Events::none())).unwrap();
+        let addr: serde_json::Value = serde_json::from_str(&addr).unwrap();
+        let addr = addr["addrs"][0].as_str().unwrap().to_string();
+
+        let sender = plugin(&dir.path().join("s"), vec![addr]);
+        let srt = sender.runtime();
+        let node = srt.block_on(sender.node()).unwrap();
+        srt.block_on(node.join());
+        let _ = srt.block_on(node.put_record(records::meta_key(&[7; 32]), b"{not json".to_vec()));
+        let t0 = std::time::Instant::now();
+        let rejected = loop {
+            if let Some(l) = logs.lock().unwrap().iter().find(|l| l.contains("rejected")) {
+                break l.clone();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no rejection logged: {:?}", logs.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(rejected.contains("malformed"), "{rejected}");
+
+        let huge = vec![b' '; records::MAX_RECORD + 1];
+        assert!(srt.block_on(node.put_record(records::meta_key(&[8; 32]), huge)).is_err());
+    }
+
     #[test]
     fn identifiers() {
         assert!(matches!(target_of(&format!("chiral:{}", "0f".repeat(32))), Ok(Target::Root(_))));
