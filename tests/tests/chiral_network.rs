@@ -58,7 +58,7 @@ fn peer_id_for(node: &Chiral) -> String {
 
 #[test]
 fn five_processes_find_and_download_through_the_dht_and_search() {
-    let size = 128 * MIB;
+    let size = 256 * MIB;
     let a = Chiral::new();
     let (_pa, addr_a) = start_node(&a, &[]);
 
