@@ -15,6 +15,8 @@ use std::{
 
 use sha2::{Digest as _, Sha256};
 
+pub mod bt;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()

@@ -8,16 +8,12 @@
 //! program fails the test (never a skip).
 
 use std::{
-    collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use chiral_tests::*;
+use chiral_tests::{bt::*, *};
 
 const MIB: u64 = 1 << 20;
 
@@ -66,310 +62,6 @@ per_backend!(
     payment_required_between_two_chiral_nodes,
     create_honours_the_native_contract,
 );
-
-// ---------------------------------------------------------------- a tiny tracker (from bittorrent.rs)
-
-type Swarms = Arc<Mutex<HashMap<Vec<u8>, HashMap<(String, u16), Instant>>>>;
-
-/// A BEP 3 / BEP 23 HTTP tracker on 127.0.0.1 (compact peers, interval 5 s), in a thread.
-struct Tracker {
-    port: u16,
-    swarms: Swarms,
-}
-
-fn pct_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
-impl Tracker {
-    fn start() -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let swarms: Swarms = Arc::default();
-        let s2 = swarms.clone();
-        std::thread::spawn(move || {
-            for c in l.incoming().flatten() {
-                let s3 = s2.clone();
-                std::thread::spawn(move || Tracker::serve(c, s3));
-            }
-        });
-        Self { port, swarms }
-    }
-
-    fn serve(mut c: TcpStream, swarms: Swarms) {
-        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut req = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16384 {
-            match c.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-            }
-        }
-        let text = String::from_utf8_lossy(&req).into_owned();
-        let target = text.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let (_, query) = target.split_once('?').unwrap_or((&target, ""));
-        let mut q: HashMap<&str, Vec<u8>> = HashMap::new();
-        for kv in query.split('&') {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            q.insert(k, pct_decode(v));
-        }
-        let ip = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-        let body =
-            match (q.get("info_hash"), q.get("port").and_then(|p| String::from_utf8_lossy(p).parse::<u16>().ok())) {
-                (Some(ih), Some(port)) if ih.len() == 20 => {
-                    let mut sw = swarms.lock().unwrap();
-                    let peers = sw.entry(ih.clone()).or_default();
-                    peers.retain(|_, t| t.elapsed() < Duration::from_secs(60));
-                    let me = (ip.clone(), port);
-                    if q.get("event").map(|e| e.as_slice()) == Some(b"stopped") {
-                        peers.remove(&me);
-                    } else {
-                        peers.insert(me.clone(), Instant::now());
-                    }
-                    let mut compact = Vec::new();
-                    for (p_ip, p_port) in peers.keys().filter(|k| **k != me) {
-                        let octets: Vec<u8> = p_ip.split('.').filter_map(|o| o.parse().ok()).collect();
-                        if octets.len() == 4 {
-                            compact.extend_from_slice(&octets);
-                            compact.extend_from_slice(&p_port.to_be_bytes());
-                        }
-                    }
-                    let mut b = b"d8:intervali5e12:min intervali2e5:peers".to_vec();
-                    b.extend_from_slice(format!("{}:", compact.len()).as_bytes());
-                    b.extend_from_slice(&compact);
-                    b.push(b'e');
-                    b
-                }
-                _ => b"d14:failure reason11:bad requeste".to_vec(),
-            };
-        let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", body.len());
-        let _ = c.write_all(head.as_bytes());
-        let _ = c.write_all(&body);
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/announce", self.port)
-    }
-
-    fn ports(&self, info_hash: &[u8]) -> Vec<u16> {
-        self.swarms.lock().unwrap().get(info_hash).map(|p| p.keys().map(|k| k.1).collect()).unwrap_or_default()
-    }
-
-    /// Waits until the tracker lists 127.0.0.1:`port` for `info_hash`.
-    fn wait_for(&self, info_hash: &[u8], port: u16, limit: Duration) -> bool {
-        let t0 = Instant::now();
-        while t0.elapsed() < limit {
-            if self.ports(info_hash).contains(&port) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
-    /// Waits until the tracker lists any peer for `info_hash`.
-    fn wait_any(&self, info_hash: &[u8], limit: Duration) -> bool {
-        let t0 = Instant::now();
-        while t0.elapsed() < limit {
-            if !self.ports(info_hash).is_empty() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-}
-
-// ---------------------------------------------------------------- peers and fixtures (from bittorrent.rs)
-
-/// The info hash of a .torrent as transmission-show reports it (not a plugin's parser).
-fn info_hash_of(torrent: &Path) -> Vec<u8> {
-    let out = Command::new(require("transmission-show", "transmission-cli")).arg(torrent).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex_hash = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Hash:").map(|h| h.trim().to_string()))
-        .unwrap_or_else(|| panic!("transmission-show gave no hash: {text}"));
-    hex::decode(hex_hash).unwrap()
-}
-
-fn mktorrent(file: &Path, torrent: &Path, tracker: &str, piece_log2: u32) {
-    let out = Command::new(require("mktorrent", "mktorrent"))
-        .args(["-a", tracker, "-l", &piece_log2.to_string(), "-o"])
-        .arg(torrent)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mktorrent: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn spawn_logged(cmd: &mut Command, name: &str, log: PathBuf) -> Proc {
-    let f = std::fs::File::create(&log).unwrap();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    Proc { child, name: name.into(), log }
-}
-
-/// aria2c seeding `torrent` whose data is in `dir`, listening on `port`.
-fn aria2_seed(torrent: &Path, dir: &Path, port: u16) -> Proc {
-    let mut c = Command::new(require("aria2c", "aria2"));
-    c.args([
-        "--interface=127.0.0.1",
-        "--disable-ipv6=true",
-        "--check-integrity=true",
-        "--seed-ratio=0.0",
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--bt-require-crypto=false",
-        "--file-allocation=none",
-        "--summary-interval=0",
-        "--auto-save-interval=0",
-        "--console-log-level=notice",
-    ])
-    .arg(format!("--listen-port={port}"))
-    .arg(format!("--dir={}", dir.display()))
-    .arg(torrent);
-    spawn_logged(&mut c, "aria2c seeder", dir.join(format!("aria2-seed-{port}.log")))
-}
-
-/// aria2c downloading `id` (a .torrent or magnet) into `out`; returns its exit status and log.
-fn aria2_get(id: &str, out: &Path, limit: Duration) -> (bool, String) {
-    let aria2 = require("aria2c", "aria2");
-    std::fs::create_dir_all(out).unwrap();
-    let port = free_port();
-    let o = run_with_timeout(
-        Command::new(aria2)
-            .args([
-                "--interface=127.0.0.1",
-                "--disable-ipv6=true",
-                "--enable-dht=false",
-                "--enable-dht6=false",
-                "--bt-enable-lpd=false",
-                "--enable-peer-exchange=false",
-                "--bt-require-crypto=false",
-                "--seed-time=0",
-                "--file-allocation=none",
-                "--summary-interval=0",
-                "--console-log-level=warn",
-                "--bt-tracker-interval=5",
-            ])
-            .arg(format!("--listen-port={port}"))
-            .arg(format!("--dir={}", out.display()))
-            .arg(format!("--bt-stop-timeout={}", limit.as_secs()))
-            .arg(id),
-        limit + Duration::from_secs(10),
-    );
-    (o.status.success(), format!("{}{}", stdout(&o), stderr(&o)))
-}
-
-fn find_file(dir: &Path, suffix: &str) -> Option<PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(f) = find_file(&p, suffix) {
-                return Some(f);
-            }
-        } else if p.to_string_lossy().ends_with(suffix) {
-            return Some(p);
-        }
-    }
-    None
-}
-
-/// transmission-daemon seeding `torrent` (data in `dir`) on `port`, waited until Seeding.
-struct TransmissionSeeder {
-    proc: Proc,
-    _conf: tempfile::TempDir,
-}
-
-impl TransmissionSeeder {
-    fn start(torrent: &Path, dir: &Path, port: u16) -> Self {
-        let daemon = require("transmission-daemon", "transmission-daemon");
-        let remote = require("transmission-remote", "transmission-cli");
-        let conf = tempfile::tempdir().unwrap();
-        let rpc = free_port();
-        let settings = format!(
-            r#"{{"bind-address-ipv4":"127.0.0.1","bind-address-ipv6":"::1","peer-port":{port},"peer-port-random-on-start":false,
-"port-forwarding-enabled":false,"dht-enabled":false,"lpd-enabled":false,"pex-enabled":false,"utp-enabled":false,
-"blocklist-enabled":false,"encryption":0,"download-dir":"{dir}","incomplete-dir-enabled":false,"start-added-torrents":true,
-"speed-limit-up-enabled":false,"speed-limit-down-enabled":false,"alt-speed-enabled":false,"ratio-limit-enabled":false,
-"idle-seeding-limit-enabled":false,"cache-size-mb":64,"rpc-enabled":true,"rpc-bind-address":"127.0.0.1","rpc-port":{rpc},
-"rpc-authentication-required":false,"rpc-whitelist-enabled":true,"rpc-whitelist":"127.0.0.1","rpc-host-whitelist-enabled":false,"message-level":2}}"#,
-            dir = dir.display()
-        );
-        std::fs::write(conf.path().join("settings.json"), settings).unwrap();
-        let proc = spawn_logged(
-            Command::new(daemon).arg("-f").arg("-g").arg(conf.path()),
-            "transmission-daemon",
-            conf.path().join("daemon.log"),
-        );
-        assert!(
-            wait_port(rpc, Duration::from_secs(15)),
-            "transmission-daemon RPC did not come up: {}",
-            proc.log_text()
-        );
-        let target = format!("127.0.0.1:{rpc}");
-        let add = Command::new(&remote).args([&target, "-a"]).arg(torrent).arg("-w").arg(dir).output().unwrap();
-        assert!(add.status.success(), "transmission-remote -a: {}", String::from_utf8_lossy(&add.stderr));
-        let t0 = Instant::now();
-        let mut ok = 0;
-        loop {
-            let l = Command::new(&remote).args([&target, "-l"]).output().unwrap();
-            let text = String::from_utf8_lossy(&l.stdout).into_owned();
-            let line = text.lines().nth(1).unwrap_or_default().to_string();
-            if line.contains("100%") && (line.contains("Seeding") || line.contains("Idle")) {
-                ok += 1;
-                if ok >= 2 {
-                    break;
-                }
-            } else {
-                ok = 0;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "transmission never reached 100%: {line}\n{}",
-                proc.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        Self { proc, _conf: conf }
-    }
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    file: PathBuf,
-    sha: String,
-}
-
-fn fixture(name: &str, size: u64, seed: u64) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join(name);
-    make_file(&file, size, seed);
-    let sha = sha256_file(&file);
-    Fixture { dir, file, sha }
-}
 
 // ---------------------------------------------------------------- chiral helpers
 
@@ -424,10 +116,10 @@ fn torrent_and_magnet_from_an_aria2_seeder(backend: &str) {
     let tracker = Tracker::start();
     let f = fixture("a2.bin", 32 * MIB, 21);
     let tor = f.dir.path().join("a2.torrent");
-    mktorrent(&f.file, &tor, &tracker.url(), 18);
+    mktorrent(&f.file, &tor, &tracker.url(), 18, false);
     let ih = info_hash_of(&tor);
     let port = free_port();
-    let seeder = aria2_seed(&tor, f.dir.path(), port);
+    let seeder = aria2_seed(&tor, f.dir.path(), port, &[]);
     assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "aria2 never announced: {}", seeder.log_text());
 
     let node = Chiral::new();
@@ -451,7 +143,7 @@ fn torrent_and_magnet_from_a_transmission_seeder(backend: &str) {
     let tracker = Tracker::start();
     let f = fixture("tr.bin", 16 * MIB, 22);
     let tor = f.dir.path().join("tr.torrent");
-    mktorrent(&f.file, &tor, &tracker.url(), 20);
+    mktorrent(&f.file, &tor, &tracker.url(), 20, false);
     let ih = info_hash_of(&tor);
     let port = free_port();
     let seeder = TransmissionSeeder::start(&tor, f.dir.path(), port);
@@ -676,10 +368,10 @@ fn both_backends_installed_at_once_and_removing_one_leaves_the_other_serving_mag
     let tracker = Tracker::start();
     let f = fixture("both.bin", 8 * MIB, 26);
     let tor = f.dir.path().join("both.torrent");
-    mktorrent(&f.file, &tor, &tracker.url(), 18);
+    mktorrent(&f.file, &tor, &tracker.url(), 18, false);
     let ih = info_hash_of(&tor);
     let port = free_port();
-    let seeder = aria2_seed(&tor, f.dir.path(), port);
+    let seeder = aria2_seed(&tor, f.dir.path(), port, &[]);
     assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "aria2 never announced: {}", seeder.log_text());
     let magnet = format!("magnet:?xt=urn:btih:{}&tr={}", hex::encode(&ih), tracker.url());
 
