@@ -342,6 +342,15 @@ pub trait Source: Send + Sync {
     fn peers(&self) -> RVec<PeerStat> {
         RVec::new()
     }
+
+    /// True when every piece `fetch` returns was already checked by the source against the
+    /// hashes its `info` lists (a Chiral source checks each chunk's leaf and Merkle proof itself,
+    /// to know which provider sent bad data). The engine then does not hash such a piece again
+    /// when the download's layout has the same root and piece length. Added in sdk 0.1.2; the
+    /// default (no) keeps the engine checking everything.
+    fn checks_pieces(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed source as it crosses the boundary.

@@ -315,6 +315,20 @@ struct SourceState {
     active: usize,
     consecutive_failures: u32,
     last_error: Option<String>,
+    /// The source checked its pieces against the same hashes the layout uses: no second hash.
+    pre_checked: bool,
+}
+
+/// Whether pieces a source checked itself (against `own`) need no second check against the
+/// download's reference description `reference`: only when both are the same Merkle tree cut
+/// the same way.
+fn same_piece_hashes(own: &ContentInfo, reference: &ContentInfo) -> bool {
+    own.hash_kind == HashKind::Sha256Merkle
+        && reference.hash_kind == HashKind::Sha256Merkle
+        && own.root.len() == 32
+        && own.root == reference.root
+        && own.piece_length == reference.piece_length
+        && own.piece_hashes == reference.piece_hashes
 }
 
 impl SourceState {
@@ -335,6 +349,7 @@ impl SourceState {
             active: 0,
             consecutive_failures: 0,
             last_error: None,
+            pre_checked: false,
         }
     }
 
@@ -508,6 +523,9 @@ pub async fn run_with_late_sources(
             EngineError::NoSources(format!("{} cannot serve byte ranges of a known length", infos[0].label))
         })?;
     let info = infos[reference].clone();
+    for (s, i) in states.iter_mut().zip(&infos) {
+        s.pre_checked = s.src.checks_pieces() && same_piece_hashes(i, &info);
+    }
     let layout = if info.piece_length > 0 {
         Layout::new(info.length, info.piece_length).map_err(|e| EngineError::Layout(e.to_string()))?
     } else {
@@ -624,6 +642,7 @@ pub async fn run_with_late_sources(
                 let fetch = s.src.fetch(off, len);
                 s.active += 1;
                 let (storage, verifier) = (storage.clone(), verifier.clone());
+                let pre_checked = s.pre_checked;
                 let land = &workers;
                 tasks.push(async move {
                     let t0 = Instant::now();
@@ -636,7 +655,7 @@ pub async fn run_with_late_sources(
                         ))),
                         Ok(d) => land
                             .run(move || {
-                                if verifier.verify(piece, &d).is_err() {
+                                if !pre_checked && verifier.verify(piece, &d).is_err() {
                                     Landed::BadHash
                                 } else {
                                     match storage.write_at(off, &d) {
@@ -666,6 +685,7 @@ pub async fn run_with_late_sources(
             Waited::Late(Some(src)) => {
                 let i = src.info();
                 let mut st = SourceState::new(src, &i, options);
+                st.pre_checked = st.src.checks_pieces() && same_piece_hashes(&i, &info);
                 if !usable(&i) {
                     st.report.dropped = Some("cannot serve byte ranges of a known length".into());
                 } else if i.length != layout.length {
@@ -951,6 +971,30 @@ mod tests {
         let events = Mutex::new(Vec::new());
         let r = futures::executor::block_on(run(sources, opts, &|e| events.lock().unwrap().push(e)));
         (r, events.into_inner().unwrap())
+    }
+
+    #[test]
+    fn only_the_same_merkle_tree_skips_the_second_check() {
+        let merkle = |root: u8, piece: u64| ContentInfo {
+            name: "m".into(),
+            length: 10,
+            length_known: true,
+            random_access: true,
+            piece_length: piece,
+            hash_kind: HashKind::Sha256Merkle,
+            piece_hashes: vec![root; 32].into(),
+            root: vec![root; 32].into(),
+            files: Default::default(),
+            label: "m".into(),
+        };
+        assert!(same_piece_hashes(&merkle(1, 16), &merkle(1, 16)));
+        assert!(!same_piece_hashes(&merkle(1, 16), &merkle(2, 16)), "another root");
+        assert!(!same_piece_hashes(&merkle(1, 16), &merkle(1, 32)), "another cut");
+        let sha1 = info_for(&[0; 10], 16, true, "t");
+        assert!(!same_piece_hashes(&merkle(1, 16), &sha1), "a torrent's pieces are checked by the engine");
+        let mut no_root = merkle(1, 16);
+        no_root.root = Default::default();
+        assert!(!same_piece_hashes(&no_root, &no_root));
     }
 
     #[test]

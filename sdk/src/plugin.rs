@@ -49,6 +49,11 @@ pub trait PieceSource: Send + Sync + 'static {
     fn peers(&self) -> Vec<PeerStat> {
         Vec::new()
     }
+    /// Pieces from `fetch` are already checked against the hashes in `info` (see
+    /// [`crate::abi::Source::checks_pieces`]); say so only when it is true for every piece.
+    fn checks_pieces(&self) -> bool {
+        false
+    }
 }
 
 /// A protocol plugin. Only `descriptor`, `new` and `runtime` are required; the rest answer
@@ -363,6 +368,10 @@ impl Source for SourceAdapter {
     fn peers(&self) -> RVec<PeerStat> {
         catch_unwind(AssertUnwindSafe(|| self.inner.peers())).map(RVec::from).unwrap_or_default()
     }
+
+    fn checks_pieces(&self) -> bool {
+        catch_unwind(AssertUnwindSafe(|| self.inner.checks_pieces())).unwrap_or(false)
+    }
 }
 
 /// Host side: an ABI source seen as a [`PieceSource`], so the engine treats sources from every
@@ -370,12 +379,14 @@ impl Source for SourceAdapter {
 pub struct AbiSource {
     inner: SourceBox,
     info: ContentInfo,
+    checks_pieces: bool,
 }
 
 impl AbiSource {
     pub fn new(inner: SourceBox) -> Self {
         let info = inner.info();
-        Self { inner, info }
+        let checks_pieces = inner.checks_pieces();
+        Self { inner, info, checks_pieces }
     }
 }
 
@@ -392,6 +403,9 @@ impl PieceSource for AbiSource {
     }
     fn peers(&self) -> Vec<PeerStat> {
         self.inner.peers().into_vec()
+    }
+    fn checks_pieces(&self) -> bool {
+        self.checks_pieces
     }
 }
 

@@ -315,6 +315,11 @@ impl PieceSource for ChiralSource {
         })
     }
 
+    /// Every chunk passed `check_chunk` (leaf hash and Merkle proof) before it is returned.
+    fn checks_pieces(&self) -> bool {
+        true
+    }
+
     fn peers(&self) -> Vec<PeerStat> {
         let provs = lock(&self.inner.providers);
         provs
