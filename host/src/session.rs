@@ -215,20 +215,53 @@ impl Host {
         let mut failures: Vec<String> = Vec::new();
         let mut streaming_only = Vec::new();
         let mut first: Option<(String, String, Arc<dyn PieceSource>)> = None;
-        while let Some((id, plugin, r)) = pending.next().await {
+        // The first identifier names the result, so the same command always writes the same
+        // file: a source of another identifier that opens first waits (up to NAME_WAIT) for it.
+        let lead = routed.first().map(|r| r.0.clone()).unwrap_or_default();
+        let mut early: Vec<(String, String, Arc<dyn PieceSource>)> = Vec::new();
+        let mut lead_failed = false;
+        let mut give_up: Option<futures::channel::oneshot::Receiver<()>> = None;
+        loop {
+            let next = match give_up.as_mut() {
+                None => pending.next().await,
+                Some(timer) => match select(pending.next(), timer).await {
+                    Either::Left((n, _)) => n,
+                    Either::Right(_) => break,
+                },
+            };
+            let Some((id, plugin, r)) = next else { break };
             let Some(r) = r else { continue };
             match r {
                 Ok(src) => {
                     let s = AbiSource::new(src);
                     let info = s.info();
                     if info.random_access && info.length_known {
-                        first = Some((id, plugin, Arc::new(s)));
-                        break;
+                        if id == lead {
+                            first = Some((id, plugin, Arc::new(s)));
+                            break;
+                        }
+                        early.push((id, plugin, Arc::new(s)));
+                        if lead_failed {
+                            break;
+                        }
+                        give_up.get_or_insert_with(|| after(NAME_WAIT));
+                        continue;
                     }
                     streaming_only.push(id);
                 }
-                Err(e) => failures.push(e.message.to_string()),
+                Err(e) => {
+                    failures.push(e.message.to_string());
+                    if id == lead {
+                        lead_failed = true;
+                        if !early.is_empty() {
+                            break;
+                        }
+                    }
+                }
             }
+        }
+        if first.is_none() && !early.is_empty() {
+            first = Some(early.remove(0));
         }
 
         let Some((first_id, first_plugin, first_src)) = first else {
@@ -253,6 +286,11 @@ impl Host {
         // Which identifier and plugin each engine source came from, in the engine's order.
         let labels = Arc::new(Mutex::new(vec![(first_id, first_plugin)]));
         let (late_tx, late_rx) = futures::channel::mpsc::unbounded::<Arc<dyn PieceSource>>();
+        // Sources that opened while the lead was awaited join first, in their order.
+        for (id, plugin, src) in early {
+            labels.lock().unwrap_or_else(|p| p.into_inner()).push((id, plugin));
+            let _ = late_tx.unbounded_send(src);
+        }
         let feeder = {
             let labels = labels.clone();
             async move {
@@ -509,6 +547,20 @@ pub fn redact(identifier: &str) -> String {
         }
         None => identifier.to_string(),
     }
+}
+
+/// How long a download whose first identifier is slow to open waits for it before it starts
+/// with another (and is named after that one).
+const NAME_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Resolves after `d` without needing any async runtime (the host library runs on any).
+fn after(d: std::time::Duration) -> futures::channel::oneshot::Receiver<()> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    std::thread::spawn(move || {
+        std::thread::sleep(d);
+        let _ = tx.send(());
+    });
+    rx
 }
 
 /// The hex info hash of a `magnet:?xt=urn:btih:<40 hex>` link.
