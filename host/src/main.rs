@@ -266,8 +266,12 @@ fn summary_line(r: &GetReport) -> String {
     }
     if r.sha256.is_some() {
         line.push_str("; sha256 ok");
+    } else if r.verified {
+        line.push_str("; every piece verified");
+    } else {
+        line.push_str("; unverified (no hashes and no --sha256)");
     }
-    line
+    chiral_sdk::text::line(&line)
 }
 
 async fn cmd_get(g: &Global, a: GetArgs) -> Result<ExitCode> {

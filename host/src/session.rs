@@ -16,6 +16,7 @@ use abi_stable::std_types::{RString, RVec, Tuple2};
 use chiral_sdk::{
     capability,
     engine::{self, EngineError, EngineEvent},
+    ident,
     plugin::AbiSource,
     DownloadRequest, Event, Events, PieceSource, SeedInfo, SeedRequest,
 };
@@ -112,6 +113,10 @@ pub struct GetReport {
     pub sources: Vec<SourceLine>,
     /// Whole-file SHA-256 when it was checked.
     pub sha256: Option<String>,
+    /// Every piece was checked against the hashes the identifiers name (a torrent's info
+    /// hash, a `chiral:` root) or the whole file against `--sha256`; false for plain URLs
+    /// with neither.
+    pub verified: bool,
 }
 
 /// A seed started through a plugin.
@@ -180,7 +185,11 @@ impl Host {
                 entry.has(capability::SOURCE),
                 handler,
             ));
-            for extra in self.registry.extra_sources(id, entry) {
+            // Extra sources join only a download the engine runs, where their bytes are checked
+            // against the identifier's own hashes; a whole-download plugin has no such check.
+            let extras_for =
+                if entry.has(capability::SOURCE) { self.registry.extra_sources(id, entry) } else { Vec::new() };
+            for extra in extras_for {
                 match self.registry.handler(extra) {
                     Ok(h) => extras.push((id.clone(), extra.name().unwrap_or_default().to_string(), h)),
                     Err(e) => tracing::debug!("{e}"),
@@ -191,7 +200,7 @@ impl Host {
         // Open every source at once; the download starts with the first that can serve byte
         // ranges and the others join as they open (a magnet may take a while to resolve).
         // Extra sources (another network that may have the same content) are best effort:
-        // their failures are only logged.
+        // their failures are only logged, and they never define what the content is.
         let primaries = routed.iter().filter(|r| r.2).map(|(id, plugin, _, handler)| (id, plugin, handler, false));
         let others = extras.iter().map(|(id, plugin, handler)| (id, plugin, handler, true));
         let mut pending: FuturesUnordered<_> = primaries
@@ -206,19 +215,19 @@ impl Host {
                             tracing::debug!("extra source {plugin} for {id}: {e}");
                             None
                         }
-                        other => Some(other),
+                        other => Some(other.map(|src| engine_source(id.clone(), plugin.clone(), extra, src))),
                     };
-                    (id, plugin, r)
+                    (id, extra, r)
                 }
             })
             .collect();
         let mut failures: Vec<String> = Vec::new();
         let mut streaming_only = Vec::new();
-        let mut first: Option<(String, String, Arc<dyn PieceSource>)> = None;
+        let mut first: Option<engine::EngineSource> = None;
         // The first identifier names the result, so the same command always writes the same
         // file: a source of another identifier that opens first waits (up to NAME_WAIT) for it.
         let lead = routed.first().map(|r| r.0.clone()).unwrap_or_default();
-        let mut early: Vec<(String, String, Arc<dyn PieceSource>)> = Vec::new();
+        let mut early: Vec<engine::EngineSource> = Vec::new();
         let mut lead_failed = false;
         let mut give_up: Option<futures::channel::oneshot::Receiver<()>> = None;
         loop {
@@ -229,18 +238,17 @@ impl Host {
                     Either::Right(_) => break,
                 },
             };
-            let Some((id, plugin, r)) = next else { break };
+            let Some((id, extra, r)) = next else { break };
             let Some(r) = r else { continue };
             match r {
                 Ok(src) => {
-                    let s = AbiSource::new(src);
-                    let info = s.info();
+                    let info = src.source.info();
                     if info.random_access && info.length_known {
-                        if id == lead {
-                            first = Some((id, plugin, Arc::new(s)));
+                        if id == lead && !extra {
+                            first = Some(src);
                             break;
                         }
-                        early.push((id, plugin, Arc::new(s)));
+                        early.push(src);
                         if lead_failed {
                             break;
                         }
@@ -264,7 +272,7 @@ impl Host {
             first = Some(early.remove(0));
         }
 
-        let Some((first_id, first_plugin, first_src)) = first else {
+        let Some(first) = first else {
             // Nothing gives piece access: a plugin's own whole download, if one can.
             let whole = routed.iter().find(|r| {
                 r.3.descriptor().capabilities & capability::DOWNLOAD != 0 && (!r.2 || streaming_only.contains(&r.0))
@@ -283,26 +291,19 @@ impl Host {
         for f in &failures {
             tracing::warn!("source left out: {f}");
         }
-        // Which identifier and plugin each engine source came from, in the engine's order.
-        let labels = Arc::new(Mutex::new(vec![(first_id, first_plugin)]));
-        let (late_tx, late_rx) = futures::channel::mpsc::unbounded::<Arc<dyn PieceSource>>();
+        let (late_tx, late_rx) = futures::channel::mpsc::unbounded::<engine::EngineSource>();
         // Sources that opened while the lead was awaited join first, in their order.
-        for (id, plugin, src) in early {
-            labels.lock().unwrap_or_else(|p| p.into_inner()).push((id, plugin));
+        for src in early {
             let _ = late_tx.unbounded_send(src);
         }
-        let feeder = {
-            let labels = labels.clone();
-            async move {
-                while let Some((id, plugin, r)) = pending.next().await {
-                    match r {
-                        None => {}
-                        Some(Ok(src)) => {
-                            labels.lock().unwrap_or_else(|p| p.into_inner()).push((id, plugin));
-                            let _ = late_tx.unbounded_send(Arc::new(AbiSource::new(src)));
-                        }
-                        Some(Err(e)) => tracing::warn!("source left out: {e}"),
+        let feeder = async move {
+            while let Some((_, _, r)) = pending.next().await {
+                match r {
+                    None => {}
+                    Some(Ok(src)) => {
+                        let _ = late_tx.unbounded_send(src);
                     }
+                    Some(Err(e)) => tracing::warn!("source left out: {e}"),
                 }
             }
         };
@@ -310,14 +311,15 @@ impl Host {
         let mut opts = engine::Options::new(&req.out_dir);
         opts.slots_per_source = req.connections.max(1) as usize;
         opts.sha256 = req.sha256;
+        // An identifier that names its content by a hash: nothing completes without it.
+        opts.await_authority = req.identifiers.iter().any(|id| ident::trust_root(id).is_some());
         let cb = on_event.clone();
         let on = move |e| cb(e);
-        let engine = engine::run_with_late_sources(vec![first_src], Some(late_rx), &opts, &on);
+        let engine = engine::run_with_late_sources(vec![first], Some(late_rx), &opts, &on);
         let out = match select(std::pin::pin!(engine), std::pin::pin!(feeder)).await {
             Either::Left((out, _still_opening)) => out?,
             Either::Right(((), engine)) => engine.await?,
         };
-        let labels = std::mem::take(&mut *labels.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(GetReport {
             name: out.name,
             files: out.files,
@@ -326,13 +328,13 @@ impl Host {
             seconds: started.elapsed().as_secs_f64(),
             mode: "engine",
             sha256: req.sha256.map(hex::encode),
+            verified: out.verified,
             sources: out
                 .sources
                 .into_iter()
-                .zip(labels)
-                .map(|(r, (identifier, plugin))| SourceLine {
-                    identifier: redact(&identifier),
-                    plugin,
+                .map(|r| SourceLine {
+                    identifier: redact(&r.identifier),
+                    plugin: r.plugin,
                     label: r.label,
                     bytes: r.bytes,
                     pieces: r.pieces,
@@ -409,6 +411,7 @@ impl Host {
             seconds: started.elapsed().as_secs_f64(),
             mode: "plugin",
             sha256: req.sha256.map(hex::encode),
+            verified: req.sha256.is_some() || ident::trust_root(id).is_some(),
             sources: out
                 .per_source
                 .iter()
@@ -462,7 +465,8 @@ impl Host {
         let mut errors = Vec::new();
         for e in entries {
             if !opts.iter().any(|(k, _)| k == "info_hash") {
-                if let Some(ih) = lines.iter().flat_map(|l| &l.identifiers).find_map(|i| magnet_btih_hex(i)) {
+                if let Some(ih) = lines.iter().flat_map(|l| &l.identifiers).find_map(|i| ident::magnet_info_hash_hex(i))
+                {
                     opts.push(("info_hash".into(), ih));
                 }
             }
@@ -563,13 +567,27 @@ fn after(d: std::time::Duration) -> futures::channel::oneshot::Receiver<()> {
     rx
 }
 
-/// The hex info hash of a `magnet:?xt=urn:btih:<40 hex>` link.
-fn magnet_btih_hex(identifier: &str) -> Option<String> {
-    let query = identifier.strip_prefix("magnet:?")?;
-    query.split('&').find_map(|kv| {
-        let hex = kv.strip_prefix("xt=urn:btih:")?;
-        (hex.len() == 40 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
-    })
+/// An opened source as the engine takes it. The source of an identifier that names its content
+/// by a hash, opened by the plugin that won that identifier, is the download's authority (its
+/// description is the trust root) — and for `chiral:` only when its root is the one named.
+/// Extra sources never are. Chiral-network sources rank first.
+fn engine_source(identifier: String, plugin: String, extra: bool, src: chiral_sdk::SourceBox) -> engine::EngineSource {
+    let source: Arc<dyn PieceSource> = Arc::new(AbiSource::new(src));
+    let info = source.info();
+    let authority = !extra
+        && info.hash_kind != chiral_sdk::HashKind::None
+        && match ident::trust_root(&identifier) {
+            Some(ident::TrustRoot::MerkleRoot(root)) => {
+                let same = info.root.as_slice() == root.as_slice();
+                if !same {
+                    tracing::warn!("{plugin} answered {identifier} with another Merkle root: not trusted");
+                }
+                same
+            }
+            _ => true,
+        };
+    let reputation = if plugin == "chiral" { 1 } else { 0 };
+    engine::EngineSource { source, identifier, plugin, authority, reputation }
 }
 
 fn seed_line(plugin: &str, s: SeedInfo) -> SeedLine {
@@ -600,16 +618,6 @@ pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn magnet_info_hash_is_read_from_hex_links_only() {
-        use super::magnet_btih_hex;
-        let ih = "AB".repeat(20);
-        assert_eq!(magnet_btih_hex(&format!("magnet:?dn=x&xt=urn:btih:{ih}&tr=u")), Some("ab".repeat(20)));
-        assert_eq!(magnet_btih_hex("magnet:?xt=urn:btih:CIMUQ2LKNJ2G64TJMVZGC3DVNZSXE5DF"), None);
-        assert_eq!(magnet_btih_hex("magnet:?xt=urn:btih:zz"), None);
-        assert_eq!(magnet_btih_hex("http://h/magnet:?xt=urn:btih:00"), None);
-    }
-
     #[test]
     fn passwords_never_shown() {
         use super::redact;

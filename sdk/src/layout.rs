@@ -36,10 +36,11 @@ impl Layout {
     /// A layout for content that has no pieces of its own (plain byte ranges): pieces big
     /// enough that per-request overhead vanishes, small enough to spread over connections and
     /// to bound memory (slots x piece) and the work lost on an interrupted piece.
-    pub fn for_byte_ranges(length: u64) -> Self {
+    /// Fails for content too large to track (more than [`MAX_PIECES`] pieces of 4 MiB).
+    pub fn for_byte_ranges(length: u64) -> Result<Self, LayoutError> {
         let target = (length / 64).clamp(256 * 1024, 4 * 1024 * 1024);
         let piece_length = target.next_power_of_two().min(4 * 1024 * 1024);
-        Self::new(length, piece_length).expect("in range by construction")
+        Self::new(length, piece_length)
     }
 
     pub fn piece_count(&self) -> u32 {
@@ -76,9 +77,10 @@ mod tests {
 
     #[test]
     fn byte_range_pieces() {
-        assert_eq!(Layout::for_byte_ranges(1 << 30).piece_length, 4 << 20);
-        assert_eq!(Layout::for_byte_ranges(1000).piece_length, 256 << 10);
-        let l = Layout::for_byte_ranges(64 << 20);
+        assert_eq!(Layout::for_byte_ranges(1 << 30).unwrap().piece_length, 4 << 20);
+        assert_eq!(Layout::for_byte_ranges(1000).unwrap().piece_length, 256 << 10);
+        assert_eq!(Layout::for_byte_ranges(100_000_000_000_000_000), Err(LayoutError::TooManyPieces(23841857911)));
+        let l = Layout::for_byte_ranges(64 << 20).unwrap();
         assert_eq!(l.piece_length, 1 << 20);
     }
 }

@@ -7,18 +7,22 @@
 //! - [`verify`]: the piece verifier (SHA-1 pieces, SHA-256 Merkle chunks with proofs);
 //! - [`layout`], [`picker`], [`resume`], [`engine`]: the multi-source engine, usable by a host
 //!   and by a plugin that runs a whole download itself;
+//! - [`ident`]: what an identifier promises (the hash a download of it is checked against);
+//! - [`text`]: the sanitiser for text from the network on its way to a terminal;
 //! - [`testkit`]: conformance checks a plugin author runs against their plugin.
 //!
 //! No tokio type appears in the ABI: each plugin owns its runtime ([`runtime::PluginRuntime`]).
 
 pub mod abi;
 pub mod engine;
+pub mod ident;
 pub mod layout;
 pub mod picker;
 pub mod plugin;
 pub mod resume;
 pub mod runtime;
 pub mod testkit;
+pub mod text;
 pub mod verify;
 
 pub use abi::*;

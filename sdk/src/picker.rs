@@ -99,6 +99,13 @@ impl PiecePicker {
         Some(i)
     }
 
+    /// One more request for `i` (an end-game duplicate chosen by the caller).
+    pub fn add_duplicate(&mut self, i: u32) {
+        if let Some(n) = self.in_flight.get_mut(i as usize) {
+            *n = n.saturating_add(1);
+        }
+    }
+
     /// A request for `i` ended without the piece (failed, cancelled, bad data).
     pub fn release(&mut self, i: u32) {
         if let Some(n) = self.in_flight.get_mut(i as usize) {

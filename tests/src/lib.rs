@@ -554,3 +554,17 @@ pub fn resume_fraction(state: &Path, total: u64) -> f64 {
     let ones: u32 = bits.iter().map(|b| b.count_ones()).sum();
     ones as f64 * v["piece_length"].as_f64().unwrap_or(0.0) / total as f64
 }
+
+/// Polls `cond` every 20 ms until it holds (true) or `limit` passes (false).
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

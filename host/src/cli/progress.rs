@@ -10,6 +10,8 @@ use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct ProgressUi {
     bar: ProgressBar,
+    /// stderr is no terminal (a log file, a pipe): notices go out as plain lines.
+    plain: bool,
     state: Mutex<State>,
 }
 
@@ -33,7 +35,18 @@ impl ProgressUi {
             .progress_chars("=> "),
         );
         bar.enable_steady_tick(Duration::from_millis(250));
-        Self { bar, state: Mutex::new(State::default()) }
+        let plain = !quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Self { bar, plain, state: Mutex::new(State::default()) }
+    }
+
+    /// A notice above the bar, or a plain line when there is no bar to draw.
+    fn notice(&self, line: String) {
+        let line = chiral_sdk::text::line(&line);
+        if self.plain {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
     }
 
     pub fn on_event(&self, e: EngineEvent) {
@@ -48,7 +61,7 @@ impl ProgressUi {
                 let msg = format!("{} · {} source(s)", name, st.sources.len());
                 self.bar.set_message(msg);
                 if resumed > 0 && resumed < total {
-                    self.bar.println(format!("resuming: {} already on disk", HumanBytes(resumed)));
+                    self.notice(format!("resuming: {} already on disk", HumanBytes(resumed)));
                 }
             }
             EngineEvent::Piece { bytes, .. } => {
@@ -57,7 +70,7 @@ impl ProgressUi {
             }
             EngineEvent::SourceDropped { label, reason } => {
                 st.dropped += 1;
-                self.bar.println(format!("dropped source {label}: {reason}"));
+                self.notice(format!("dropped source {label}: {reason}"));
                 let live = st.sources.len().saturating_sub(st.dropped);
                 self.bar.set_message(format!("{live} source(s)"));
             }
@@ -65,6 +78,10 @@ impl ProgressUi {
                 st.sources.push(label);
                 let live = st.sources.len().saturating_sub(st.dropped);
                 self.bar.set_message(format!("{live} source(s)"));
+            }
+            EngineEvent::Adopted { label, done } => {
+                self.bar.set_position(done);
+                self.notice(format!("piece hashes from {label} adopted: {} on disk verified", HumanBytes(done)));
             }
             EngineEvent::Finishing => self.bar.set_message("verifying and finishing"),
             _ => {}

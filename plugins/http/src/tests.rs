@@ -428,7 +428,7 @@ fn bench_download_from_env() {
         RResult::RErr(e) => panic!("{e}"),
     };
     let length = src.info().length;
-    let piece = chiral_sdk::layout::Layout::for_byte_ranges(length).piece_length;
+    let piece = chiral_sdk::layout::Layout::for_byte_ranges(length).unwrap().piece_length;
     let t0 = std::time::Instant::now();
     let mut offsets = (0..length).step_by(piece as usize);
     block_on(async {
