@@ -30,46 +30,7 @@ cat "$src/bt.bin" >/dev/null
 # start_seeder: a fresh qBittorrent (libtorrent) seeding $tor from $src
 start_seeder() {
     [ -n "$QB_PID" ] && { kill $QB_PID 2>/dev/null; wait $QB_PID 2>/dev/null || true; }
-    local prof="$BENCH_WORK/qb" port rpc
-    rm -rf "$prof"; mkdir -p "$prof/qBittorrent/config"
-    port=$(free_port); rpc=$(free_port); QB_PORT=$port
-    cat >"$prof/qBittorrent/config/qBittorrent.conf" <<QB
-[LegalNotice]
-Accepted=true
-[BitTorrent]
-Session\\Port=$port
-Session\\Interface=lo
-Session\\InterfaceName=lo
-Session\\InterfaceAddress=127.0.0.1
-Session\\BTProtocol=TCP
-Session\\DHTEnabled=false
-Session\\LSDEnabled=false
-Session\\PeXEnabled=false
-Session\\Encryption=0
-Session\\QueueingSystemEnabled=false
-Session\\GlobalMaxRatio=-1
-Session\\MultiConnectionsPerIp=true
-Session\\MaxConnections=-1
-Session\\MaxUploads=-1
-Session\\MaxUploadsPerTorrent=-1
-[Preferences]
-Connection\\UPnP=false
-WebUI\\Enabled=true
-WebUI\\Address=127.0.0.1
-WebUI\\Port=$rpc
-WebUI\\LocalHostAuth=false
-WebUI\\CSRFProtection=false
-WebUI\\HostHeaderValidation=false
-QB
-    qbittorrent-nox --profile="$prof" --webui-port="$rpc" --save-path="$src" --skip-hash-check "$tor" >"$BENCH_WORK/qb.log" 2>&1 &
-    QB_PID=$!
-    wait_port "$rpc" || die "qbittorrent did not start"
-    for _ in $(seq 1 300); do
-        curl -s "http://127.0.0.1:$rpc/api/v2/torrents/info" | grep -q '"progress":1' && \
-        curl -s "http://127.0.0.1:$TPORT/peers?hash=$hash" | grep -q ":$port\$" && return 0
-        sleep 0.1
-    done
-    die "qbittorrent is not seeding"
+    start_qbittorrent "$tor" "$src" "$TPORT" "$hash"
 }
 
 RESULTS="$BENCH_WORK/bt-results.txt"; : >"$RESULTS"

@@ -31,17 +31,8 @@ src="$BENCH_WORK/src"; file="$src/bench.bin"; make_file "$file" "$SIZE_MB"
 size=$(( SIZE_MB * 1048576 ))
 nodes="$BENCH_WORK/nodes"; out="$BENCH_WORK/out"
 RESULTS="$BENCH_WORK/results.txt"; EXTRA="$BENCH_WORK/extra.txt"; : >"$RESULTS"; : >"$EXTRA"
-PIDS=(); NGINX_PID=""
 cleanup() {
-    local p
-    for p in "${PIDS[@]}" $NGINX_PID; do kill "$p" 2>/dev/null || true; done
-    for _ in $(seq 1 50); do
-        local alive=0
-        for p in "${PIDS[@]}" $NGINX_PID; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break; sleep 0.1
-    done
-    for p in "${PIDS[@]}" $NGINX_PID; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_pids "${PIDS[@]}"
     rm -rf "$nodes" "$out" "$src/bench.torrent"
 }
 trap cleanup EXIT
@@ -49,27 +40,6 @@ trap 'exit 130' INT TERM
 
 echo "load before: $(uptime)"
 
-# new_dir NAME: a fresh data dir with its own config (no public DHT), for one chiral process
-new_dir() { rm -rf "${nodes:?}/$1"; mkdir -p "$nodes/$1"; echo 'no_dht = true' >"$nodes/$1/config.toml"; }
-# cx NAME: sets CX to the chiral command line with that data dir and config, loopback only
-cx() { CX=("$CHIRAL" --data-dir "$nodes/$1" --config "$nodes/$1/config.toml" --listen 127.0.0.1 --no-dht); }
-# start NAME ARGS...: a long-running chiral process (node or seed); stdout to $nodes/NAME.out
-start() {
-    local n="$1"; shift; new_dir "$n"; cx "$n"
-    "${CX[@]}" "$@" >"$nodes/$n.out" 2>"$nodes/$n.err" &
-    LAST_PID=$!; PIDS+=($LAST_PID)
-}
-# first_line NAME REGEX: the first stdout line of NAME matching REGEX (waits up to 120 s)
-first_line() {
-    local n="$1" pid="$LAST_PID" l
-    for _ in $(seq 1 1200); do
-        l=$(grep -m1 -E "$2" "$nodes/$n.out" 2>/dev/null || true)
-        [ -n "$l" ] && { echo "$l"; return 0; }
-        kill -0 "$pid" 2>/dev/null || { cat "$nodes/$n.err" >&2; die "$n exited"; }
-        sleep 0.1
-    done
-    cat "$nodes/$n.err" >&2; die "$n printed nothing matching $2"
-}
 # CPU seconds (user+sys) used so far by the given pids
 cpu_of() { python3 - "$@" <<'PY'
 import os, sys
@@ -114,9 +84,9 @@ cat "$file" >/dev/null   # page cache warm for every server alike
 
 # --- servers: Chiral network (A, B1), nginx, tracker + BitTorrent seed ----------------------
 echo "starting servers (hashing $SIZE_MB MiB for each seed)..." >&2
-start A node; A_PID=$LAST_PID
+start_chiral A node; A_PID=$LAST_PID
 addr_a=$(first_line A '^/ip4/127\.0\.0\.1/tcp/[0-9]+/p2p/')
-start B1 seed "$file" --via chiral --bootstrap "$addr_a"; B1_PID=$LAST_PID
+start_chiral B1 seed "$file" --via chiral --bootstrap "$addr_a"; B1_PID=$LAST_PID
 cid=$(first_line B1 '^chiral:[0-9a-f]{64}$')
 
 start_nginx "$src"
@@ -130,7 +100,7 @@ tracker="http://127.0.0.1:$TPORT/announce"
 tor="$src/bench.torrent"   # beside the file: the BitTorrent seed reuses it (same info hash)
 new_dir mk; cx mk; "${CX[@]}" create "$file" -o "$tor" --tracker "$tracker" --piece-size 1048576 >/dev/null 2>"$nodes/mk.err" \
     || { cat "$nodes/mk.err" >&2; die "chiral create failed"; }
-start BT seed "$file" --via bittorrent --tracker "$tracker"; BT_PID=$LAST_PID
+start_chiral BT seed "$file" --via bittorrent --tracker "$tracker"; BT_PID=$LAST_PID
 magnet=$(first_line BT '^magnet:')
 
 echo "chiral: $cid  magnet: ${magnet:0:60}..." >&2
@@ -148,7 +118,7 @@ for r in $(seq 1 "$RUNS"); do
 done
 
 # --- the second seeder: started only now, so the one-seeder rows never see it ----------------
-start B2 seed "$file" --via chiral --bootstrap "$addr_a"; B2_PID=$LAST_PID
+start_chiral B2 seed "$file" --via chiral --bootstrap "$addr_a"; B2_PID=$LAST_PID
 [ "$(first_line B2 '^chiral:[0-9a-f]{64}$')" = "$cid" ] || die "B2 printed another content id"
 for r in $(seq 1 "$RUNS"); do
     echo "two seeders: round $r/$RUNS" >&2

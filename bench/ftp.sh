@@ -10,39 +10,8 @@ for p in vsftpd aria2c curl bc; do command -v $p >/dev/null || [ -x /usr/sbin/$p
 PATH="$PATH:/usr/sbin"
 
 src="$BENCH_WORK/ftproot"; make_file "$src/file.bin" "$SIZE_MB"; chmod 755 "$src"
-conf="$BENCH_WORK/vsftpd"; mkdir -p "$conf" /var/run/vsftpd/empty
-port=$(free_port); pasv=$(free_port)
-cat >"$conf/vsftpd.conf" <<CONF
-listen=YES
-listen_ipv6=NO
-listen_address=127.0.0.1
-listen_port=$port
-background=NO
-anonymous_enable=YES
-no_anon_password=YES
-anon_root=$src
-local_enable=NO
-write_enable=NO
-pasv_enable=YES
-port_enable=NO
-pasv_address=127.0.0.1
-pasv_min_port=$((pasv < 65000 ? pasv : 40000))
-pasv_max_port=$((pasv < 65000 ? pasv + 40 : 40040))
-connect_from_port_20=NO
-max_clients=64
-max_per_ip=32
-use_sendfile=YES
-seccomp_sandbox=NO
-isolate=NO
-isolate_network=NO
-secure_chroot_dir=/var/run/vsftpd/empty
-ftp_username=ftp
-xferlog_enable=NO
-CONF
-vsftpd "$conf/vsftpd.conf" >"$conf/log" 2>&1 & VS_PID=$!
-trap 'kill $VS_PID 2>/dev/null' EXIT
-wait_port "$port" || die "vsftpd did not start"
-url="ftp://127.0.0.1:$port/file.bin"
+start_vsftpd "$src"; trap 'kill $VSFTPD_PID 2>/dev/null' EXIT
+url="ftp://127.0.0.1:$FTP_PORT/file.bin"
 out="$BENCH_WORK/ftp-out"; RESULTS="$BENCH_WORK/ftp-results.txt"; : >"$RESULTS"
 export CHIRAL_DATA_DIR="$BENCH_WORK/data"
 cat "$src/file.bin" >/dev/null

@@ -50,43 +50,12 @@ nodes="$BENCH_WORK/nodes"; out="$BENCH_WORK/out"; jsons="$BENCH_WORK/json"; tor=
 RESULTS="$BENCH_WORK/results.txt"; SOURCES="$BENCH_WORK/sources.txt"; : >"$RESULTS"; : >"$SOURCES"
 rm -rf "$nodes" "$jsons"; mkdir -p "$nodes" "$jsons"
 
-PIDS=()
 cleanup() {
-    local p alive
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for _ in $(seq 1 50); do
-        alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break; sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_pids "${PIDS[@]}"
     rm -rf "$nodes" "$out" "$jsons" "$tor" "$BENCH_WORK/qb"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# new_dir NAME: a fresh data dir with its own config (no public DHT), for one chiral process
-new_dir() { rm -rf "${nodes:?}/$1"; mkdir -p "$nodes/$1"; echo 'no_dht = true' >"$nodes/$1/config.toml"; }
-# cx NAME: sets CX to the chiral command line with that data dir and config, loopback only
-cx() { CX=("$CHIRAL" --data-dir "$nodes/$1" --config "$nodes/$1/config.toml" --listen 127.0.0.1 --no-dht); }
-# start NAME ARGS...: a long-running chiral process (node or seed); stdout to $nodes/NAME.out
-start() {
-    local n="$1"; shift; new_dir "$n"; cx "$n"
-    "${CX[@]}" "$@" >"$nodes/$n.out" 2>"$nodes/$n.err" &
-    LAST_PID=$!; PIDS+=($LAST_PID)
-}
-# first_line NAME REGEX: the first stdout line of NAME matching REGEX (waits up to 120 s)
-first_line() {
-    local n="$1" pid="$LAST_PID" l
-    for _ in $(seq 1 1200); do
-        l=$(grep -m1 -E "$2" "$nodes/$n.out" 2>/dev/null || true)
-        [ -n "$l" ] && { echo "$l"; return 0; }
-        kill -0 "$pid" 2>/dev/null || { cat "$nodes/$n.err" >&2; die "$n exited"; }
-        sleep 0.1
-    done
-    cat "$nodes/$n.err" >&2; die "$n printed nothing matching $2"
-}
 
 echo "load before: $(uptime)"
 echo "hashing $SIZE_MB MiB, starting servers..." >&2
@@ -108,7 +77,6 @@ hash=$(python3 -c "import hashlib,sys;d=open(sys.argv[1],'rb').read();i=d.index(
 # so it would never be throttled. A stream proxy with `proxy_download_rate` in front of the
 # http server caps each client connection instead (the first second still bursts, for every
 # client alike). The stream module may be a dynamic one: loaded from nginx's --modules-path.
-conf="$BENCH_WORK/nginx"; mkdir -p "$conf/tmp"
 HPORT=$(free_port); HBACK=$(free_port)
 nginx_v=$(nginx -V 2>&1)
 load=""
@@ -121,123 +89,29 @@ case "$nginx_v" in
     *--with-stream*) ;;
     *) die "nginx without the stream module (apt-get install libnginx-mod-stream)" ;;
 esac
-cat >"$conf/nginx.conf" <<NGX
-$load
-daemon off;
-user $(id -un);
-worker_processes 1;
-pid $conf/nginx.pid;
-error_log $conf/error.log warn;
-events { worker_connections 256; }
-http {
-    access_log off; sendfile on; tcp_nopush on; keepalive_timeout 30;
-    default_type application/octet-stream;
-    client_body_temp_path $conf/tmp/body; proxy_temp_path $conf/tmp/proxy;
-    fastcgi_temp_path $conf/tmp/fastcgi; uwsgi_temp_path $conf/tmp/uwsgi; scgi_temp_path $conf/tmp/scgi;
-    server { listen 127.0.0.1:$HBACK; root $src; }
-}
-stream {
+nginx_conf "$src" "$HBACK" "$load" "stream {
     server {
         listen 127.0.0.1:$HPORT;
         proxy_pass 127.0.0.1:$HBACK;
         proxy_download_rate $(( HTTP_KBPS * 1024 / CONNS ));
     }
-}
-NGX
-nginx -c "$conf/nginx.conf" -p "$conf" >/dev/null 2>"$conf/start.err" & PIDS+=($!)
-wait_port "$HPORT" || { cat "$conf/start.err" "$conf/error.log" >&2 2>/dev/null; die "nginx did not start"; }
+}"
+launch_nginx "$HPORT"
 http_url="http://127.0.0.1:$HPORT/$name"
 
 # --- FTP: vsftpd anonymous, anon_max_rate per session --------------------------------------
-conf="$BENCH_WORK/vsftpd"; mkdir -p "$conf" /var/run/vsftpd/empty
-FPORT=$(free_port); pasv=$(free_port)
-cat >"$conf/vsftpd.conf" <<CONF
-listen=YES
-listen_ipv6=NO
-listen_address=127.0.0.1
-listen_port=$FPORT
-background=NO
-anonymous_enable=YES
-no_anon_password=YES
-anon_root=$src
-anon_max_rate=$(( FTP_KBPS * 1024 / CONNS ))
-local_enable=NO
-write_enable=NO
-pasv_enable=YES
-port_enable=NO
-pasv_address=127.0.0.1
-pasv_min_port=$((pasv < 65000 ? pasv : 40000))
-pasv_max_port=$((pasv < 65000 ? pasv + 40 : 40040))
-connect_from_port_20=NO
-max_clients=64
-max_per_ip=32
-use_sendfile=YES
-seccomp_sandbox=NO
-isolate=NO
-isolate_network=NO
-secure_chroot_dir=/var/run/vsftpd/empty
-ftp_username=ftp
-xferlog_enable=NO
-CONF
-vsftpd "$conf/vsftpd.conf" >"$conf/log" 2>&1 & PIDS+=($!)
-wait_port "$FPORT" || die "vsftpd did not start"
-ftp_url="ftp://127.0.0.1:$FPORT/$name"
+start_vsftpd "$src" $(( FTP_KBPS * 1024 / CONNS ))
+ftp_url="ftp://127.0.0.1:$FTP_PORT/$name"
 
 # --- BitTorrent: qBittorrent seeding, global upload limit (applied to LAN peers too) ---------
-prof="$BENCH_WORK/qb"; rm -rf "$prof"; mkdir -p "$prof/qBittorrent/config"
-QBPORT=$(free_port); rpc=$(free_port); bt_bps=$(( BT_KBPS * 1024 ))
-cat >"$prof/qBittorrent/config/qBittorrent.conf" <<QB
-[LegalNotice]
-Accepted=true
-[BitTorrent]
-Session\\Port=$QBPORT
-Session\\Interface=lo
-Session\\InterfaceName=lo
-Session\\InterfaceAddress=127.0.0.1
-Session\\BTProtocol=TCP
-Session\\DHTEnabled=false
-Session\\LSDEnabled=false
-Session\\PeXEnabled=false
-Session\\Encryption=0
-Session\\QueueingSystemEnabled=false
-Session\\GlobalMaxRatio=-1
-Session\\MultiConnectionsPerIp=true
-Session\\MaxConnections=-1
-Session\\MaxUploads=-1
-Session\\MaxUploadsPerTorrent=-1
-Session\\GlobalUPSpeedLimit=$BT_KBPS
-Session\\IgnoreLimitsOnLAN=false
-[Preferences]
-Connection\\UPnP=false
-WebUI\\Enabled=true
-WebUI\\Address=127.0.0.1
-WebUI\\Port=$rpc
-WebUI\\LocalHostAuth=false
-WebUI\\CSRFProtection=false
-WebUI\\HostHeaderValidation=false
-QB
-qbittorrent-nox --profile="$prof" --webui-port="$rpc" --save-path="$src" --skip-hash-check "$tor" >"$BENCH_WORK/qb.log" 2>&1 &
-PIDS+=($!)
-wait_port "$rpc" || die "qbittorrent did not start"
-api="http://127.0.0.1:$rpc/api/v2"
-curl -sf "$api/app/setPreferences" --data-urlencode \
-    "json={\"up_limit\":$bt_bps,\"limit_lan_peers\":true,\"limit_utp_rate\":true,\"limit_tcp_overhead\":false}" >/dev/null \
-    || die "qbittorrent: setPreferences failed"
-[ "$(curl -sf "$api/transfer/uploadLimit")" = "$bt_bps" ] || die "qbittorrent: upload limit not $bt_bps"
-seeding=""
-for _ in $(seq 1 300); do
-    curl -s "$api/torrents/info" | grep -q '"progress":1' && \
-    curl -s "http://127.0.0.1:$TPORT/peers?hash=$hash" | grep -q ":$QBPORT\$" && { seeding=1; break; }
-    sleep 0.1
-done
-[ -n "$seeding" ] || die "qbittorrent is not seeding"
+start_qbittorrent "$tor" "$src" "$TPORT" "$hash" "$BT_KBPS"
 
 # --- Chiral network: bootstrap node and one capped seeder ------------------------------------
 cid=""; addr_a=""
 if [ "$CHIRAL_NET" = 1 ]; then
-    start A node
+    start_chiral A node
     addr_a=$(first_line A '^/ip4/127\.0\.0\.1/tcp/[0-9]+/p2p/')
-    start S seed "$file" --via chiral --bootstrap "$addr_a" --option "upload_rate=${NET_KBPS}K"
+    start_chiral S seed "$file" --via chiral --bootstrap "$addr_a" --option "upload_rate=${NET_KBPS}K"
     cid=$(first_line S '^chiral:[0-9a-f]{64}$')
 fi
 echo "servers: $http_url $ftp_url bittorrent $hash${cid:+ $cid}" >&2

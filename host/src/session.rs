@@ -62,6 +62,8 @@ pub struct SourceLine {
     pub plugin: String,
     pub label: String,
     pub bytes: u64,
+    /// Average bytes per second it delivered over the download.
+    pub speed: u64,
     pub pieces: u32,
     pub failures: u32,
     pub dropped: Option<String>,
@@ -337,6 +339,7 @@ impl Host {
                     plugin: r.plugin,
                     label: r.label,
                     bytes: r.bytes,
+                    speed: (r.bytes as f64 / out.seconds.max(1e-3)) as u64,
                     pieces: r.pieces,
                     failures: r.failures + r.bad_pieces,
                     dropped: r.dropped,
@@ -420,6 +423,7 @@ impl Host {
                     plugin: plugin.to_string(),
                     label: s.label.to_string(),
                     bytes: s.bytes,
+                    speed: (s.bytes.saturating_sub(out.resumed_bytes) as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64,
                     pieces: 0,
                     failures: 0,
                     dropped: None,
@@ -465,8 +469,21 @@ impl Host {
         let mut errors = Vec::new();
         for e in entries {
             if !opts.iter().any(|(k, _)| k == "info_hash") {
-                if let Some(ih) = lines.iter().flat_map(|l| &l.identifiers).find_map(|i| ident::magnet_info_hash_hex(i))
-                {
+                let found = lines
+                    .iter()
+                    .find_map(|l| l.identifiers.iter().find_map(|i| ident::magnet_info_hash_hex(i)).map(|ih| (l, ih)));
+                if let Some((line, ih)) = found {
+                    // With its info dictionary, so a downloader that finds this content by the
+                    // magnet can check it against the info hash.
+                    let args = [("info_hash".to_string(), ih.clone())];
+                    match self.command(Some(&line.plugin), "", "info_dict", &args).await {
+                        Ok(v) => {
+                            if let Some(d) = v["info_dict"].as_str() {
+                                opts.push(("info_dict".into(), d.to_string()));
+                            }
+                        }
+                        Err(e) => tracing::debug!("no info dictionary for {ih}: {e}"),
+                    }
                     opts.push(("info_hash".into(), ih));
                 }
             }
@@ -574,7 +591,23 @@ fn after(d: std::time::Duration) -> futures::channel::oneshot::Receiver<()> {
 fn engine_source(identifier: String, plugin: String, extra: bool, src: chiral_sdk::SourceBox) -> engine::EngineSource {
     let source: Arc<dyn PieceSource> = Arc::new(AbiSource::new(src));
     let info = source.info();
-    let authority = !extra
+    // An extra source is an authority only when it proves itself: a torrent description whose
+    // info dictionary (in `root`) hashes to the magnet's info hash and says the same pieces.
+    let proven = extra
+        && info.hash_kind == chiral_sdk::HashKind::Sha1Pieces
+        && ident::magnet_info_hash_hex(&identifier).is_some_and(|ih| {
+            ident::TorrentInfo::matches_info_hash(&info.root, &ih)
+                && ident::TorrentInfo::parse(&info.root).is_some_and(|t| {
+                    t.length == info.length
+                        && t.piece_length == info.piece_length
+                        && t.pieces.as_slice() == info.piece_hashes.as_slice()
+                })
+        });
+    if proven {
+        tracing::info!("{plugin} answered {identifier} with the torrent's own info dictionary, checked against the info hash");
+    }
+    let authority = proven
+        || !extra
         && info.hash_kind != chiral_sdk::HashKind::None
         && match ident::trust_root(&identifier) {
             Some(ident::TrustRoot::MerkleRoot(root)) => {

@@ -76,3 +76,133 @@ mod tests {
         assert_eq!(magnet_info_hash_hex("magnet:?xt=urn:btih:CIMUQ2LKNJ2G64TJMVZGC3DVNZSXE5DF"), None);
     }
 }
+
+/// What a host checks of a BitTorrent v1 info dictionary found on the side (the Chiral
+/// network answering a magnet): single-file length, piece length and the SHA-1 piece hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TorrentInfo {
+    pub length: u64,
+    pub piece_length: u64,
+    pub pieces: Vec<u8>,
+}
+
+impl TorrentInfo {
+    /// Reads a bencoded info dictionary (at most 4 MiB, nesting at most 32 deep). Multi-file
+    /// dictionaries and anything malformed give `None`.
+    pub fn parse(info: &[u8]) -> Option<Self> {
+        if info.len() > 4 << 20 {
+            return None;
+        }
+        let mut r = Bencode { b: info, at: 0 };
+        let (mut length, mut piece_length, mut pieces) = (None, None, None);
+        if r.next()? != b'd' {
+            return None;
+        }
+        r.at += 1;
+        while r.next()? != b'e' {
+            let key = r.bytes()?;
+            match key {
+                b"length" => length = Some(r.int()?),
+                b"piece length" => piece_length = Some(r.int()?),
+                b"pieces" => pieces = Some(r.bytes()?.to_vec()),
+                b"files" => return None,
+                _ => r.skip(0)?,
+            }
+        }
+        r.at += 1;
+        let (length, piece_length, pieces) = (length?, piece_length?, pieces?);
+        let count = if piece_length == 0 { return None } else { length.div_ceil(piece_length) };
+        (r.at == info.len() && pieces.len() as u64 == count.checked_mul(20)?).then_some(Self {
+            length,
+            piece_length,
+            pieces,
+        })
+    }
+
+    /// Whether `info` is the dictionary the magnet `info_hash` (40 hex) names.
+    pub fn matches_info_hash(info: &[u8], info_hash_hex: &str) -> bool {
+        hex::encode(crate::verify::sha1(info)).eq_ignore_ascii_case(info_hash_hex)
+    }
+}
+
+/// A bounded bencode reader for [`TorrentInfo::parse`].
+struct Bencode<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Bencode<'a> {
+    fn next(&self) -> Option<u8> {
+        self.b.get(self.at).copied()
+    }
+    fn int(&mut self) -> Option<u64> {
+        if self.next()? != b'i' {
+            return None;
+        }
+        let end = self.at + self.b[self.at..].iter().position(|&c| c == b'e')?;
+        let v = std::str::from_utf8(&self.b[self.at + 1..end]).ok()?.parse().ok()?;
+        self.at = end + 1;
+        Some(v)
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let colon = self.at + self.b[self.at..].iter().take(21).position(|&c| c == b':')?;
+        let n: usize = std::str::from_utf8(&self.b[self.at..colon]).ok()?.parse().ok()?;
+        let end = colon.checked_add(1)?.checked_add(n)?;
+        let out = self.b.get(colon + 1..end)?;
+        self.at = end;
+        Some(out)
+    }
+    fn skip(&mut self, depth: u32) -> Option<()> {
+        if depth > 32 {
+            return None;
+        }
+        match self.next()? {
+            b'i' => self.int().map(|_| ()).or_else(|| {
+                // negative or non-u64 integers are fine to skip
+                let end = self.at + self.b[self.at..].iter().position(|&c| c == b'e')?;
+                self.at = end + 1;
+                Some(())
+            }),
+            b'l' | b'd' => {
+                let dict = self.next()? == b'd';
+                self.at += 1;
+                while self.next()? != b'e' {
+                    if dict {
+                        self.bytes()?;
+                    }
+                    self.skip(depth + 1)?;
+                }
+                self.at += 1;
+                Some(())
+            }
+            b'0'..=b'9' => self.bytes().map(|_| ()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod torrent_info_tests {
+    use super::*;
+
+    #[test]
+    fn info_dictionaries() {
+        let pieces = [7u8; 40];
+        let mut d = b"d6:lengthi40000e4:name5:a.bin12:piece lengthi32768e6:pieces40:".to_vec();
+        d.extend_from_slice(&pieces);
+        d.extend_from_slice(b"7:privatei1e1:xli-3ed1:ai1eeee");
+        let t = TorrentInfo::parse(&d).unwrap();
+        assert_eq!((t.length, t.piece_length, t.pieces.len()), (40000, 32768, 40));
+        let ih = hex::encode(crate::verify::sha1(&d));
+        assert!(TorrentInfo::matches_info_hash(&d, &ih.to_ascii_uppercase()));
+        assert!(!TorrentInfo::matches_info_hash(&d[1..], &ih));
+        // Wrong piece count, trailing bytes, multi-file, truncation, zero piece length.
+        assert!(TorrentInfo::parse(&d[..d.len() - 1]).is_none());
+        assert!(TorrentInfo::parse(&[d.clone(), b"x".to_vec()].concat()).is_none());
+        assert!(TorrentInfo::parse(b"d5:filesle6:lengthi1e12:piece lengthi1e6:pieces20:aaaaaaaaaaaaaaaaaaaae").is_none());
+        assert!(TorrentInfo::parse(b"d6:lengthi1e12:piece lengthi0e6:pieces0:e").is_none());
+        assert!(TorrentInfo::parse(b"d6:lengthi40000e12:piece lengthi32768e6:pieces20:aaaaaaaaaaaaaaaaaaaae").is_none());
+        assert!(TorrentInfo::parse(&[b"d1:x".to_vec(), b"l".repeat(100), b"e".repeat(100), b"e".to_vec()].concat()).is_none());
+        assert!(TorrentInfo::parse(b"d6:lengthi1e12:piece lengthi1e6:pieces99999999999999999999999:e").is_none());
+    }
+}

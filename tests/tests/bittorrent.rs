@@ -470,3 +470,120 @@ mod sha1_smol_like {
         assert_eq!(hex::encode(digest(b"abc")), "a9993e364706816aba3e25717850c26c9cd0d89d");
     }
 }
+
+/// VmRSS of process `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A leecher that asks for every block of the torrent (16 KiB and 128 KiB spans, over and
+/// over) and never reads a byte, until `stop` is set; reconnects when the seeder hangs up.
+fn greedy_leecher(addr: String, info_hash: Vec<u8>, length: u64, piece_len: u64, stop: Arc<Mutex<bool>>) -> u64 {
+    let mut asked = 0u64;
+    while !*stop.lock().unwrap() {
+        let Ok(mut c) = std::net::TcpStream::connect(&addr) else { return asked };
+        let mut hs = vec![19u8];
+        hs.extend_from_slice(b"BitTorrent protocol");
+        hs.extend_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0]);
+        hs.extend_from_slice(&info_hash);
+        hs.extend_from_slice(b"-GL0001-greedygreedy");
+        hs.extend_from_slice(&[0, 0, 0, 1, 2]); // interested
+        if c.write_all(&hs).is_err() {
+            continue;
+        }
+        'conn: while !*stop.lock().unwrap() {
+            for block in [16u32 << 10, 128 << 10] {
+                let mut batch = Vec::new();
+                for piece in 0..length.div_ceil(piece_len) as u32 {
+                    let plen = piece_len.min(length - piece as u64 * piece_len) as u32;
+                    let mut begin = 0;
+                    while begin < plen {
+                        let l = block.min(plen - begin);
+                        batch.extend_from_slice(&[0, 0, 0, 13, 6]);
+                        batch.extend_from_slice(&piece.to_be_bytes());
+                        batch.extend_from_slice(&begin.to_be_bytes());
+                        batch.extend_from_slice(&l.to_be_bytes());
+                        begin += l;
+                        asked += l as u64;
+                    }
+                    if batch.len() > 64 << 10 {
+                        if c.write_all(&batch).is_err() {
+                            break 'conn;
+                        }
+                        batch.clear();
+                        if *stop.lock().unwrap() {
+                            break 'conn;
+                        }
+                    }
+                }
+                if c.write_all(&batch).is_err() {
+                    break 'conn;
+                }
+            }
+        }
+    }
+    asked
+}
+
+#[test]
+fn a_leecher_that_asks_for_everything_and_never_reads_leaves_the_seeder_s_memory_flat() {
+    let tracker = Tracker::start();
+    let f = fixture("greedy.bin", 128 * MIB, 21);
+    let node = Chiral::new();
+    // 256 KiB pieces, known to the leecher: the seed reuses the torrent beside the file.
+    let tor = f.dir.path().join("greedy.torrent");
+    let o = node.run(&[
+        "create",
+        f.file.to_str().unwrap(),
+        "-o",
+        tor.to_str().unwrap(),
+        "--tracker",
+        &tracker.url(),
+        "--piece-size",
+        "262144",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (seed, lines) =
+        start_seed(&node, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url()], 1);
+    let magnet = lines.iter().find(|l| l.starts_with("magnet:")).expect("a magnet").clone();
+    let addr = magnet.split('&').find_map(|kv| kv.strip_prefix("x.pe=")).expect("x.pe in the magnet");
+    let addr = String::from_utf8(pct_decode(addr)).unwrap();
+    let ih = hex::decode(magnet.split('&').find_map(|kv| kv.split("urn:btih:").nth(1)).unwrap()).unwrap();
+    let pid = seed.child.id();
+    let before = rss_kib(pid);
+    let stop = Arc::new(Mutex::new(false));
+    let greedy: Vec<_> = (0..2)
+        .map(|_| {
+            let (a, ih, s) = (addr.clone(), ih.clone(), stop.clone());
+            std::thread::spawn(move || greedy_leecher(a, ih, 128 * MIB, 1 << 18, s))
+        })
+        .collect();
+    let watch = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !*stop.lock().unwrap() {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    };
+    // An honest leecher at the same time still gets the file; the flood goes on a while after.
+    let out = node.data_dir.path().join("honest");
+    let (ok, log) = aria2_get(&magnet, &out, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(5));
+    *stop.lock().unwrap() = true;
+    let peak = watch.join().unwrap();
+    let asked: u64 = greedy.into_iter().map(|g| g.join().unwrap()).sum();
+    assert!(ok, "aria2c failed beside the greedy leechers: {log}\nseed: {}", seed.log_text());
+    assert_eq!(sha256_file(&find_file(&out, "greedy.bin").unwrap()), f.sha);
+    assert!(asked > 1 << 30, "the greedy leechers asked for {asked} bytes only");
+    let grew = peak.saturating_sub(before) / 1024;
+    eprintln!("seeder RSS {} MiB before, {} MiB peak; greedy asked for {} MiB", before / 1024, peak / 1024, asked >> 20);
+    assert!(grew < 100, "the seeder grew by {grew} MiB for leechers that never read");
+}

@@ -248,6 +248,9 @@ fn a_magnet_finds_a_chiral_seed_through_the_info_hash_index() {
     let chiral = sources.iter().find(|s| s["plugin"] == "chiral").unwrap_or_else(|| panic!("no chiral source: {v}"));
     assert_eq!(chiral["bytes"], size, "{v}");
     assert!(chiral["label"].as_str().unwrap().starts_with(&cid), "{v}");
+    // Checked, not trusted: the Chiral record carries the info dictionary whose SHA-1 is the
+    // magnet's info hash, and every piece was verified against its SHA-1 pieces.
+    assert_eq!(v["download"]["verified"], true, "{v}");
 
     // And by a word of its name.
     let s = e.run(&["search", "sample", "--bootstrap", &addr_a]);

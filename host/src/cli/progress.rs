@@ -21,6 +21,25 @@ struct State {
     dropped: usize,
     started: Option<Instant>,
     fresh: u64,
+    /// Bytes per source, in the order of `sources`.
+    bytes: Vec<u64>,
+    name: String,
+}
+
+impl State {
+    /// `name · http 120 MiB · ftp 40 MiB · bittorrent 10 MiB` (each source by its protocol).
+    fn message(&self) -> String {
+        let mut parts = vec![self.name.clone()];
+        for (i, label) in self.sources.iter().enumerate() {
+            let proto = label.split(':').next().unwrap_or(label);
+            let b = self.bytes.get(i).copied().unwrap_or(0);
+            parts.push(format!("{proto} {}", HumanBytes(b)));
+        }
+        if self.dropped > 0 {
+            parts.push(format!("{} dropped", self.dropped));
+        }
+        chiral_sdk::text::line(&parts.join(" · "))
+    }
 }
 
 impl ProgressUi {
@@ -56,28 +75,32 @@ impl ProgressUi {
                 self.bar.set_length(total);
                 self.bar.set_position(resumed);
                 self.bar.reset_eta();
+                st.bytes = vec![0; sources.len()];
                 st.sources = sources;
                 st.started = Some(Instant::now());
-                let msg = format!("{} · {} source(s)", name, st.sources.len());
-                self.bar.set_message(msg);
+                st.name = name;
+                self.bar.set_message(st.message());
                 if resumed > 0 && resumed < total {
                     self.notice(format!("resuming: {} already on disk", HumanBytes(resumed)));
                 }
             }
-            EngineEvent::Piece { bytes, .. } => {
+            EngineEvent::Piece { source, bytes } => {
                 st.fresh += bytes;
+                if let Some(b) = st.bytes.get_mut(source) {
+                    *b += bytes;
+                }
                 self.bar.inc(bytes);
+                self.bar.set_message(st.message());
             }
             EngineEvent::SourceDropped { label, reason } => {
                 st.dropped += 1;
                 self.notice(format!("dropped source {label}: {reason}"));
-                let live = st.sources.len().saturating_sub(st.dropped);
-                self.bar.set_message(format!("{live} source(s)"));
+                self.bar.set_message(st.message());
             }
             EngineEvent::SourceAdded { label } => {
                 st.sources.push(label);
-                let live = st.sources.len().saturating_sub(st.dropped);
-                self.bar.set_message(format!("{live} source(s)"));
+                st.bytes.push(0);
+                self.bar.set_message(st.message());
             }
             EngineEvent::Adopted { label, done } => {
                 self.bar.set_position(done);

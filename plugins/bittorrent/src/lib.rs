@@ -344,6 +344,19 @@ impl Plugin for BitTorrentPlugin {
                     let opts = Opts::from_pairs(args.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                     create_command(opts).await
                 }
+                // The info dictionary of a torrent this plugin seeds, for other networks to
+                // publish beside the info hash (the Chiral network's info_hash_idx).
+                "info_dict" => {
+                    let want = args.iter().find(|(k, _)| k == "info_hash").map(|(_, v)| v.to_ascii_lowercase());
+                    let want = want.ok_or_else(|| PluginError::invalid("info_dict needs info_hash"))?;
+                    let seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+                    let dict = seeds
+                        .values()
+                        .filter(|s| hex::encode(s.session.info_hash) == want)
+                        .find_map(|s| s.session.meta().map(|m| hex::encode(&m.info_bytes)));
+                    let dict = dict.ok_or_else(|| PluginError::not_found(format!("no seed with info hash {want}")))?;
+                    Ok(serde_json::json!({ "info_dict": dict }).to_string())
+                }
                 "dht" => {
                     let addr = match &self.shared.dht {
                         Some(d) => d.addr().await.map(|a| a.to_string()),

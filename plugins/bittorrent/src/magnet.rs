@@ -86,12 +86,22 @@ pub fn parse_info_hash(s: &str) -> Option<[u8; 20]> {
     v.try_into().ok()
 }
 
+/// Most file indices a magnet's `so=` may select (BEP 53), whatever its ranges say.
+pub const MAX_SELECTED: usize = 1 << 16;
+/// Most web seeds (`ws=`) and direct peers (`x.pe=`) taken from one magnet.
+pub const MAX_WEB_SEEDS: usize = 16;
+pub const MAX_DIRECT_PEERS: usize = 64;
+
 fn parse_so(s: &str, out: &mut Vec<u32>) {
     for part in s.split(',') {
+        let room = MAX_SELECTED.saturating_sub(out.len());
+        if room == 0 {
+            return;
+        }
         if let Some((a, b)) = part.split_once('-') {
             if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-                if a <= b && b - a < 100_000 {
-                    out.extend(a..=b);
+                if a <= b {
+                    out.extend((a..=b).take(room));
                 }
             }
         } else if let Ok(a) = part.parse() {
@@ -134,6 +144,7 @@ pub fn parse_magnet_uri(uri: &str) -> Result<Magnet, String> {
             }
             ("dn", _) => m.name = Some(val),
             ("tr", _) if !val.is_empty() && !m.trackers.contains(&val) && m.trackers.len() < 64 => m.trackers.push(val),
+            ("x", "x.pe") if m.peers.len() >= MAX_DIRECT_PEERS => {}
             ("x", "x.pe") => {
                 if let Ok(a) = val.parse() {
                     m.peers.push(a)
@@ -143,7 +154,8 @@ pub fn parse_magnet_uri(uri: &str) -> Result<Magnet, String> {
                     }
                 }
             }
-            ("ws", _) => m.web_seeds.push(val),
+            ("ws", _) if m.web_seeds.len() < MAX_WEB_SEEDS && !m.web_seeds.contains(&val) => m.web_seeds.push(val),
+            ("ws", _) => {}
             ("so", _) => parse_so(&val, &mut m.select_only),
             _ => {}
         }
@@ -170,6 +182,22 @@ pub fn make_magnet(info_hash: &[u8; 20], name: Option<&str>, trackers: &[String]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_64_kib_magnet_cannot_ask_for_much() {
+        let ih = "c12fe1c06bba254a9dc9f519b335aa7c1367a88a";
+        let mut m = format!("magnet:?xt=urn:btih:{ih}&so=");
+        while m.len() < 30_000 {
+            m.push_str("0-4294967294,");
+        }
+        for i in 0..1500 {
+            m.push_str(&format!("&ws=http://h/{i}&x.pe=127.0.0.1:{}", 1000 + i));
+        }
+        let m = parse_magnet_uri(&m[..m.len().min(MAX_MAGNET)]).unwrap();
+        assert_eq!(m.select_only.len(), MAX_SELECTED);
+        assert_eq!(m.web_seeds.len(), MAX_WEB_SEEDS);
+        assert_eq!(m.peers.len(), MAX_DIRECT_PEERS);
+    }
 
     #[test]
     fn hex_and_base32_and_fields() {

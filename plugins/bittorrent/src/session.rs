@@ -7,7 +7,10 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::SocketAddr,
-    sync::{Arc, Mutex, OnceLock, Weak},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock, Weak,
+    },
     time::{Duration, Instant},
 };
 
@@ -36,6 +39,17 @@ pub const MAX_PEERS: usize = 60;
 pub const UPLOAD_SLOTS: usize = 8;
 /// Bytes of pieces fetched ahead of the engine's requests.
 pub const PREFETCH_BYTES: u64 = 48 << 20;
+/// Most block requests queued per peer (what we advertise as `reqq`); more are ignored.
+pub const MAX_QUEUED_REQUESTS: usize = 1024;
+/// Largest block a peer may ask for.
+pub const MAX_BLOCK: u32 = 128 << 10;
+/// Bytes of blocks read for one peer and not yet taken by its socket: past this, its
+/// requests wait in the queue (as 12-byte entries) instead of in memory as data.
+pub const UPLOAD_BUFFER: usize = 2 << 20;
+/// Bytes of failed piece attempts kept for blame, across all pieces.
+const MAX_FAILED_BYTES: usize = 64 << 20;
+/// A peer whose socket takes nothing for this long is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A block requested this long ago may be asked of a second peer (end game).
 const ENDGAME_AFTER: Duration = Duration::from_millis(1500);
 /// A request unanswered this long goes back to the pool.
@@ -78,7 +92,15 @@ struct PeerEntry {
     addr: SocketAddr,
     peer_id: [u8; 20],
     tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes handed to the writer and not yet written to the socket (control messages and
+    /// blocks alike): uploads wait while it is above [`UPLOAD_BUFFER`].
+    queued: Arc<AtomicUsize>,
     notify: Arc<Notify>,
+    /// Blocks the peer asked for and has not had yet, oldest first (at most
+    /// [`MAX_QUEUED_REQUESTS`]; more are ignored, a `cancel` removes one, a choke clears them).
+    uploads: VecDeque<(u32, u32, u32)>,
+    /// Requests ignored because the queue was full.
+    ignored_requests: u64,
     /// Piece flags (empty until the metadata is known; raw bitfield kept meanwhile).
     has: Vec<bool>,
     raw_bitfield: Option<Vec<u8>>,
@@ -130,7 +152,13 @@ impl PeerEntry {
     fn send(&mut self, m: &Message) {
         let mut b = Vec::with_capacity(32);
         peer_wire::encode(m, &mut b);
-        let _ = self.tx.send(b);
+        self.send_raw(b);
+    }
+    fn send_raw(&mut self, b: Vec<u8>) {
+        self.queued.fetch_add(b.len(), Ordering::Relaxed);
+        if self.tx.send(b).is_err() {
+            self.kill.get_or_insert_with(|| "connection closed".into());
+        }
         self.last_sent = Instant::now();
     }
 }
@@ -144,6 +172,9 @@ struct State {
     connecting: HashSet<SocketAddr>,
     known: HashSet<SocketAddr>,
     banned_addrs: HashSet<SocketAddr>,
+    /// Addresses of banned peers, by IP: a liar reconnecting from another port stays out.
+    /// Loopback peers are banned by address and port only (many local peers share one IP).
+    banned_ips: HashSet<std::net::IpAddr>,
     banned_ids: HashSet<[u8; 20]>,
     availability: Vec<u32>,
     jobs: BTreeMap<u32, Job>,
@@ -167,6 +198,12 @@ struct State {
 /// Peers that left and are still remembered for the report (oldest forgotten first is not
 /// worth the bookkeeping: past this bound, new departures are simply not recorded).
 const MAX_PAST_PEERS: usize = 4096;
+
+impl State {
+    fn is_banned(&self, addr: &SocketAddr) -> bool {
+        self.banned_addrs.contains(addr) || self.banned_ips.contains(&addr.ip())
+    }
+}
 
 /// Adds a connection's totals to what earlier connections from the same address did.
 fn merge_stat(into: &mut PeerStat, more: PeerStat) {
@@ -198,6 +235,7 @@ impl Default for State {
             connecting: HashSet::new(),
             known: HashSet::new(),
             banned_addrs: HashSet::new(),
+            banned_ips: HashSet::new(),
             banned_ids: HashSet::new(),
             availability: Vec::new(),
             jobs: BTreeMap::new(),
@@ -547,8 +585,7 @@ impl Session {
         for (index, begin, length) in reqs {
             peer_wire::encode(&Message::Request { index, begin, length }, &mut buf);
         }
-        let _ = p.tx.send(buf);
-        p.last_sent = now;
+        p.send_raw(buf);
     }
 
     fn pump(&self, id: u64) {
@@ -688,8 +725,10 @@ impl Session {
                 let only = *senders.iter().next().expect("one");
                 self.ban(&mut st, only, "sent a piece that failed verification");
             } else {
+                // Kept to compare with the good copy later (per-block blame), within bounds.
+                let kept: usize = st.failed.values().flatten().map(|a| a.0.len()).sum();
                 let attempts = st.failed.entry(index).or_default();
-                if attempts.len() < 4 {
+                if attempts.len() < 4 && kept + piece.len() <= MAX_FAILED_BYTES {
                     attempts.push((piece, from));
                 }
             }
@@ -703,10 +742,74 @@ impl Session {
         }
     }
 
+    /// Sends the blocks peer `id` asked for while its socket takes them: a batch is popped
+    /// under the lock, read from disk on a blocking thread with no lock held, then queued to
+    /// the writer. Returns when the queue is empty, the peer is choked, or its writer holds
+    /// [`UPLOAD_BUFFER`] bytes (the writer's progress wakes the connection task again).
+    async fn serve_uploads(self: &Arc<Self>, id: u64) -> Result<(), String> {
+        let Mode::Seed(_) = &self.mode else { return Ok(()) };
+        let Some(meta) = self.meta.get().cloned() else { return Ok(()) };
+        loop {
+            let batch: Vec<(u32, u32, u32)> = {
+                let mut st = lock(&self.state);
+                let Some(p) = st.peers.get_mut(&id) else { return Ok(()) };
+                if p.am_choking {
+                    p.uploads.clear();
+                    return Ok(());
+                }
+                let mut room = UPLOAD_BUFFER.saturating_sub(p.queued.load(Ordering::Relaxed));
+                let mut batch = Vec::new();
+                while let Some(&(i, b, l)) = p.uploads.front() {
+                    if (l as usize) > room || batch.len() >= 64 {
+                        break;
+                    }
+                    room -= l as usize;
+                    batch.push((i, b, l));
+                    p.uploads.pop_front();
+                }
+                batch
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let me = self.clone();
+            let meta2 = meta.clone();
+            let blocks = tokio::task::spawn_blocking(move || {
+                let Mode::Seed(storage) = &me.mode else { return Err("not seeding".to_string()) };
+                batch
+                    .into_iter()
+                    .map(|(index, begin, length)| {
+                        let offset = index as u64 * meta2.piece_length + begin as u64;
+                        let mut out = Vec::with_capacity(13 + length as usize);
+                        peer_wire::piece_header(index, begin, length as usize, &mut out);
+                        out.resize(13 + length as usize, 0);
+                        storage.read_at(offset, &mut out[13..]).map_err(|e| format!("reading the content: {e}"))?;
+                        Ok((length as u64, out))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            let mut st = lock(&self.state);
+            let Some(p) = st.peers.get_mut(&id) else { return Ok(()) };
+            let mut sent = 0;
+            for (len, out) in blocks {
+                p.send_raw(out);
+                p.up += len;
+                sent += len;
+            }
+            st.uploaded += sent;
+            self.account(&mut st, id);
+        }
+    }
+
     fn ban(&self, st: &mut State, id: u64, why: &str) {
         if let Some(p) = st.peers.get_mut(&id) {
             self.events.warn(format!("{}: banning peer {}: {why}", self.label, p.addr));
             st.banned_addrs.insert(p.addr);
+            if !p.addr.ip().is_loopback() {
+                st.banned_ips.insert(p.addr.ip());
+            }
             let pid = p.peer_id;
             p.kill = Some(why.to_string());
             p.notify.notify_one();
@@ -744,13 +847,14 @@ impl Session {
         addr: SocketAddr,
         peer_id: [u8; 20],
         tx: mpsc::UnboundedSender<Vec<u8>>,
+        queued: Arc<AtomicUsize>,
         notify: Arc<Notify>,
     ) -> Result<u64, String> {
         let mut st = lock(&self.state);
         if st.stopped {
             return Err("session stopped".into());
         }
-        if st.banned_addrs.contains(&addr) || st.banned_ids.contains(&peer_id) {
+        if st.is_banned(&addr) || st.banned_ids.contains(&peer_id) {
             return Err("banned".into());
         }
         if peer_id == self.shared.peer_id {
@@ -772,7 +876,10 @@ impl Session {
                 addr,
                 peer_id,
                 tx,
+                queued,
                 notify,
+                uploads: VecDeque::new(),
+                ignored_requests: 0,
                 has: vec![false; n],
                 raw_bitfield: None,
                 have_all: false,
@@ -946,7 +1053,9 @@ impl Session {
                         if p.has.len() <= i as usize && i < crate::metainfo::MAX_PIECES as u32 {
                             p.has.resize(i as usize + 1, false);
                         }
-                        p.has[i as usize] = true;
+                        if let Some(f) = p.has.get_mut(i as usize) {
+                            *f = true;
+                        }
                     }
                 }
             },
@@ -972,27 +1081,33 @@ impl Session {
             }
             Message::HaveNone => {}
             Message::Request { index, begin, length } => {
-                let Mode::Seed(storage) = &self.mode else { return Ok(()) };
-                let meta = self.meta.get().expect("seeds know their metadata");
+                let Mode::Seed(_) = &self.mode else { return Ok(()) };
+                let meta = self.meta.get().ok_or("a request before the metadata")?;
                 let Some(p) = st.peers.get_mut(&id) else { return Ok(()) };
+                if index >= meta.piece_count()
+                    || length == 0
+                    || length > MAX_BLOCK
+                    || begin as u64 + length as u64 > meta.piece_len(index)
+                {
+                    return Err(format!("request outside piece {index} or larger than {MAX_BLOCK} bytes"));
+                }
                 if p.am_choking {
                     return Ok(());
                 }
-                if index >= meta.piece_count() || begin as u64 + length as u64 > meta.piece_len(index) {
-                    return Err(format!("request outside piece {index}"));
+                if p.uploads.len() >= MAX_QUEUED_REQUESTS {
+                    p.ignored_requests += 1;
+                    return Ok(());
                 }
-                let offset = index as u64 * meta.piece_length + begin as u64;
-                let mut out = Vec::with_capacity(13 + length as usize);
-                peer_wire::piece_header(index, begin, length as usize, &mut out);
-                out.resize(13 + length as usize, 0);
-                storage.read_at(offset, &mut out[13..]).map_err(|e| format!("reading the content: {e}"))?;
-                let _ = p.tx.send(out);
-                p.last_sent = Instant::now();
-                p.up += length as u64;
-                st.uploaded += length as u64;
-                self.account(&mut st, id);
+                p.uploads.push_back((index, begin, length));
+                p.notify.notify_one();
             }
-            Message::Cancel { .. } => {}
+            Message::Cancel { index, begin, length } => {
+                if let Some(p) = st.peers.get_mut(&id) {
+                    if let Some(at) = p.uploads.iter().position(|r| *r == (index, begin, length)) {
+                        p.uploads.remove(at);
+                    }
+                }
+            }
             Message::Piece { .. } | Message::Extended { .. } => unreachable!("handled above"),
         }
         Ok(())
@@ -1173,7 +1288,7 @@ impl Session {
         {
             let mut st = lock(&self.state);
             if st.stopped
-                || st.banned_addrs.contains(&addr)
+                || st.is_banned(&addr)
                 || st.connecting.contains(&addr)
                 || st.peers.values().any(|p| p.addr == addr)
                 || st.peers.len() + st.connecting.len() >= MAX_PEERS
@@ -1233,8 +1348,9 @@ impl Session {
         let (mut rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let notify = Arc::new(Notify::new());
-        let id = self.add_peer(addr, theirs.peer_id, tx, notify.clone())?;
-        let writer = tokio::spawn(writer(wr, rx));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let id = self.add_peer(addr, theirs.peer_id, tx, queued.clone(), notify.clone())?;
+        let mut writer = tokio::spawn(writer(wr, rx, queued, notify.clone()));
         struct Guard<'a>(&'a Session, u64, tokio::task::AbortHandle);
         impl Drop for Guard<'_> {
             fn drop(&mut self) {
@@ -1287,12 +1403,17 @@ impl Session {
                             None => break,
                         }
                     }
+                    self.serve_uploads(id).await?;
                     if buf.capacity() - buf.len() < 64 << 10 {
                         buf.reserve(128 << 10);
                     }
                 }
                 _ = notify.notified() => {
                     self.pump(id);
+                    self.serve_uploads(id).await?;
+                }
+                _ = &mut writer => {
+                    return Err("the peer stopped reading".into());
                 }
                 _ = tick.tick() => {
                     self.tick(id)?;
@@ -1479,15 +1600,17 @@ impl Session {
 }
 
 /// Writes queued frames, coalescing small ones.
-async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+/// Writes what the connection queues, batching small messages; counts the bytes written off
+/// `queued` and wakes the connection task so it can send more blocks. Ends when the channel
+/// closes, the socket fails, or the peer takes nothing for [`WRITE_TIMEOUT`].
+async fn writer(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    notify: Arc<Notify>,
+) {
     let mut batch: Vec<u8> = Vec::with_capacity(256 << 10);
     while let Some(first) = rx.recv().await {
-        if first.len() >= 64 << 10 && batch.is_empty() {
-            if wr.write_all(&first).await.is_err() {
-                return;
-            }
-            continue;
-        }
         batch.extend_from_slice(&first);
         while batch.len() < 256 << 10 {
             match rx.try_recv() {
@@ -1495,9 +1618,12 @@ async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>
                 Err(_) => break,
             }
         }
-        if wr.write_all(&batch).await.is_err() {
-            return;
+        match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&batch)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
+        queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        notify.notify_one();
         batch.clear();
     }
 }

@@ -78,16 +78,16 @@ impl ChiralPlugin {
     async fn open(self: Arc<Self>, identifier: String, events: Events) -> Result<Arc<ChiralSource>, PluginError> {
         let target = target_of(&identifier)?;
         let node = self.node().await?;
-        let root = match target {
-            Target::Root(r) => r,
+        let (root, ih) = match target {
+            Target::Root(r) => (r, None),
             Target::InfoHash(ih) => {
                 node.join().await;
                 let roots = read_roots(&node, records::info_hash_key(&ih), &events).await?;
                 let root = roots.roots.first().and_then(|r| records::parse_hex32(r));
-                root.ok_or_else(|| PluginError::not_found(format!("no Chiral content carries info hash {ih}")))?
+                (root.ok_or_else(|| PluginError::not_found(format!("no Chiral content carries info hash {ih}")))?, Some(ih))
             }
         };
-        ChiralSource::open(node, root, events).await
+        ChiralSource::open(node, root, ih.as_deref(), events).await
     }
 
     async fn seed_file(&self, request: SeedRequest, events: Events) -> Result<SeedInfo, PluginError> {
@@ -97,6 +97,7 @@ impl ChiralPlugin {
             return Err(PluginError::invalid(format!("{}: the Chiral network seeds single files", path.display())));
         }
         let mut info_hash = None;
+        let mut info_dict = None;
         let mut mirrors = Vec::new();
         let mut upload_rate = None;
         for t in request.options.iter() {
@@ -106,6 +107,7 @@ impl ChiralPlugin {
                         PluginError::invalid(format!("info_hash {:?} is not 40 hex digits", t.1.as_str()))
                     })?)
                 }
+                "info_dict" => info_dict = Some(t.1.to_string()),
                 "mirror" => mirrors.push(t.1.to_string()),
                 "upload_rate" => {
                     upload_rate = Some(seed::parse_rate(t.1.as_str()).ok_or_else(|| {
@@ -132,6 +134,11 @@ impl ChiralPlugin {
 
         let mut fm = FileMeta::new(&root, &name, size);
         fm.info_hash = info_hash.clone();
+        fm.info_dict = info_dict;
+        if fm.info_dict.is_some() && fm.torrent_info().is_none() {
+            events.warn("info_dict is not the info dictionary of info_hash for this file: not published");
+            fm.info_dict = None;
+        }
         fm.mirrors = mirrors;
         fm.seeders.push(Seeder { peer_id: node.peer_id().to_string(), addrs: node.plain_addrs() });
         // Kept locally too (what this node seeds, readable without the network).

@@ -20,6 +20,7 @@
 use std::collections::BTreeSet;
 
 use chiral_sdk::verify::{Hash32, CHUNK_SIZE};
+use chiral_sdk::ident::TorrentInfo;
 use serde::{Deserialize, Serialize};
 
 /// Largest record value accepted or written.
@@ -118,6 +119,11 @@ pub struct FileMeta {
     pub chunk_count: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info_hash: Option<String>,
+    /// The BitTorrent info dictionary (hex) whose SHA-1 is `info_hash`: lets a downloader that
+    /// found this content by a magnet check it against the info hash (and resolve the magnet's
+    /// metadata without the swarm). Checked on decode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info_dict: Option<String>,
     /// HTTP/FTP mirror URLs of the same bytes.
     #[serde(default)]
     pub mirrors: Vec<String>,
@@ -144,6 +150,7 @@ impl FileMeta {
             chunk_size: CHUNK_SIZE,
             chunk_count: chunk_count(size),
             info_hash: None,
+            info_dict: None,
             mirrors: Vec::new(),
             seeders: Vec::new(),
         }
@@ -173,10 +180,22 @@ impl FileMeta {
         if m.info_hash.as_deref().is_some_and(|h| parse_info_hash(h).is_none()) {
             return Err("metadata record: info_hash is not 40 hex".into());
         }
+        if m.info_dict.is_some() && m.torrent_info().is_none() {
+            return Err("metadata record: info_dict is not the info dictionary of info_hash for this size".into());
+        }
         if m.seeders.len() > MAX_SEEDERS || m.mirrors.len() > MAX_MIRRORS {
             return Err("metadata record: too many seeders or mirrors".into());
         }
         Ok(m)
+    }
+
+    /// The info dictionary and what it says, when it is there, hashes to `info_hash` and
+    /// describes a single file of `size` bytes.
+    pub fn torrent_info(&self) -> Option<(Vec<u8>, TorrentInfo)> {
+        let (ih, hex_dict) = (self.info_hash.as_deref()?, self.info_dict.as_deref()?);
+        let dict = hex::decode(hex_dict).ok()?;
+        let t = TorrentInfo::parse(&dict)?;
+        (TorrentInfo::matches_info_hash(&dict, ih) && t.length == self.size).then_some((dict, t))
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, String> {
@@ -206,6 +225,9 @@ impl FileMeta {
         }
         if self.info_hash.is_none() {
             self.info_hash = other.info_hash.clone();
+        }
+        if self.info_dict.is_none() && self.info_hash == other.info_hash {
+            self.info_dict = other.info_dict.clone();
         }
     }
 }

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chiral_sdk::ident::TorrentInfo;
 use chiral_sdk::{
     abi::PeerStat,
     abi_stable::std_types::{ROption, RVec},
@@ -49,6 +50,10 @@ struct Inner {
     leaves: Vec<Hash32>,
     providers: Mutex<HashMap<PeerId, ProviderState>>,
     events: Events,
+    /// Opened for a magnet and the metadata record carries the info dictionary that hashes to
+    /// its info hash: the source describes itself as the torrent (SHA-1 pieces, the dictionary
+    /// in `root`), so the host can check it and the engine verifies every piece against it.
+    torrent: Option<(Vec<u8>, TorrentInfo)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -94,7 +99,13 @@ pub fn check_chunk(
 impl ChiralSource {
     /// Finds providers of `root` (DHT providers and the seeders of its metadata record), gets
     /// the manifest from the first that answers with a valid one.
-    pub async fn open(node: Node, root: Hash32, events: Events) -> Result<Arc<Self>, PluginError> {
+    /// Opens the content `root`; `magnet_info_hash` when it was found for a magnet.
+    pub async fn open(
+        node: Node,
+        root: Hash32,
+        magnet_info_hash: Option<&str>,
+        events: Events,
+    ) -> Result<Arc<Self>, PluginError> {
         node.join().await;
         let cid = content_id(&root);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -177,8 +188,15 @@ impl ChiralSource {
             return Err(PluginError::network(format!("no provider of {cid} gave its manifest: {}", errors.join("; "))));
         };
         let name = meta.as_ref().map(|m| m.name.clone()).filter(|n| !n.is_empty()).unwrap_or(name);
+        let torrent = match (magnet_info_hash, &meta) {
+            (Some(ih), Some(m)) if m.info_hash.as_deref() == Some(ih) && m.size == size => m.torrent_info(),
+            _ => None,
+        };
+        if magnet_info_hash.is_some() && torrent.is_none() {
+            events.info(format!("{cid}: no info dictionary for the magnet in its record; its bytes count only once the torrent's hashes are known"));
+        }
         let providers = candidates.into_iter().map(|p| (p, ProviderState::default())).collect();
-        let inner = Inner { node, root, name, size, leaves, providers: Mutex::new(providers), events };
+        let inner = Inner { node, root, name, size, leaves, providers: Mutex::new(providers), events, torrent };
         Ok(Arc::new(Self { inner: Arc::new(inner) }))
     }
 
@@ -278,6 +296,21 @@ impl PieceSource for ChiralSource {
     fn info(&self) -> ContentInfo {
         let this = &self.inner;
         let n = lock(&this.providers).len();
+        let label = format!("{} ({n} peers)", content_id(&this.root)).into();
+        if let Some((dict, t)) = &this.torrent {
+            return ContentInfo {
+                name: this.name.as_str().into(),
+                length: this.size,
+                length_known: true,
+                random_access: true,
+                piece_length: t.piece_length,
+                hash_kind: HashKind::Sha1Pieces,
+                piece_hashes: t.pieces.clone().into(),
+                root: dict.clone().into(),
+                files: Default::default(),
+                label,
+            };
+        }
         ContentInfo {
             name: this.name.as_str().into(),
             length: this.size,
@@ -288,7 +321,7 @@ impl PieceSource for ChiralSource {
             piece_hashes: this.leaves.iter().flatten().copied().collect(),
             root: this.root.to_vec().into(),
             files: Default::default(),
-            label: format!("{} ({n} peers)", content_id(&this.root)).into(),
+            label,
         }
     }
 
