@@ -423,7 +423,8 @@ impl Host {
                     plugin: plugin.to_string(),
                     label: s.label.to_string(),
                     bytes: s.bytes,
-                    speed: (s.bytes.saturating_sub(out.resumed_bytes) as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64,
+                    speed: (s.bytes.saturating_sub(out.resumed_bytes) as f64
+                        / started.elapsed().as_secs_f64().max(1e-3)) as u64,
                     pieces: 0,
                     failures: 0,
                     dropped: None,
@@ -604,21 +605,23 @@ fn engine_source(identifier: String, plugin: String, extra: bool, src: chiral_sd
                 })
         });
     if proven {
-        tracing::info!("{plugin} answered {identifier} with the torrent's own info dictionary, checked against the info hash");
+        tracing::info!(
+            "{plugin} answered {identifier} with the torrent's own info dictionary, checked against the info hash"
+        );
     }
     let authority = proven
         || !extra
-        && info.hash_kind != chiral_sdk::HashKind::None
-        && match ident::trust_root(&identifier) {
-            Some(ident::TrustRoot::MerkleRoot(root)) => {
-                let same = info.root.as_slice() == root.as_slice();
-                if !same {
-                    tracing::warn!("{plugin} answered {identifier} with another Merkle root: not trusted");
+            && info.hash_kind != chiral_sdk::HashKind::None
+            && match ident::trust_root(&identifier) {
+                Some(ident::TrustRoot::MerkleRoot(root)) => {
+                    let same = info.root.as_slice() == root.as_slice();
+                    if !same {
+                        tracing::warn!("{plugin} answered {identifier} with another Merkle root: not trusted");
+                    }
+                    same
                 }
-                same
-            }
-            _ => true,
-        };
+                _ => true,
+            };
     let reputation = if plugin == "chiral" { 1 } else { 0 };
     engine::EngineSource { source, identifier, plugin, authority, reputation }
 }

@@ -199,10 +199,13 @@ mod torrent_info_tests {
         // Wrong piece count, trailing bytes, multi-file, truncation, zero piece length.
         assert!(TorrentInfo::parse(&d[..d.len() - 1]).is_none());
         assert!(TorrentInfo::parse(&[d.clone(), b"x".to_vec()].concat()).is_none());
-        assert!(TorrentInfo::parse(b"d5:filesle6:lengthi1e12:piece lengthi1e6:pieces20:aaaaaaaaaaaaaaaaaaaae").is_none());
+        assert!(
+            TorrentInfo::parse(b"d5:filesle6:lengthi1e12:piece lengthi1e6:pieces20:aaaaaaaaaaaaaaaaaaaae").is_none()
+        );
         assert!(TorrentInfo::parse(b"d6:lengthi1e12:piece lengthi0e6:pieces0:e").is_none());
         assert!(TorrentInfo::parse(b"d6:lengthi40000e12:piece lengthi32768e6:pieces20:aaaaaaaaaaaaaaaaaaaae").is_none());
-        assert!(TorrentInfo::parse(&[b"d1:x".to_vec(), b"l".repeat(100), b"e".repeat(100), b"e".to_vec()].concat()).is_none());
+        assert!(TorrentInfo::parse(&[b"d1:x".to_vec(), b"l".repeat(100), b"e".repeat(100), b"e".to_vec()].concat())
+            .is_none());
         assert!(TorrentInfo::parse(b"d6:lengthi1e12:piece lengthi1e6:pieces99999999999999999999999:e").is_none());
     }
 }

@@ -584,6 +584,11 @@ fn a_leecher_that_asks_for_everything_and_never_reads_leaves_the_seeder_s_memory
     assert_eq!(sha256_file(&find_file(&out, "greedy.bin").unwrap()), f.sha);
     assert!(asked > 1 << 30, "the greedy leechers asked for {asked} bytes only");
     let grew = peak.saturating_sub(before) / 1024;
-    eprintln!("seeder RSS {} MiB before, {} MiB peak; greedy asked for {} MiB", before / 1024, peak / 1024, asked >> 20);
+    eprintln!(
+        "seeder RSS {} MiB before, {} MiB peak; greedy asked for {} MiB",
+        before / 1024,
+        peak / 1024,
+        asked >> 20
+    );
     assert!(grew < 100, "the seeder grew by {grew} MiB for leechers that never read");
 }

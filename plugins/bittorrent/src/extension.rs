@@ -175,11 +175,43 @@ impl ChiralHello {
     }
 }
 
-/// Pieces of a metadata download (BEP 9): collect 16 KiB pieces, then check the SHA-1.
+/// Why a metadata piece or the whole assembly was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MetadataError {
+    /// The piece that peer sent is malformed (index or length): that peer is at fault.
+    Malformed(String),
+    /// Every piece came from this peer and the whole does not hash to the info hash: a liar.
+    Liar(u64),
+    /// Pieces from several peers do not hash to the info hash and nothing says whose piece is
+    /// wrong: the assembly starts again, taking pieces from one peer at a time.
+    Unknown,
+}
+
+impl std::fmt::Display for MetadataError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Malformed(m) => f.write_str(m),
+            Self::Liar(_) => f.write_str("metadata does not match the info hash"),
+            Self::Unknown => f.write_str("metadata from several peers does not match the info hash"),
+        }
+    }
+}
+
+/// A magnet's metadata (BEP 9) being put together from `ut_metadata` pieces, for one
+/// announced size. Sans-IO: pieces and the peer that sent each in, the whole or a verdict out.
+///
+/// A lying peer can neither stall it nor get an honest peer blamed: when a complete assembly
+/// fails the info hash check and every piece came from one peer, that peer is named a liar;
+/// when the pieces came from several, the assembly restarts in single-source mode, where only
+/// the first peer to send a piece is listened to until it completes (or leaves, see
+/// [`forget`](Self::forget)) — so each liar in turn is found alone and an honest peer finishes.
 #[derive(Debug)]
 pub struct MetadataAssembly {
     pub size: usize,
-    pieces: Vec<Option<Vec<u8>>>,
+    pieces: Vec<Option<(Vec<u8>, u64)>>,
+    /// After an `Unknown` failure: pieces are taken from one peer only.
+    single_source: bool,
+    sole: Option<u64>,
 }
 
 impl MetadataAssembly {
@@ -187,32 +219,86 @@ impl MetadataAssembly {
         if size == 0 || size > MAX_METADATA {
             return Err(format!("metadata size {size} out of range"));
         }
-        Ok(Self { size: size as usize, pieces: vec![None; (size as usize).div_ceil(METADATA_PIECE)] })
+        Ok(Self {
+            size: size as usize,
+            pieces: vec![None; (size as usize).div_ceil(METADATA_PIECE)],
+            single_source: false,
+            sole: None,
+        })
     }
-    pub fn missing(&self) -> Vec<u32> {
+
+    /// Pieces still missing that `peer` may be asked for.
+    pub fn missing_for(&self, peer: u64) -> Vec<u32> {
+        if self.sole.is_some_and(|s| s != peer) {
+            return Vec::new();
+        }
         self.pieces.iter().enumerate().filter(|(_, p)| p.is_none()).map(|(i, _)| i as u32).collect()
     }
-    /// Stores a piece; returns the whole metadata once every piece is in and it hashes to
-    /// `info_hash` (`Err` and a reset when it does not).
-    pub fn add(&mut self, piece: u32, data: Vec<u8>, info_hash: &[u8; 20]) -> Result<Option<Vec<u8>>, String> {
+
+    /// Stores piece `piece` sent by `from`; returns the whole metadata once every piece is in
+    /// and it hashes to `info_hash`.
+    pub fn add(
+        &mut self,
+        piece: u32,
+        data: Vec<u8>,
+        from: u64,
+        info_hash: &[u8; 20],
+    ) -> Result<Option<Vec<u8>>, MetadataError> {
         let i = piece as usize;
         if i >= self.pieces.len() {
-            return Err(format!("metadata piece {piece} out of range"));
+            return Err(MetadataError::Malformed(format!("metadata piece {piece} out of range")));
         }
         let want = if i + 1 == self.pieces.len() { self.size - i * METADATA_PIECE } else { METADATA_PIECE };
         if data.len() != want {
-            return Err(format!("metadata piece {piece} has {} bytes, expected {want}", data.len()));
+            return Err(MetadataError::Malformed(format!(
+                "metadata piece {piece} has {} bytes, expected {want}",
+                data.len()
+            )));
         }
-        self.pieces[i] = Some(data);
+        if self.single_source {
+            match self.sole {
+                None => self.sole = Some(from),
+                Some(s) if s != from => return Ok(None),
+                Some(_) => {}
+            }
+        }
+        self.pieces[i] = Some((data, from));
         if self.pieces.iter().any(Option::is_none) {
             return Ok(None);
         }
-        let all: Vec<u8> = self.pieces.iter().flat_map(|p| p.as_deref().unwrap_or_default().iter().copied()).collect();
-        if &chiral_sdk::verify::sha1(&all) != info_hash {
-            self.pieces.iter_mut().for_each(|p| *p = None);
-            return Err("metadata does not match the info hash".into());
+        let all: Vec<u8> = self
+            .pieces
+            .iter()
+            .flat_map(|p| p.as_ref().map(|(d, _)| d.as_slice()).unwrap_or_default())
+            .copied()
+            .collect();
+        if &chiral_sdk::verify::sha1(&all) == info_hash {
+            return Ok(Some(all));
         }
-        Ok(Some(all))
+        let mut senders: Vec<u64> = self.pieces.iter().flatten().map(|(_, f)| *f).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        self.pieces.iter_mut().for_each(|p| *p = None);
+        self.sole = None;
+        match senders.as_slice() {
+            [one] => Err(MetadataError::Liar(*one)),
+            _ => {
+                self.single_source = true;
+                Err(MetadataError::Unknown)
+            }
+        }
+    }
+
+    /// `peer` left: in single-source mode, its pieces go and the next peer gets the turn.
+    pub fn forget(&mut self, peer: u64) {
+        if self.sole == Some(peer) {
+            self.sole = None;
+            for p in &mut self.pieces {
+                if p.as_ref().is_some_and(|(_, f)| *f == peer) {
+                    *p = None;
+                }
+            }
+        }
     }
 }
 
@@ -269,15 +355,52 @@ mod tests {
         let info: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
         let hash = chiral_sdk::verify::sha1(&info);
         let mut a = MetadataAssembly::new(info.len() as u64).unwrap();
-        assert_eq!(a.missing(), vec![0, 1, 2]);
-        assert!(a.add(0, info[..16384].to_vec(), &hash).unwrap().is_none());
-        assert!(a.add(2, info[..10].to_vec(), &hash).is_err());
-        assert!(a.add(3, vec![], &hash).is_err());
-        assert!(a.add(2, info[32768..].to_vec(), &hash).unwrap().is_none());
-        assert_eq!(a.add(1, info[16384..32768].to_vec(), &hash).unwrap().unwrap(), info);
+        assert_eq!(a.missing_for(1), vec![0, 1, 2]);
+        assert!(a.add(0, info[..16384].to_vec(), 1, &hash).unwrap().is_none());
+        assert!(a.add(2, info[..10].to_vec(), 1, &hash).is_err());
+        assert!(a.add(3, vec![], 1, &hash).is_err());
+        assert!(a.add(2, info[32768..].to_vec(), 1, &hash).unwrap().is_none());
+        assert_eq!(a.add(1, info[16384..32768].to_vec(), 1, &hash).unwrap().unwrap(), info);
         let mut b = MetadataAssembly::new(5).unwrap();
-        assert!(b.add(0, b"wrong".to_vec(), &hash).is_err());
-        assert_eq!(b.missing(), vec![0]);
+        assert_eq!(b.add(0, b"wrong".to_vec(), 7, &hash), Err(MetadataError::Liar(7)));
+        assert_eq!(b.missing_for(7), vec![0]);
         assert!(MetadataAssembly::new(MAX_METADATA + 1).is_err());
+    }
+
+    #[test]
+    fn a_lying_peer_cannot_keep_the_metadata_from_resolving() {
+        let info: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+        let hash = chiral_sdk::verify::sha1(&info);
+        let piece = |i: usize| info[i * METADATA_PIECE..((i + 1) * METADATA_PIECE).min(info.len())].to_vec();
+        let lie = |i: usize| piece(i).iter().map(|b| !b).collect::<Vec<u8>>();
+        let (honest, liar) = (1u64, 2u64);
+        let mut a = MetadataAssembly::new(info.len() as u64).unwrap();
+        // Mixed: the liar's piece 1 spoils the first attempt; nobody is blamed yet.
+        assert_eq!(a.add(0, piece(0), honest, &hash), Ok(None));
+        assert_eq!(a.add(1, lie(1), liar, &hash), Ok(None));
+        assert_eq!(a.add(2, piece(2), honest, &hash), Err(MetadataError::Unknown));
+        // Single source from now on: the liar speaks first, alone, and is named.
+        assert_eq!(a.add(0, lie(0), liar, &hash), Ok(None));
+        assert!(a.missing_for(honest).is_empty(), "one peer at a time");
+        assert_eq!(a.add(0, piece(0), honest, &hash), Ok(None), "ignored while it is the liar's turn");
+        assert_eq!(a.add(1, lie(1), liar, &hash), Ok(None));
+        assert_eq!(a.add(2, lie(2), liar, &hash), Err(MetadataError::Liar(liar)));
+        // The honest peer's turn: it completes.
+        assert_eq!(a.add(0, piece(0), honest, &hash), Ok(None));
+        assert_eq!(a.add(1, piece(1), honest, &hash), Ok(None));
+        assert_eq!(a.add(2, piece(2), honest, &hash), Ok(Some(info.clone())));
+
+        // A peer that leaves mid-turn hands it on.
+        let mut b = MetadataAssembly::new(info.len() as u64).unwrap();
+        b.add(0, lie(0), liar, &hash).unwrap();
+        b.add(1, piece(1), honest, &hash).unwrap();
+        assert_eq!(b.add(2, piece(2), honest, &hash), Err(MetadataError::Unknown));
+        b.add(0, piece(0), liar, &hash).unwrap();
+        b.forget(liar);
+        assert_eq!(b.missing_for(honest), vec![0, 1, 2]);
+        for i in 0..2 {
+            b.add(i as u32, piece(i), honest, &hash).unwrap();
+        }
+        assert_eq!(b.add(2, piece(2), honest, &hash), Ok(Some(info)));
     }
 }

@@ -24,7 +24,9 @@ use tokio::{
 
 use crate::{
     choker::{Choker, PeerView, ROTATE_EVERY},
-    extension::{ChiralHello, ExtHandshake, Metadata, MetadataAssembly, CHIRAL_ID, METADATA_PIECE, UT_METADATA_ID},
+    extension::{
+        ChiralHello, ExtHandshake, Metadata, MetadataAssembly, MetadataError, CHIRAL_ID, METADATA_PIECE, UT_METADATA_ID,
+    },
     metainfo::TorrentMetadata,
     peer_wire::{self, Handshake, Message, BLOCK},
     storage::Storage,
@@ -48,6 +50,8 @@ pub const MAX_BLOCK: u32 = 128 << 10;
 pub const UPLOAD_BUFFER: usize = 2 << 20;
 /// Bytes of failed piece attempts kept for blame, across all pieces.
 const MAX_FAILED_BYTES: usize = 64 << 20;
+/// Most metadata sizes assembled at once (peers may announce different ones).
+const MAX_METADATA_SIZES: usize = 4;
 /// A peer whose socket takes nothing for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A block requested this long ago may be asked of a second peer (end game).
@@ -184,7 +188,9 @@ struct State {
     cursor: u32,
     /// Failed attempts of a piece: (data, who sent each block), compared once it verifies.
     failed: HashMap<u32, Vec<FailedAttempt>>,
-    metadata: Option<MetadataAssembly>,
+    /// Metadata being assembled, one per size announced by peers (at most
+    /// [`MAX_METADATA_SIZES`]): a peer announcing another size cannot reset the others.
+    metadata: BTreeMap<u64, MetadataAssembly>,
     uploaded: u64,
     downloaded: u64,
     wasted: u64,
@@ -244,7 +250,7 @@ impl Default for State {
             delivered: Vec::new(),
             cursor: 0,
             failed: HashMap::new(),
-            metadata: None,
+            metadata: BTreeMap::new(),
             uploaded: 0,
             downloaded: 0,
             wasted: 0,
@@ -322,7 +328,7 @@ impl Session {
         let mut st = lock(&self.state);
         st.availability = vec![0; n];
         st.delivered = vec![false; n];
-        st.metadata = None;
+        st.metadata.clear();
         let count = n as u32;
         for p in st.peers.values_mut() {
             p.has = if p.have_all {
@@ -906,6 +912,7 @@ impl Session {
     fn remove_peer(&self, id: u64) {
         let mut st = lock(&self.state);
         Self::release_requests(&mut st, id);
+        st.metadata.values_mut().for_each(|a| a.forget(id));
         if let Some(p) = st.peers.remove(&id) {
             let gone = p.stat(st.banned_addrs.contains(&p.addr));
             if st.past_peers.len() < MAX_PAST_PEERS || st.past_peers.contains_key(&p.addr) {
@@ -1158,11 +1165,12 @@ impl Session {
                         if self.meta.get().is_some() {
                             return Ok(());
                         }
-                        let asm = match &mut st.metadata {
-                            Some(a) if a.size as u64 == total_size => a,
-                            _ => return Ok(()),
-                        };
-                        match asm.add(piece, data, &self.info_hash) {
+                        let announced = st.peers.get(&id).and_then(|p| p.ext.as_ref()).and_then(|e| e.metadata_size);
+                        if announced != Some(total_size) {
+                            return Ok(());
+                        }
+                        let Some(asm) = st.metadata.get_mut(&total_size) else { return Ok(()) };
+                        match asm.add(piece, data, id, &self.info_hash) {
                             Ok(None) => {}
                             Ok(Some(info)) => {
                                 drop(st);
@@ -1172,9 +1180,26 @@ impl Session {
                                 self.set_meta(Arc::new(meta));
                                 return Ok(());
                             }
-                            Err(e) => {
+                            Err(MetadataError::Malformed(e)) => {
                                 self.events.warn(format!("{}: {e}", self.label));
                                 return Err(e);
+                            }
+                            Err(MetadataError::Liar(liar)) => {
+                                self.ban(&mut st, liar, "sent metadata that does not match the info hash");
+                                if liar == id {
+                                    return Err("sent metadata that does not match the info hash".into());
+                                }
+                            }
+                            Err(e @ MetadataError::Unknown) => {
+                                self.events.warn(format!("{}: {e}; asking one peer at a time", self.label));
+                                let ids: Vec<u64> = st.peers.keys().copied().collect();
+                                for other in ids {
+                                    if let Some(p) = st.peers.get_mut(&other) {
+                                        p.metadata_asked.clear();
+                                    }
+                                    self.request_metadata(&mut st, other);
+                                }
+                                return Ok(());
                             }
                         }
                         self.request_metadata(&mut st, id);
@@ -1207,13 +1232,18 @@ impl Session {
         let Some(p) = st.peers.get(&id) else { return };
         let Some(ext) = &p.ext else { return };
         let (Some(their), Some(size)) = (ext.id_of("ut_metadata"), ext.metadata_size) else { return };
-        if st.metadata.as_ref().is_none_or(|a| a.size as u64 != size) {
+        if !st.metadata.contains_key(&size) {
+            if st.metadata.len() >= MAX_METADATA_SIZES {
+                return;
+            }
             match MetadataAssembly::new(size) {
-                Ok(a) => st.metadata = Some(a),
+                Ok(a) => {
+                    st.metadata.insert(size, a);
+                }
                 Err(_) => return,
             }
         }
-        let missing = st.metadata.as_ref().map(|a| a.missing()).unwrap_or_default();
+        let missing = st.metadata.get(&size).map(|a| a.missing_for(id)).unwrap_or_default();
         let p = st.peers.get_mut(&id).expect("present");
         for piece in missing {
             if p.metadata_asked.insert(piece) {

@@ -84,7 +84,10 @@ impl ChiralPlugin {
                 node.join().await;
                 let roots = read_roots(&node, records::info_hash_key(&ih), &events).await?;
                 let root = roots.roots.first().and_then(|r| records::parse_hex32(r));
-                (root.ok_or_else(|| PluginError::not_found(format!("no Chiral content carries info hash {ih}")))?, Some(ih))
+                (
+                    root.ok_or_else(|| PluginError::not_found(format!("no Chiral content carries info hash {ih}")))?,
+                    Some(ih),
+                )
             }
         };
         ChiralSource::open(node, root, ih.as_deref(), events).await

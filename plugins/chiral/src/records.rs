@@ -19,8 +19,8 @@
 
 use std::collections::BTreeSet;
 
-use chiral_sdk::verify::{Hash32, CHUNK_SIZE};
 use chiral_sdk::ident::TorrentInfo;
+use chiral_sdk::verify::{Hash32, CHUNK_SIZE};
 use serde::{Deserialize, Serialize};
 
 /// Largest record value accepted or written.
