@@ -199,6 +199,23 @@ impl Host {
             }
         }
 
+        // An identifier names its content by a hash, but the plugin that won it gives no piece
+        // access (a whole-download backend such as rqbit): nothing could check the other
+        // sources' bytes against that hash, so that plugin downloads it alone.
+        let carries = |id: &str| ident::trust_root(id).is_some();
+        if routed.iter().any(|r| carries(&r.0)) && !routed.iter().any(|r| carries(&r.0) && r.2) {
+            let whole =
+                routed.iter().find(|r| carries(&r.0) && r.3.descriptor().capabilities & capability::DOWNLOAD != 0);
+            if let Some((id, plugin, _, handler)) = whole {
+                if routed.len() > 1 {
+                    tracing::warn!(
+                        "{plugin} gives no piece access for {id}: the other identifiers are not used, as their bytes could not be checked against it"
+                    );
+                }
+                return self.whole_download(req, id, plugin, handler, on_event, started).await;
+            }
+        }
+
         // Open every source at once; the download starts with the first that can serve byte
         // ranges and the others join as they open (a magnet may take a while to resolve).
         // Extra sources (another network that may have the same content) are best effort:

@@ -269,3 +269,44 @@ fn a_restarted_node_keeps_its_peer_id() {
     let (_p3, addr3) = start_node(&Chiral::new(), &[]);
     assert_ne!(peer_id_of(&addr1), peer_id_of(&addr3));
 }
+
+#[test]
+fn a_lying_ftp_mirror_listed_before_a_chiral_id_never_defines_the_content() {
+    let a = Chiral::new();
+    let (_pa, addr_a) = start_node(&a, &[]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("root-check.bin");
+    make_file(&file, 8 * MIB, 41);
+    let want = sha256_file(&file);
+    let b = Chiral::new();
+    let (_sb, lines) = start_seed(&b, &[file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr_a], 1);
+    let cid = cid_of(&lines);
+    // The mirror serves bytes of the right length, one flipped in every MiB.
+    let evil = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    for i in (0..bytes.len()).step_by(MIB as usize) {
+        bytes[i + 3] ^= 0xff;
+    }
+    std::fs::write(evil.path().join("root-check.bin"), bytes).unwrap();
+    let ftp = PureFtpd::start(evil.path(), "mirror", "mirror-pass");
+
+    let e = Chiral::new();
+    let out_dir = e.data_dir.path().join("dl");
+    let out = e.run(&[
+        "get",
+        &ftp.url_with("mirror-pass", "root-check.bin"),
+        &cid,
+        "--bootstrap",
+        &addr_a,
+        "-o",
+        out_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256_file(&out_dir.join("root-check.bin")), want, "the Merkle root decides, not the first mirror");
+    let v = json_of(&out);
+    assert_eq!(v["download"]["verified"], true, "{v}");
+    let ftp_src = v["download"]["sources"].as_array().unwrap().iter().find(|s| s["plugin"] == "ftp").cloned();
+    let ftp_src = ftp_src.unwrap_or_else(|| panic!("no ftp source: {v}"));
+    assert!(ftp_src["dropped"].as_str().unwrap_or_default().contains("verification"), "{ftp_src}");
+}

@@ -175,14 +175,16 @@ fn liar(info_hash: [u8; 20], piece_count: u32) -> (u16, std::thread::JoinHandle<
 #[test]
 fn a_peer_sending_bad_blocks_is_banned_and_the_download_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = content(2 * 1024 * 1024);
+    // Large enough that the download is still running when the liar's connection is up (the
+    // honest seeder alone would otherwise finish first and the liar never be asked).
+    let data = content(16 * 1024 * 1024);
     let src = dir.path().join("d.bin");
     std::fs::write(&src, &data).unwrap();
     let seeder = handler(&dir.path().join("s"));
     let info = seed(&seeder, &src, &[("piece_size", "16384")]).unwrap();
     let good = x_pe(&info.identifiers[0]);
     let ih: [u8; 20] = hex::decode(info.id.as_str()).unwrap().try_into().unwrap();
-    let (liar_port, liar_thread) = liar(ih, 128);
+    let (liar_port, liar_thread) = liar(ih, 1024);
     let leecher = handler(&dir.path().join("l"));
     let out = dir.path().join("out");
     let magnet = format!("{}&x.pe=127.0.0.1:{liar_port}", info.identifiers[0]);
