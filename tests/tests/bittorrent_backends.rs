@@ -160,7 +160,7 @@ fn torrent_and_magnet_from_a_transmission_seeder(backend: &str) {
     eprintln!("[{backend}] 16 MiB .torrent from Transmission: {secs:.2}s");
 
     // transmission keys peers by IP and refuses a 127.0.0.1 peer it saw finish (a seed):
-    // a fresh seeder for the magnet (see /work/shared/peers/README.md).
+    // a fresh seeder for the magnet.
     drop(seeder);
     let port = free_port();
     let seeder = TransmissionSeeder::start(&tor, f.dir.path(), port);
