@@ -106,6 +106,10 @@ impl ProgressUi {
                 self.bar.set_position(done);
                 self.notice(format!("piece hashes from {label} adopted: {} on disk verified", HumanBytes(done)));
             }
+            EngineEvent::AwaitingTrustRoot => {
+                self.bar.set_message("waiting for the hashes the identifiers name, to check what is on disk");
+                self.notice("every byte is on disk; waiting for the hashes the identifiers name (a magnet's metadata) to check them".into());
+            }
             EngineEvent::Finishing => self.bar.set_message("verifying and finishing"),
             _ => {}
         }

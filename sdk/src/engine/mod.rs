@@ -157,6 +157,9 @@ pub enum EngineEvent {
         label: String,
         done: u64,
     },
+    /// Every byte is on disk but nothing has vouched for it yet: the download waits for the
+    /// source of an identifier that names its content by a hash (a magnet's metadata).
+    AwaitingTrustRoot,
     /// All pieces are in; the whole-file check (if any) and renames follow.
     Finishing,
 }
@@ -567,6 +570,7 @@ pub async fn run_with_late_sources(
     phase.save();
 
     let mut last_refresh = Instant::now();
+    let mut told_waiting = false;
     loop {
         let complete = phase.sched.is_complete();
         if complete && driver.trust != Trust::Pending {
@@ -576,6 +580,10 @@ pub async fn run_with_late_sources(
             // Everything is on disk but nothing has vouched for it yet: stop the duplicates
             // and wait for the authority.
             driver.abort_all().await;
+            if !told_waiting {
+                told_waiting = true;
+                on_event(EngineEvent::AwaitingTrustRoot);
+            }
         } else {
             driver.fill(&mut phase);
         }

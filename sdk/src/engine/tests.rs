@@ -431,13 +431,16 @@ fn an_awaited_authority_that_never_comes_fails_and_keeps_the_part() {
     let mut opts = Options::new(dir.path());
     opts.await_authority = true;
     opts.authority_wait = Duration::ZERO;
+    let events = Mutex::new(Vec::new());
     let r = futures::executor::block_on(run_with_late_sources(
         vec![mirror(src(&data, info_for(&data, 0, false, "mirror")))],
         Some(rx),
         &opts,
-        &|_| {},
+        &|e| events.lock().unwrap().push(e),
     ));
     assert!(matches!(r, Err(EngineError::NoTrustRoot(_))), "{r:?}");
+    let events = events.into_inner().unwrap();
+    assert!(events.iter().any(|e| matches!(e, EngineEvent::AwaitingTrustRoot)), "the wait is announced: {events:?}");
     assert!(!dir.path().join("file.bin").exists());
     assert!(part_path(&dir.path().join("file.bin")).exists());
 }
