@@ -77,8 +77,12 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -547,7 +551,8 @@ async fn cmd_search(g: &Global, a: SearchArgs) -> Result<ExitCode> {
         let id = r.get("id").and_then(|v| v.as_str()).unwrap_or("?");
         let name = r.get("name").and_then(|v| v.as_str()).unwrap_or("");
         let size = r.get("size").and_then(|v| v.as_u64()).map(|n| HumanBytes(n).to_string()).unwrap_or_default();
-        println!("{id}\t{name}\t{size}");
+        // Ids and names come from the network: shown, never obeyed (escapes, tabs, new lines).
+        println!("{}\t{}\t{size}", chiral_sdk::text::line(id), chiral_sdk::text::line(name));
     }
     if results.is_empty() && !g.quiet {
         eprintln!("no content found for {:?}", a.word);

@@ -351,6 +351,16 @@ pub trait Source: Send + Sync {
     fn checks_pieces(&self) -> bool {
         false
     }
+
+    /// The engine tells the source how many other live sources feed the same download (0: it
+    /// is the only one), and again whenever that changes. A source that reads ahead — fetches
+    /// pieces it was not asked for, expecting to be asked next, as a swarm does to keep its
+    /// peers busy — should do so only while it is alone: beside other sources the engine gives
+    /// those pieces to whichever source is free, and what was read ahead is sent twice. Added
+    /// in sdk 0.1.3; a source from an older plugin ignores it.
+    fn set_other_sources(&self, count: u32) {
+        let _ = count;
+    }
 }
 
 /// A boxed source as it crosses the boundary.

@@ -54,6 +54,9 @@ pub trait PieceSource: Send + Sync + 'static {
     fn checks_pieces(&self) -> bool {
         false
     }
+    /// How many other live sources feed the same download (see
+    /// [`crate::abi::Source::set_other_sources`]): read ahead only while it is 0.
+    fn set_other_sources(&self, _count: u32) {}
 }
 
 /// A protocol plugin. Only `descriptor`, `new` and `runtime` are required; the rest answer
@@ -372,6 +375,10 @@ impl Source for SourceAdapter {
     fn checks_pieces(&self) -> bool {
         catch_unwind(AssertUnwindSafe(|| self.inner.checks_pieces())).unwrap_or(false)
     }
+
+    fn set_other_sources(&self, count: u32) {
+        let _ = catch_unwind(AssertUnwindSafe(|| self.inner.set_other_sources(count)));
+    }
 }
 
 /// Host side: an ABI source seen as a [`PieceSource`], so the engine treats sources from every
@@ -406,6 +413,9 @@ impl PieceSource for AbiSource {
     }
     fn checks_pieces(&self) -> bool {
         self.checks_pieces
+    }
+    fn set_other_sources(&self, count: u32) {
+        self.inner.set_other_sources(count)
     }
 }
 

@@ -310,3 +310,25 @@ fn a_lying_ftp_mirror_listed_before_a_chiral_id_never_defines_the_content() {
     let ftp_src = ftp_src.unwrap_or_else(|| panic!("no ftp source: {v}"));
     assert!(ftp_src["dropped"].as_str().unwrap_or_default().contains("verification"), "{ftp_src}");
 }
+
+/// Names come from the network: `chiral search` shows an escape sequence or a new line in a
+/// published name as text, never as a terminal command or an extra result line.
+#[test]
+fn search_shows_hostile_names_escaped() {
+    let a = Chiral::new();
+    let (_pa, addr_a) = start_node(&a, &[]);
+    let b = Chiral::new();
+    let file = b.data_dir.path().join("src/hostile\x1b[2J\nfake-result.bin");
+    make_file(&file, MIB, 5);
+    let (_pb, lines) = start_seed(&b, &[file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr_a], 1);
+    let cid = cid_of(&lines);
+
+    let e = Chiral::new();
+    let s = e.run(&["search", "hostile", "--bootstrap", &addr_a]);
+    assert!(s.status.success(), "{}", stderr(&s));
+    let text = stdout(&s);
+    assert!(text.contains(&cid), "{text}");
+    assert!(!text.contains('\x1b'), "a raw escape reached the terminal: {text:?}");
+    assert_eq!(text.lines().count(), 1, "one result, one line: {text:?}");
+    assert!(text.contains("hostile\\u{1b}[2J\\u{a}fake-result.bin"), "{text:?}");
+}

@@ -731,6 +731,10 @@ impl PieceSource for SwarmSource {
         self.session.0.peer_stats()
     }
 
+    fn set_other_sources(&self, count: u32) {
+        self.session.0.set_read_ahead(count == 0);
+    }
+
     fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
         let session = self.session.0.clone();
         let meta = self.meta.clone();

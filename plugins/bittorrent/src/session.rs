@@ -167,6 +167,22 @@ impl PeerEntry {
     }
 }
 
+/// One `fetch_piece` waiting for its piece; dropped before the piece came (the engine
+/// cancelled the request), it tells the session, which may then stop fetching the piece.
+struct Waiting<'a> {
+    session: &'a Session,
+    index: u32,
+    rx: Option<oneshot::Receiver<Result<Vec<u8>, PluginError>>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.rx.take().is_some() {
+            self.session.waiter_gone(self.index);
+        }
+    }
+}
+
 /// The bytes of a piece that failed verification, and which peer sent each block.
 type FailedAttempt = (Vec<u8>, Vec<u64>);
 
@@ -186,6 +202,9 @@ struct State {
     cache_order: VecDeque<u32>,
     delivered: Vec<bool>,
     cursor: u32,
+    /// Whether pieces after the engine's cursor are fetched before they are asked for: only
+    /// while this swarm is the download's only source (see `set_read_ahead`).
+    read_ahead: bool,
     /// Failed attempts of a piece: (data, who sent each block), compared once it verifies.
     failed: HashMap<u32, Vec<FailedAttempt>>,
     /// Metadata being assembled, one per size announced by peers (at most
@@ -249,6 +268,7 @@ impl Default for State {
             cache_order: VecDeque::new(),
             delivered: Vec::new(),
             cursor: 0,
+            read_ahead: true,
             failed: HashMap::new(),
             metadata: BTreeMap::new(),
             uploaded: 0,
@@ -446,7 +466,7 @@ impl Session {
         if index >= meta.piece_count() {
             return Err(PluginError::invalid(format!("piece {index} out of range")));
         }
-        let rx = {
+        let mut waiting = {
             let mut st = lock(&self.state);
             if st.stopped {
                 return Err(PluginError::cancelled());
@@ -463,11 +483,69 @@ impl Session {
             for p in st.peers.values() {
                 p.notify.notify_one();
             }
-            rx
+            Waiting { session: self, index, rx: Some(rx) }
         };
-        match rx.await {
+        let rx = waiting.rx.as_mut().expect("set above");
+        let r = match rx.await {
             Ok(r) => r,
             Err(_) => Err(PluginError::cancelled()),
+        };
+        waiting.rx = None;
+        r
+    }
+
+    /// Reads ahead of the engine (fetches the pieces after the last one asked for) only when
+    /// `on`: the engine says whether this swarm is the download's only source. Turning it off
+    /// abandons the pieces being read ahead: their block requests are cancelled at the peers.
+    pub fn set_read_ahead(&self, on: bool) {
+        let mut st = lock(&self.state);
+        if st.read_ahead == on {
+            return;
+        }
+        st.read_ahead = on;
+        if !on {
+            let unwanted: Vec<u32> = st
+                .jobs
+                .iter()
+                .filter(|(_, j)| !j.verifying && j.waiters.iter().all(|w| w.is_closed()))
+                .map(|(i, _)| *i)
+                .collect();
+            for i in unwanted {
+                Self::abandon_locked(&mut st, i);
+            }
+        }
+    }
+
+    /// A `fetch_piece` gave up waiting for `index` (the engine cancelled it): without read-ahead
+    /// nobody else wants the piece, so its outstanding requests are cancelled.
+    fn waiter_gone(&self, index: u32) {
+        let mut st = lock(&self.state);
+        let read_ahead = st.read_ahead;
+        let Some(job) = st.jobs.get_mut(&index) else { return };
+        job.waiters.retain(|w| !w.is_closed());
+        if job.waiters.is_empty() && !job.verifying && !read_ahead {
+            Self::abandon_locked(&mut st, index);
+        }
+    }
+
+    /// Drops the job of piece `index` and cancels its requested blocks at the peers holding
+    /// them (a block that arrives anyway is counted as wasted).
+    fn abandon_locked(st: &mut State, index: u32) {
+        let Some(job) = st.jobs.remove(&index) else { return };
+        let len = job.data.len() as u64;
+        for (b, s) in job.blocks.iter().enumerate() {
+            let BlockState::Requested { peer, dup, .. } = *s else { continue };
+            let begin = b as u32 * BLOCK;
+            let length = (len - begin as u64).min(BLOCK as u64) as u32;
+            for id in std::iter::once(peer).chain(dup) {
+                if let Some(p) = st.peers.get_mut(&id) {
+                    p.inflight = p.inflight.saturating_sub(1);
+                    p.send(&Message::Cancel { index, begin, length });
+                }
+            }
+        }
+        for p in st.peers.values() {
+            p.notify.notify_one();
         }
     }
 
@@ -497,7 +575,9 @@ impl Session {
         // 1. Missing blocks of pieces already wanted (engine's first, then prefetches).
         let order: Vec<u32> = {
             let mut w: Vec<u32> = st.jobs.iter().filter(|(_, j)| !j.waiters.is_empty()).map(|(i, _)| *i).collect();
-            w.extend(st.jobs.iter().filter(|(_, j)| j.waiters.is_empty()).map(|(i, _)| *i));
+            if st.read_ahead {
+                w.extend(st.jobs.iter().filter(|(_, j)| j.waiters.is_empty()).map(|(i, _)| *i));
+            }
             w
         };
         for &i in &order {
@@ -524,8 +604,8 @@ impl Session {
                 }
             }
         }
-        // 2. New prefetch pieces after the engine's cursor.
-        if room > 0 {
+        // 2. New prefetch pieces after the engine's cursor (only as the only source).
+        if room > 0 && st.read_ahead {
             let limit = Self::prefetch_limit(meta);
             let count = meta.piece_count();
             let mut scanned = 0;

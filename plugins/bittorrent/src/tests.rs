@@ -356,3 +356,38 @@ fn trackerless_magnet_over_a_loopback_dht() {
     download(&leecher, &bare, &out, &[]).unwrap();
     assert_eq!(std::fs::read(out.join("dht.bin")).unwrap(), data);
 }
+
+/// A swarm reads ahead of the engine (the pieces after the last one asked for) only while it
+/// is the download's only source: beside others, those pieces go to other sources.
+#[test]
+fn the_swarm_reads_ahead_only_when_it_is_the_only_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let piece = 65536u64;
+    let data = content(4 * 1024 * 1024);
+    let src = dir.path().join("ahead.bin");
+    std::fs::write(&src, &data).unwrap();
+    let seeder = handler(&dir.path().join("s"));
+    let info = seed(&seeder, &src, &[("piece_size", "65536")]).unwrap();
+    let magnet = info.identifiers[0].to_string();
+    let got = |s: &chiral_sdk::SourceBox| s.peers().iter().map(|p| p.downloaded).sum::<u64>();
+
+    // Beside another source: exactly the two pieces asked for come over the wire.
+    let leecher = handler(&dir.path().join("l1"));
+    let s = block_on(leecher.open_source(magnet.clone().into(), no_events())).into_result().unwrap();
+    s.set_other_sources(1);
+    let p0 = block_on(s.fetch(0, piece)).into_result().unwrap();
+    assert_eq!(p0.as_slice(), &data[..piece as usize]);
+    let p40 = block_on(s.fetch(40 * piece, piece)).into_result().unwrap();
+    assert_eq!(p40.as_slice(), &data[40 * piece as usize..41 * piece as usize]);
+    assert_eq!(got(&s), 2 * piece, "nothing read ahead beside another source");
+    drop(s);
+
+    // Alone: the requests for the pieces after 0 went out before the one for piece 40, so
+    // they have come in by the time it has.
+    let leecher = handler(&dir.path().join("l2"));
+    let s = block_on(leecher.open_source(magnet.into(), no_events())).into_result().unwrap();
+    s.set_other_sources(0);
+    block_on(s.fetch(0, piece)).into_result().unwrap();
+    block_on(s.fetch(40 * piece, piece)).into_result().unwrap();
+    assert!(got(&s) > 2 * piece, "read ahead while alone: {} bytes", got(&s));
+}

@@ -60,7 +60,7 @@ fn target_of(identifier: &str) -> Result<Target, PluginError> {
         return Ok(Target::Root(root));
     }
     if identifier.len() > 7 && identifier[..7].eq_ignore_ascii_case("magnet:") {
-        if let Some(ih) = records::magnet_info_hash(identifier) {
+        if let Some(ih) = chiral_sdk::ident::magnet_info_hash_hex(identifier) {
             return Ok(Target::InfoHash(ih));
         }
     }

@@ -62,19 +62,6 @@ pub fn parse_info_hash(s: &str) -> Option<String> {
     (s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
 }
 
-/// The v1 info hash of a magnet link (`xt=urn:btih:<40 hex>`; base32 ones are not indexed).
-pub fn magnet_info_hash(uri: &str) -> Option<String> {
-    let query = uri.strip_prefix("magnet:")?.trim_start_matches('?');
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        if !k.eq_ignore_ascii_case("xt") {
-            return None;
-        }
-        let v = v.to_ascii_lowercase();
-        parse_info_hash(v.strip_prefix("urn:btih:")?)
-    })
-}
-
 /// Keywords of a file name: lowercased, split on non-alphanumerics, longer than 2 chars,
 /// deduplicated, at most 32 of at most 64 chars.
 pub fn keywords(name: &str) -> Vec<String> {
@@ -337,15 +324,6 @@ mod tests {
         assert_eq!(parse_content_id("chiral:abc"), None);
         assert_eq!(parse_content_id("http://x"), None);
         assert_eq!(parse_content_id(&format!("chiral:{}", "zz".repeat(32))), None);
-    }
-
-    #[test]
-    fn magnets() {
-        let ih = "0123456789abcdef0123456789ABCDEF01234567";
-        let m = format!("magnet:?dn=x&xt=urn:btih:{ih}&tr=http://t");
-        assert_eq!(magnet_info_hash(&m), Some(ih.to_ascii_lowercase()));
-        assert_eq!(magnet_info_hash("magnet:?xt=urn:btih:ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"), None);
-        assert_eq!(magnet_info_hash("http://x"), None);
     }
 
     #[test]

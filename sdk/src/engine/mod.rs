@@ -316,6 +316,8 @@ struct Src {
     last_error: Option<String>,
     /// The source checked its pieces against the same hashes the layout uses: no second hash.
     pre_checked: bool,
+    /// What the source was last told of the other live sources (`set_other_sources`).
+    told_others: Option<u32>,
 }
 
 impl Src {
@@ -332,7 +334,7 @@ impl Src {
             dropped: None,
             peers: Vec::new(),
         };
-        Self { es, info, report, last_error: None, pre_checked: false }
+        Self { es, info, report, last_error: None, pre_checked: false, told_others: None }
     }
 
     fn into_report(self) -> SourceReport {
@@ -823,6 +825,7 @@ impl Driver<'_> {
     }
 
     fn fill(&mut self, phase: &mut Phase) {
+        self.tell_others(phase);
         let decisions = phase.sched.fill(Instant::now());
         for d in decisions {
             if let Decision::Fetch { source, piece } = d {
@@ -831,10 +834,26 @@ impl Driver<'_> {
         }
     }
 
+    /// Tells each live source how many others feed the download, when that changed (a swarm
+    /// reads ahead only while it is alone).
+    fn tell_others(&mut self, phase: &Phase) {
+        let known = self.srcs.len().min(phase.sched.source_count());
+        let live: Vec<usize> = (0..known).filter(|&i| phase.sched.source(i).live).collect();
+        let others = live.len().saturating_sub(1) as u32;
+        for i in live {
+            let s = &mut self.srcs[i];
+            if s.told_others != Some(others) {
+                s.told_others = Some(others);
+                s.es.source.set_other_sources(others);
+            }
+        }
+    }
+
     fn start(&mut self, phase: &Phase, si: usize, piece: u32) {
         let (off, len) = phase.layout.piece(piece);
         let (handle, reg) = AbortHandle::new_pair();
         self.running.insert((si, piece), handle);
+        tracing::trace!(source = %self.srcs[si].report.label, piece, "request");
         let fetch = self.srcs[si].es.source.fetch(off, len);
         let (storage, verifier, workers) = (phase.storage.clone(), phase.verifier.clone(), self.workers.clone());
         let pre_checked = self.srcs[si].pre_checked;
@@ -873,12 +892,14 @@ impl Driver<'_> {
                 Decision::Fetch { .. } => {}
                 Decision::Cancel { source, piece } => {
                     if let Some(h) = self.running.remove(&(source, piece)) {
+                        tracing::debug!(source = %self.srcs[source].report.label, piece, "request cancelled");
                         h.abort();
                     }
                 }
                 Decision::Dropped { source, reason } => {
                     let s = &mut self.srcs[source];
                     if s.report.dropped.is_none() {
+                        tracing::info!(source = %s.report.label, %reason, "source dropped");
                         (self.on_event)(EngineEvent::SourceDropped {
                             label: s.report.label.clone(),
                             reason: reason.clone(),
@@ -899,7 +920,9 @@ impl Driver<'_> {
         let len = phase.layout.piece(piece).1;
         match landed {
             Landed::Written => {
-                if let Some(cancels) = phase.sched.on_written(si, piece, len, now) {
+                let written = phase.sched.on_written(si, piece, len, now);
+                tracing::debug!(source = %self.srcs[si].report.label, piece, first = written.is_some(), "piece written");
+                if let Some(cancels) = written {
                     let s = &mut self.srcs[si];
                     s.report.bytes += len;
                     s.report.pieces += 1;

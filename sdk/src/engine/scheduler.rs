@@ -100,6 +100,18 @@ const EWMA: f64 = 0.3;
 /// running copy (a margin against noise: duplicates are bytes sent twice).
 const DUPLICATE_MARGIN: f64 = 1.5;
 
+/// Seconds a request `elapsed` seconds old is expected to need still, on a source that takes
+/// `expected` seconds per piece. A request a little late is about to land (times per piece
+/// vary); one late by more than its whole expected time may be stuck, and is then counted as
+/// needing as long as it is late. Unknown pace: as long again as it has taken so far.
+fn remaining(expected: Option<f64>, elapsed: f64) -> f64 {
+    match expected {
+        Some(e) if e > elapsed => e - elapsed,
+        Some(e) => elapsed - e,
+        None => elapsed,
+    }
+}
+
 impl Scheduler {
     pub fn new(layout: Layout, limits: Limits) -> Self {
         Self {
@@ -119,6 +131,9 @@ impl Scheduler {
     }
     pub fn source(&self, i: usize) -> &SourceSlot {
         &self.sources[i]
+    }
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
     }
     pub fn is_complete(&self) -> bool {
         self.picker.is_complete()
@@ -198,15 +213,7 @@ impl Scheduler {
                 .running
                 .iter()
                 .filter(|r| r.source == t)
-                .map(|r| {
-                    // A request past its expected time may be stuck: as long again.
-                    let elapsed = now.saturating_duration_since(r.started).as_secs_f64();
-                    if et > elapsed {
-                        et - elapsed
-                    } else {
-                        elapsed
-                    }
-                })
+                .map(|r| remaining(Some(et), now.saturating_duration_since(r.started).as_secs_f64()))
                 .collect();
             frees.resize(src.slots.max(frees.len()), 0.0);
             for f in frees.into_iter().take(src.slots) {
@@ -271,6 +278,7 @@ impl Scheduler {
         let mut best: Option<(u32, f64)> = None;
         for r in &self.running {
             if r.source == s
+                || self.picker.is_done(r.piece)
                 || self.picker.in_flight(r.piece) >= MAX_DUPLICATES
                 || !self.sources[s].has(r.piece)
                 || self.running.iter().any(|o| o.source == s && o.piece == r.piece)
@@ -278,12 +286,7 @@ impl Scheduler {
                 continue;
             }
             let elapsed = now.saturating_duration_since(r.started).as_secs_f64();
-            // Time left on the running copy: by its source's pace, or, when that is unknown
-            // or already overrun, as long again as it has taken so far.
-            let left = match self.expected(r.source) {
-                Some(e) if e > elapsed => e - elapsed,
-                _ => elapsed,
-            };
+            let left = remaining(self.expected(r.source), elapsed);
             let worth = match mine {
                 Some(m) => m * DUPLICATE_MARGIN < left,
                 // No measure of this source yet: only rescue a request that is clearly stuck.
@@ -586,6 +589,42 @@ mod tests {
         let b = s.add_source(Vec::new(), 1, 0);
         assert!(s.fill(t0 + Duration::from_secs(1)).is_empty(), "not yet");
         assert_eq!(fetches(&s.fill(t0 + Duration::from_secs(3))), vec![(b, 0)]);
+    }
+
+    #[test]
+    fn a_piece_just_done_is_not_duplicated_while_its_cancelled_copy_winds_down() {
+        let mut s = sched(2);
+        let t0 = Instant::now();
+        let fast = s.add_source(Vec::new(), 1, 0);
+        let slow = s.add_source(Vec::new(), 1, 0);
+        assert_eq!(fetches(&s.fill(t0)), vec![(fast, 0), (slow, 1)]);
+        s.sources[fast].piece_secs = Some(0.1);
+        s.sources[slow].piece_secs = Some(1.0);
+        // fast lands 0, then duplicates 1 (slow has 0.8 s left).
+        s.on_written(fast, 0, 100, t0 + Duration::from_millis(100));
+        assert_eq!(fetches(&s.fill(t0 + Duration::from_millis(200))), vec![(fast, 1)]);
+        // slow lands 1 first: fast's copy is cancelled but its outcome has not come back yet.
+        let c = s.on_written(slow, 1, 100, t0 + Duration::from_millis(250));
+        assert_eq!(c, Some(vec![Decision::Cancel { source: fast, piece: 1 }]));
+        assert!(s.is_complete());
+        assert!(s.fill(t0 + Duration::from_secs(5)).is_empty(), "a done piece is never asked for again");
+        s.on_cancelled(fast, 1);
+        assert!(s.idle());
+    }
+
+    #[test]
+    fn a_request_a_little_late_is_left_alone_a_stuck_one_is_not() {
+        let mut s = sched(1);
+        let t0 = Instant::now();
+        let a = s.add_source(Vec::new(), 1, 0);
+        let b = s.add_source(Vec::new(), 1, 0);
+        s.sources[a].piece_secs = Some(1.0);
+        s.sources[b].piece_secs = Some(0.5);
+        assert_eq!(fetches(&s.fill(t0)), vec![(b, 0)]);
+        // b's piece is 20% late: about to land, a (1 s per piece) would not be sooner.
+        assert!(s.fill(t0 + Duration::from_millis(600)).is_empty());
+        // Late by 2 s more than its whole pace: stuck; a rescues it.
+        assert_eq!(fetches(&s.fill(t0 + Duration::from_millis(2600))), vec![(a, 0)]);
     }
 
     #[test]
