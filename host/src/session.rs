@@ -197,6 +197,24 @@ impl Host {
                     Err(e) => tracing::debug!("{e}"),
                 }
             }
+            // A torrent's web seeds (BEP 19) join as sources of their own, through the plugin
+            // for their scheme; like every extra source, their bytes count only when they
+            // verify against the torrent's pieces.
+            if entry.has(capability::SOURCE) && ident::trust_root(id).is_some() {
+                for url in self.web_seeds(entry, id).await {
+                    if req.identifiers.contains(&url) || extras.iter().any(|(u, _, _)| *u == url) {
+                        continue;
+                    }
+                    let Ok(e) = self.registry.route(&url, None) else { continue };
+                    if !e.has(capability::SOURCE) {
+                        continue;
+                    }
+                    match self.registry.handler(e) {
+                        Ok(h) => extras.push((url, e.name().unwrap_or_default().to_string(), h)),
+                        Err(m) => tracing::debug!("{m}"),
+                    }
+                }
+            }
         }
 
         // An identifier names its content by a hash, but the plugin that won it gives no piece
@@ -364,6 +382,27 @@ impl Host {
                 })
                 .collect(),
         })
+    }
+
+    /// The web seeds the plugin of `identifier` lists for it (its `web_seeds` command; none
+    /// when the plugin has no such command or answers slowly).
+    async fn web_seeds(&self, entry: &crate::registry::Entry, identifier: &str) -> Vec<String> {
+        let args = [("identifier".to_string(), identifier.to_string())];
+        let ask = self.command(entry.name(), "", "web_seeds", &args);
+        let answer = match select(std::pin::pin!(ask), after(WEB_SEEDS_WAIT)).await {
+            Either::Left((Ok(v), _)) => v,
+            Either::Left((Err(e), _)) => {
+                tracing::debug!("no web seeds for {}: {e}", redact(identifier));
+                return Vec::new();
+            }
+            Either::Right(_) => return Vec::new(),
+        };
+        let urls = answer["web_seeds"].as_array().cloned().unwrap_or_default();
+        let urls: Vec<String> = urls.iter().filter_map(|u| u.as_str().map(str::to_string)).collect();
+        if !urls.is_empty() {
+            tracing::info!("{} web seed(s) as sources: {}", urls.len(), chiral_sdk::text::line(&urls.join(", ")));
+        }
+        urls
     }
 
     async fn whole_download(
@@ -591,6 +630,8 @@ pub fn redact(identifier: &str) -> String {
 /// How long a download whose first identifier is slow to open waits for it before it starts
 /// with another (and is named after that one).
 const NAME_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a plugin may take to list a torrent's web seeds (a .torrent URL is fetched first).
+const WEB_SEEDS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resolves after `d` without needing any async runtime (the host library runs on any).
 fn after(d: std::time::Duration) -> futures::channel::oneshot::Receiver<()> {

@@ -197,3 +197,41 @@ fn plain_urls_say_they_are_unverified() {
     );
     assert_eq!(json_of(&o)["download"]["verified"], false);
 }
+
+/// A torrent's web seeds (BEP 19 `url-list`) join as sources of their own: shown in `--json`
+/// with their bytes, each checked against the torrent's pieces — a lying one is dropped.
+#[test]
+fn a_torrent_s_web_seeds_are_sources_of_their_own_and_a_lying_one_is_dropped() {
+    let tracker = Tracker::start();
+    let f = fixture("ws.bin", 16 * MIB, 34);
+    let good = Nginx::start(f.dir.path());
+    let evil_dir = tempfile::tempdir().unwrap();
+    lying_copy(&f.file, evil_dir.path());
+    let evil = Nginx::start(evil_dir.path());
+    let tor = f.dir.path().join("ws.torrent");
+    let out = std::process::Command::new(require("mktorrent", "mktorrent"))
+        .args(["-a", &tracker.url(), "-l", "18", "-w", &evil.url("ws.bin"), "-w", &good.url("ws.bin"), "-o"])
+        .arg(&tor)
+        .arg(&f.file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mktorrent: {}", String::from_utf8_lossy(&out.stderr));
+
+    let node = Chiral::new();
+    let dl = node.data_dir.path().join("out");
+    let o = run_with_timeout(
+        node.cmd().args(["get", tor.to_str().unwrap(), "-o", dl.to_str().unwrap(), "--json"]),
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "chiral get failed: {}", last_error_line(&o));
+    assert_eq!(sha256_file(&dl.join("ws.bin")), f.sha);
+    let srcs = sources(&o);
+    let by_id = |u: String| srcs.iter().find(|s| s["identifier"] == u.as_str()).cloned();
+    let g = by_id(good.url("ws.bin")).unwrap_or_else(|| panic!("the good web seed is no source: {srcs:?}"));
+    assert_eq!(g["plugin"], "http", "{g}");
+    assert!(g["bytes"].as_u64().unwrap() > 0, "{g}");
+    assert!(g["dropped"].is_null(), "{g}");
+    let e = by_id(evil.url("ws.bin")).unwrap_or_else(|| panic!("the lying web seed is no source: {srcs:?}"));
+    assert!(e["dropped"].as_str().unwrap_or_default().contains("verification"), "{e}");
+    assert_eq!(json_of(&o)["download"]["verified"], true);
+}

@@ -357,6 +357,30 @@ impl Plugin for BitTorrentPlugin {
                     let dict = dict.ok_or_else(|| PluginError::not_found(format!("no seed with info hash {want}")))?;
                     Ok(serde_json::json!({ "info_dict": dict }).to_string())
                 }
+                // The web seeds of a torrent that a host can open as sources of their own, with
+                // the plugin for their scheme (HTTP, FTP): the file's URL for a single-file
+                // torrent's `url-list`, a magnet's `ws=` links as given. A multi-file torrent's
+                // web seeds stay inside this plugin's swarm source (pieces span files).
+                "web_seeds" => {
+                    let id = args.iter().find(|(k, _)| k == "identifier").map(|(_, v)| v.clone());
+                    let id = id.ok_or_else(|| PluginError::invalid("web_seeds needs identifier"))?;
+                    let urls: Vec<String> = match self.resolve(&id).await? {
+                        Torrent::File(m) if !m.multi_file => {
+                            m.web_seeds.iter().map(|b| webseed::file_url(b, &m, &[])).collect()
+                        }
+                        Torrent::File(_) => Vec::new(),
+                        Torrent::Magnet(m) => m.web_seeds.clone(),
+                    };
+                    let urls: Vec<String> = urls
+                        .into_iter()
+                        .filter(|u| {
+                            let l = u.to_ascii_lowercase();
+                            ["http://", "https://", "ftp://", "ftps://"].iter().any(|p| l.starts_with(p))
+                        })
+                        .take(MAX_HOST_WEB_SEEDS)
+                        .collect();
+                    Ok(serde_json::json!({ "web_seeds": urls }).to_string())
+                }
                 "dht" => {
                     let addr = match &self.shared.dht {
                         Some(d) => d.addr().await.map(|a| a.to_string()),
@@ -369,6 +393,9 @@ impl Plugin for BitTorrentPlugin {
         })
     }
 }
+
+/// Most web seeds handed to a host as sources of their own (a torrent may list hundreds).
+const MAX_HOST_WEB_SEEDS: usize = 8;
 
 fn seed_info(id: &str, s: &SeedEntry) -> SeedInfo {
     SeedInfo {

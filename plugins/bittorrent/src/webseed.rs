@@ -16,7 +16,8 @@ use crate::{magnet::percent_encode, metainfo::TorrentMetadata};
 /// One HTTP request of a content range: `(url, start in that file, length)`.
 pub type Part = (String, u64, u64);
 
-fn file_url(base: &str, meta: &TorrentMetadata, path: &[String]) -> String {
+/// The URL of one file of the content on web seed `base` (`path` empty for a single file).
+pub fn file_url(base: &str, meta: &TorrentMetadata, path: &[String]) -> String {
     if !meta.multi_file {
         return if base.ends_with('/') {
             format!("{base}{}", percent_encode(meta.name.as_bytes()))
