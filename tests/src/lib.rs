@@ -233,7 +233,7 @@ events {{ worker_connections 256; }}\n\
 http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n keepalive_timeout 30;\n default_type application/octet-stream;\n\
  client_body_temp_path {c}/tmp/body;\n proxy_temp_path {c}/tmp/proxy;\n fastcgi_temp_path {c}/tmp/fastcgi;\n\
  uwsgi_temp_path {c}/tmp/uwsgi;\n scgi_temp_path {c}/tmp/scgi;\n\
- server {{ listen 127.0.0.1:{port}; root {root}; autoindex on;\n  location /slow/ {{ alias {root}/; limit_rate 8m; }}\n }}\n}}\n",
+ server {{ listen 127.0.0.1:{port}; root {root}; autoindex on;\n  location /slow/ {{ alias {root}/; limit_rate 8m; }}\n  location /capped/ {{ alias {root}/; limit_rate 64k; }}\n }}\n}}\n",
             c = c.display(),
             root = dir.display()
         );
@@ -263,6 +263,12 @@ http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n keepalive_timeout 30
     /// The same file through a location limited to 8 MB/s per connection (a slow mirror).
     pub fn slow_url(&self, name: &str) -> String {
         format!("http://127.0.0.1:{}/slow/{name}", self.port)
+    }
+
+    /// The same file limited to 64 KiB/s per request after a first 64 KiB (nginx's
+    /// `limit_rate`): a 256 KiB range takes about 3 s.
+    pub fn capped_url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/capped/{name}", self.port)
     }
 }
 
@@ -294,6 +300,11 @@ pub struct PureFtpd {
 
 impl PureFtpd {
     pub fn start(root: &Path, user: &str, password: &str) -> Self {
+        Self::start_with(root, user, password, &[])
+    }
+
+    /// [`start`](Self::start) with more pure-ftpd options (e.g. `--userbandwidth=KB/s`).
+    pub fn start_with(root: &Path, user: &str, password: &str, extra: &[&str]) -> Self {
         use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
         let pure_ftpd = pure_ftpd_program("sbin/pure-ftpd");
         let pure_pw = pure_ftpd_program("bin/pure-pw");
@@ -339,6 +350,7 @@ impl PureFtpd {
             .arg(format!("--passiveportrange={pasv_min}:{pasv_max}"))
             .args(["--forcepassiveip=127.0.0.1", "--noanonymous", "--chrooteveryone", "--dontresolve"])
             .args(["--ipv4only", "--syslogfacility=none", "--maxclientsnumber=64", "--maxclientsperip=64"])
+            .args(extra)
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
