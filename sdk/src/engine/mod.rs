@@ -716,6 +716,25 @@ async fn already_complete(
     })
 }
 
+/// Bytes a swarm source (one with per-piece availability) keeps requested at least: its slots
+/// are pieces spread over all its peers rather than connections, and since it reads nothing
+/// ahead beside other sources, small pieces would otherwise leave its peers idle (8 pieces of
+/// 64 KiB are 512 KiB for the whole swarm).
+const SWARM_MIN_IN_FLIGHT: u64 = 8 << 20;
+/// Most requests one source may have at once.
+const MAX_SLOTS: usize = 256;
+
+/// Requests a source may have at once: `configured` (`--connections`: for a mirror each is a
+/// connection), and for a swarm at least [`SWARM_MIN_IN_FLIGHT`] bytes of pieces.
+fn slots_for(swarm: bool, piece_length: u64, configured: usize) -> usize {
+    let configured = configured.clamp(1, MAX_SLOTS);
+    if !swarm {
+        return configured;
+    }
+    let by_bytes = SWARM_MIN_IN_FLIGHT.div_ceil(piece_length.max(1)).min(MAX_SLOTS as u64) as usize;
+    configured.max(by_bytes)
+}
+
 /// The I/O around the scheduler: requests, their outcomes, late sources, adoption.
 struct Driver<'a> {
     options: &'a Options,
@@ -765,7 +784,8 @@ impl Driver<'_> {
             }
             None => {
                 let a = s.es.source.availability(phase.layout.piece_length);
-                let at = phase.sched.add_source(a, self.options.slots_per_source.max(1), s.es.reputation);
+                let slots = slots_for(!a.is_empty(), phase.layout.piece_length, self.options.slots_per_source);
+                let at = phase.sched.add_source(a, slots, s.es.reputation);
                 debug_assert_eq!(at, i);
             }
         }

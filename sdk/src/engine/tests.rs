@@ -545,3 +545,17 @@ fn short_long_and_wrong_pieces_are_refused_and_the_good_source_finishes() {
         assert!(out.sources[0].dropped.is_some(), "case {how}");
     }
 }
+
+#[test]
+fn a_swarm_keeps_enough_bytes_requested_a_mirror_one_request_per_connection() {
+    use super::slots_for;
+    // A mirror: the configured connections, whatever the piece size.
+    assert_eq!(slots_for(false, 16 << 10, 8), 8);
+    assert_eq!(slots_for(false, 4 << 20, 3), 3);
+    // A swarm: at least 8 MiB of pieces over its peers, bounded.
+    assert_eq!(slots_for(true, 1 << 20, 8), 8);
+    assert_eq!(slots_for(true, 4 << 20, 8), 8);
+    assert_eq!(slots_for(true, 256 << 10, 8), 32);
+    assert_eq!(slots_for(true, 16 << 10, 8), 256);
+    assert_eq!(slots_for(true, 0, 0), 256);
+}
