@@ -324,6 +324,8 @@ impl Registry {
             (capability::SEED, "seed"),
             (capability::SOURCE, "source"),
             (capability::SEED_MANAGE, "seed-manage"),
+            (capability::EXTRA_SOURCE, "extra-source"),
+            (capability::REPUTED_PEERS, "reputed-peers"),
         ]
         .into_iter()
         .filter(|(b, _)| bits & b != 0)

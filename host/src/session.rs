@@ -156,10 +156,12 @@ pub fn log_event(plugin: &str, e: &Event) {
             chiral_sdk::level::DEBUG => tracing::debug!(plugin, "{message}"),
             _ => tracing::trace!(plugin, "{message}"),
         },
-        Event::PaymentRequired { peer, wallet, bytes } => {
-            let wallet = wallet.as_ref().into_option().map(|w| w.as_str()).unwrap_or("unknown");
-            tracing::info!(plugin, %peer, wallet, bytes, "payment required")
-        }
+        // Only a peer with a wallet can be paid: one without is logged at debug level, not
+        // once per MiB at info (every plain BitTorrent peer).
+        Event::PaymentRequired { peer, wallet, bytes } => match wallet.as_ref().into_option() {
+            Some(w) => tracing::info!(plugin, %peer, wallet = w.as_str(), bytes, "payment required"),
+            None => tracing::debug!(plugin, %peer, bytes, "payment required (no wallet)"),
+        },
         Event::Progress { .. } => {}
     }
 }
@@ -244,6 +246,7 @@ impl Host {
             .chain(others)
             .map(|(id, plugin, handler, extra)| {
                 let f = handler.open_source(id.as_str().into(), log_sink(plugin.clone()));
+                let reputed = handler.descriptor().capabilities & capability::REPUTED_PEERS != 0;
                 let (id, plugin) = (id.clone(), plugin.clone());
                 async move {
                     let r = f.await.into_result();
@@ -252,7 +255,7 @@ impl Host {
                             tracing::debug!("extra source {plugin} for {id}: {e}");
                             None
                         }
-                        other => Some(other.map(|src| engine_source(id.clone(), plugin.clone(), extra, src))),
+                        other => Some(other.map(|src| engine_source(id.clone(), plugin.clone(), extra, reputed, src))),
                     };
                     (id, extra, r)
                 }
@@ -647,7 +650,13 @@ fn after(d: std::time::Duration) -> futures::channel::oneshot::Receiver<()> {
 /// by a hash, opened by the plugin that won that identifier, is the download's authority (its
 /// description is the trust root) — and for `chiral:` only when its root is the one named.
 /// Extra sources never are. Chiral-network sources rank first.
-fn engine_source(identifier: String, plugin: String, extra: bool, src: chiral_sdk::SourceBox) -> engine::EngineSource {
+fn engine_source(
+    identifier: String,
+    plugin: String,
+    extra: bool,
+    reputed: bool,
+    src: chiral_sdk::SourceBox,
+) -> engine::EngineSource {
     let source: Arc<dyn PieceSource> = Arc::new(AbiSource::new(src));
     let info = source.info();
     // An extra source is an authority only when it proves itself: a torrent description whose
@@ -680,7 +689,8 @@ fn engine_source(identifier: String, plugin: String, extra: bool, src: chiral_sd
                 }
                 _ => true,
             };
-    let reputation = if plugin == "chiral" { 1 } else { 0 };
+    // Peers proven and ranked by their network first (capability REPUTED_PEERS).
+    let reputation = i32::from(reputed);
     engine::EngineSource { source, identifier, plugin, authority, reputation }
 }
 

@@ -34,6 +34,10 @@ pub mod capability {
     /// extra place to get the same content from (the Chiral network finding seeders of a
     /// magnet's info hash). Failures of extra sources are not errors.
     pub const EXTRA_SOURCE: u32 = 1 << 4;
+    /// Its sources are peers its network proves and ranks by reputation (the Chiral network):
+    /// the engine prefers them to plain sources. A flag, not a name, so any plugin with such a
+    /// network can say it.
+    pub const REPUTED_PEERS: u32 = 1 << 5;
 }
 
 /// Who a plugin is and what it claims. Returned before any handler exists.

@@ -225,7 +225,8 @@ fn payment_required_between_two_chiral_nodes(backend: &str) {
     let node = Chiral::new();
     write_config(&node, &format!("[plugins.{backend}]\npayment_threshold = 65536\nwallet = \"0xLEECHWALLET\"\n"));
     let out = node.data_dir.path().join("out");
-    let o = get(&node, backend, &magnet, &out, &["-v"]);
+    // -vv: a PaymentRequired without a wallet is logged at debug level.
+    let o = get(&node, backend, &magnet, &out, &["-vv"]);
     assert_got(&o, backend, &out.join("paid.bin"), &f.sha, "magnet from a chiral seed");
     let err = stderr(&o);
     let events: Vec<&str> = err.lines().filter(|l| l.contains("payment required")).collect();

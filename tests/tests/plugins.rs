@@ -64,6 +64,10 @@ fn third_party_plugin_garbage_and_mismatched_sdk() {
             .unwrap_or_else(|| panic!("{f} not listed: {v}"))
     };
     assert_eq!(by_file("libchiral_plugin_http.so")["status"], "loaded");
+    // The Chiral network's sources are ranked first by a capability, not by the plugin's name.
+    let caps = |f: &str| by_file(f)["capabilities"].as_array().unwrap().clone();
+    assert!(caps("libchiral_plugin_chiral.so").contains(&serde_json::json!("reputed-peers")), "{v}");
+    assert!(!caps("libchiral_plugin_http.so").contains(&serde_json::json!("reputed-peers")), "{v}");
     let g = by_file("libchiral_plugin_gen.so");
     assert_eq!(g["status"], "loaded");
     assert_eq!(g["name"], "gen");

@@ -256,7 +256,8 @@ impl Plugin for ChiralPlugin {
                     | capability::SEED
                     | capability::SOURCE
                     | capability::SEED_MANAGE
-                    | capability::EXTRA_SOURCE,
+                    | capability::EXTRA_SOURCE
+                    | capability::REPUTED_PEERS,
             )
             // Never wins `magnet` over BitTorrent: it only adds Chiral seeders as extra sources.
             .priority(-10)
