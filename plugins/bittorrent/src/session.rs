@@ -203,7 +203,9 @@ struct State {
     delivered: Vec<bool>,
     cursor: u32,
     /// Whether pieces after the engine's cursor are fetched before they are asked for: only
-    /// while this swarm is the download's only source (see `set_read_ahead`).
+    /// while this swarm is the download's only source (see `set_read_ahead`). Off until the
+    /// engine says so: a swarm opened beside mirrors must not fetch the whole file in the
+    /// moment between its metadata arriving and the engine's first word.
     read_ahead: bool,
     /// Failed attempts of a piece: (data, who sent each block), compared once it verifies.
     failed: HashMap<u32, Vec<FailedAttempt>>,
@@ -268,7 +270,7 @@ impl Default for State {
             cache_order: VecDeque::new(),
             delivered: Vec::new(),
             cursor: 0,
-            read_ahead: true,
+            read_ahead: false,
             failed: HashMap::new(),
             metadata: BTreeMap::new(),
             uploaded: 0,
