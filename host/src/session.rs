@@ -21,7 +21,7 @@ use chiral_sdk::{
     DownloadRequest, Event, Events, PieceSource, SeedInfo, SeedRequest,
 };
 use futures::{
-    future::{select, Either},
+    future::{select, BoxFuture, Either},
     stream::FuturesUnordered,
     StreamExt as _,
 };
@@ -180,6 +180,7 @@ impl Host {
         // Dispatch every identifier first: an unclaimed one is the user's mistake, say so.
         let mut routed = Vec::new();
         let mut extras = Vec::new();
+        let mut seed_lists = Vec::new();
         for id in &req.identifiers {
             let entry = self.registry.route(id, req.backend.as_deref())?;
             let handler = self.registry.handler(entry).map_err(HostError::Plugin)?;
@@ -201,21 +202,9 @@ impl Host {
             }
             // A torrent's web seeds (BEP 19) join as sources of their own, through the plugin
             // for their scheme; like every extra source, their bytes count only when they
-            // verify against the torrent's pieces.
+            // verify against the torrent's pieces. Asked for below, beside the sources opening.
             if entry.has(capability::SOURCE) && ident::trust_root(id).is_some() {
-                for url in self.web_seeds(entry, id).await {
-                    if req.identifiers.contains(&url) || extras.iter().any(|(u, _, _)| *u == url) {
-                        continue;
-                    }
-                    let Ok(e) = self.registry.route(&url, None) else { continue };
-                    if !e.has(capability::SOURCE) {
-                        continue;
-                    }
-                    match self.registry.handler(e) {
-                        Ok(h) => extras.push((url, e.name().unwrap_or_default().to_string(), h)),
-                        Err(m) => tracing::debug!("{m}"),
-                    }
-                }
+                seed_lists.push((entry, id.clone()));
             }
         }
 
@@ -242,25 +231,12 @@ impl Host {
         // their failures are only logged, and they never define what the content is.
         let primaries = routed.iter().filter(|r| r.2).map(|(id, plugin, _, handler)| (id, plugin, handler, false));
         let others = extras.iter().map(|(id, plugin, handler)| (id, plugin, handler, true));
-        let mut pending: FuturesUnordered<_> = primaries
-            .chain(others)
-            .map(|(id, plugin, handler, extra)| {
-                let f = handler.open_source(id.as_str().into(), log_sink(plugin.clone()));
-                let reputed = handler.descriptor().capabilities & capability::REPUTED_PEERS != 0;
-                let (id, plugin) = (id.clone(), plugin.clone());
-                async move {
-                    let r = f.await.into_result();
-                    let r = match r {
-                        Err(e) if extra => {
-                            tracing::debug!("extra source {plugin} for {id}: {e}");
-                            None
-                        }
-                        other => Some(other.map(|src| engine_source(id.clone(), plugin.clone(), extra, reputed, src))),
-                    };
-                    (id, extra, r)
-                }
-            })
-            .collect();
+        let mut pending: FuturesUnordered<BoxFuture<'_, Opening>> =
+            primaries.chain(others).map(|(id, plugin, handler, extra)| open(id, plugin, handler, extra)).collect();
+        let mut known: Vec<String> = req.identifiers.iter().chain(extras.iter().map(|e| &e.0)).cloned().collect();
+        for (entry, id) in seed_lists {
+            pending.push(Box::pin(async move { Opening::WebSeeds(self.web_seeds(entry, &id).await) }));
+        }
         let mut failures: Vec<String> = Vec::new();
         let mut streaming_only = Vec::new();
         let mut first: Option<engine::EngineSource> = None;
@@ -278,7 +254,16 @@ impl Host {
                     Either::Right(_) => break,
                 },
             };
-            let Some((id, extra, r)) = next else { break };
+            let (id, extra, r) = match next {
+                None => break,
+                Some(Opening::WebSeeds(urls)) => {
+                    for f in self.web_seed_sources(urls, &mut known) {
+                        pending.push(f);
+                    }
+                    continue;
+                }
+                Some(Opening::Source(id, extra, r)) => (id, extra, r),
+            };
             let Some(r) = r else { continue };
             match r {
                 Ok(src) => {
@@ -337,13 +322,18 @@ impl Host {
             let _ = late_tx.unbounded_send(src);
         }
         let feeder = async move {
-            while let Some((_, _, r)) = pending.next().await {
-                match r {
-                    None => {}
-                    Some(Ok(src)) => {
+            while let Some(opened) = pending.next().await {
+                match opened {
+                    Opening::WebSeeds(urls) => {
+                        for f in self.web_seed_sources(urls, &mut known) {
+                            pending.push(f);
+                        }
+                    }
+                    Opening::Source(_, _, None) => {}
+                    Opening::Source(_, _, Some(Ok(src))) => {
                         let _ = late_tx.unbounded_send(src);
                     }
-                    Some(Err(e)) => tracing::warn!("source left out: {e}"),
+                    Opening::Source(_, _, Some(Err(e))) => tracing::warn!("source left out: {e}"),
                 }
             }
         };
@@ -385,6 +375,29 @@ impl Host {
                 })
                 .collect(),
         })
+    }
+
+    /// Opens the web seeds not already among the sources (`known`), each through the plugin
+    /// for its scheme, as extra sources.
+    fn web_seed_sources(&self, urls: Vec<String>, known: &mut Vec<String>) -> Vec<BoxFuture<'static, Opening>> {
+        let mut out = Vec::new();
+        for url in urls.into_iter().take(MAX_WEB_SEEDS) {
+            if known.contains(&url) {
+                continue;
+            }
+            let Ok(e) = self.registry.route(&url, None) else { continue };
+            if !e.has(capability::SOURCE) {
+                continue;
+            }
+            match self.registry.handler(e) {
+                Ok(h) => {
+                    out.push(open(&url, e.name().unwrap_or_default(), &h, true));
+                    known.push(url);
+                }
+                Err(m) => tracing::debug!("{m}"),
+            }
+        }
+        out
     }
 
     /// The web seeds the plugin of `identifier` lists for it (its `web_seeds` command; none
@@ -650,6 +663,34 @@ fn after(d: std::time::Duration) -> futures::channel::oneshot::Receiver<()> {
 /// by a hash, opened by the plugin that won that identifier, is the download's authority (its
 /// description is the trust root) — and for `chiral:` only when its root is the one named.
 /// Extra sources never are. Chiral-network sources rank first.
+/// A source being opened, or the web seeds an identifier's plugin listed (to open next).
+enum Opening {
+    /// Identifier, whether it is an extra source, and the outcome (`None`: an extra source
+    /// that failed, already logged).
+    Source(String, bool, Option<Result<engine::EngineSource, chiral_sdk::PluginError>>),
+    WebSeeds(Vec<String>),
+}
+
+/// Most web seeds of one identifier opened as sources (a torrent may list hundreds).
+const MAX_WEB_SEEDS: usize = 8;
+
+/// Opens `id` through `handler`; an extra source's failure is only logged.
+fn open(id: &str, plugin: &str, handler: &Arc<chiral_sdk::HandlerBox>, extra: bool) -> BoxFuture<'static, Opening> {
+    let f = handler.open_source(id.into(), log_sink(plugin.to_string()));
+    let reputed = handler.descriptor().capabilities & capability::REPUTED_PEERS != 0;
+    let (id, plugin) = (id.to_string(), plugin.to_string());
+    Box::pin(async move {
+        let r = match f.await.into_result() {
+            Err(e) if extra => {
+                tracing::debug!("extra source {plugin} for {id}: {e}");
+                None
+            }
+            other => Some(other.map(|src| engine_source(id.clone(), plugin.clone(), extra, reputed, src))),
+        };
+        Opening::Source(id, extra, r)
+    })
+}
+
 fn engine_source(
     identifier: String,
     plugin: String,

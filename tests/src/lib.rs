@@ -193,7 +193,8 @@ pub fn sha256_file(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// A child process killed (with its process group) when dropped.
+/// A child process killed when dropped, with its process group when it leads one (nginx's
+/// workers outlive a killed master otherwise, holding its port).
 pub struct Proc {
     pub child: Child,
     pub name: String,
@@ -208,6 +209,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -222,6 +225,7 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(dir: &Path) -> Self {
+        use std::os::unix::process::CommandExt as _;
         let nginx = require("nginx", "nginx-light");
         let conf = tempfile::tempdir().expect("temp");
         let port = free_port();
@@ -242,6 +246,7 @@ http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n keepalive_timeout 30
         let log = c.join("stderr.log");
         let child = Command::new(nginx)
             .args(["-c", &c.join("nginx.conf").to_string_lossy(), "-p", &c.to_string_lossy()])
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()

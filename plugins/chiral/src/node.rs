@@ -213,7 +213,14 @@ impl Node {
                 Err(_) => return Err(PluginError::network(format!("no listen address on {listen} after 10 s"))),
             }
         }
-        let settle = Instant::now() + Duration::from_millis(150);
+        // On a wildcard address one event per interface follows: give them a moment, so the
+        // addresses printed include loopback. A specific address has just the one.
+        let wildcard = listen.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_unspecified(),
+            Protocol::Ip6(ip) => ip.is_unspecified(),
+            _ => false,
+        });
+        let settle = Instant::now() + Duration::from_millis(if wildcard { 150 } else { 0 });
         while let Ok(ev) =
             tokio::time::timeout(settle.saturating_duration_since(Instant::now()), swarm.select_next_some()).await
         {
