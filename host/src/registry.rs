@@ -326,6 +326,7 @@ impl Registry {
             (capability::SEED_MANAGE, "seed-manage"),
             (capability::EXTRA_SOURCE, "extra-source"),
             (capability::REPUTED_PEERS, "reputed-peers"),
+            (capability::PIPELINED, "pipelined"),
         ]
         .into_iter()
         .filter(|(b, _)| bits & b != 0)

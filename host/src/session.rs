@@ -677,7 +677,8 @@ const MAX_WEB_SEEDS: usize = 8;
 /// Opens `id` through `handler`; an extra source's failure is only logged.
 fn open(id: &str, plugin: &str, handler: &Arc<chiral_sdk::HandlerBox>, extra: bool) -> BoxFuture<'static, Opening> {
     let f = handler.open_source(id.into(), log_sink(plugin.to_string()));
-    let reputed = handler.descriptor().capabilities & capability::REPUTED_PEERS != 0;
+    let caps = handler.descriptor().capabilities;
+    let (reputed, pipelined) = (caps & capability::REPUTED_PEERS != 0, caps & capability::PIPELINED != 0);
     let (id, plugin) = (id.to_string(), plugin.to_string());
     Box::pin(async move {
         let r = match f.await.into_result() {
@@ -685,7 +686,9 @@ fn open(id: &str, plugin: &str, handler: &Arc<chiral_sdk::HandlerBox>, extra: bo
                 tracing::debug!("extra source {plugin} for {id}: {e}");
                 None
             }
-            other => Some(other.map(|src| engine_source(id.clone(), plugin.clone(), extra, reputed, src))),
+            other => Some(
+                other.map(|src| engine_source(id.clone(), plugin.clone(), extra, reputed, src).pipelined(pipelined)),
+            ),
         };
         Opening::Source(id, extra, r)
     })
@@ -732,7 +735,7 @@ fn engine_source(
             };
     // Peers proven and ranked by their network first (capability REPUTED_PEERS).
     let reputation = i32::from(reputed);
-    engine::EngineSource { source, identifier, plugin, authority, reputation }
+    engine::EngineSource { source, identifier, plugin, authority, reputation, pipelined: false }
 }
 
 fn seed_line(plugin: &str, s: SeedInfo) -> SeedLine {

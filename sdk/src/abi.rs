@@ -38,6 +38,10 @@ pub mod capability {
     /// the engine prefers them to plain sources. A flag, not a name, so any plugin with such a
     /// network can say it.
     pub const REPUTED_PEERS: u32 = 1 << 5;
+    /// One source's requests share its peers' connections (a swarm, a multiplexed network)
+    /// rather than each taking a connection of its own: the engine sizes how many it keeps
+    /// outstanding by the source's measured bandwidth x delay, not by `--connections`.
+    pub const PIPELINED: u32 = 1 << 6;
 }
 
 /// Who a plugin is and what it claims. Returned before any handler exists.

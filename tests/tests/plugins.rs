@@ -68,6 +68,9 @@ fn third_party_plugin_garbage_and_mismatched_sdk() {
     let caps = |f: &str| by_file(f)["capabilities"].as_array().unwrap().clone();
     assert!(caps("libchiral_plugin_chiral.so").contains(&serde_json::json!("reputed-peers")), "{v}");
     assert!(!caps("libchiral_plugin_http.so").contains(&serde_json::json!("reputed-peers")), "{v}");
+    // A swarm's requests share connections, a mirror's each take one.
+    assert!(caps("libchiral_plugin_bittorrent.so").contains(&serde_json::json!("pipelined")), "{v}");
+    assert!(!caps("libchiral_plugin_http.so").contains(&serde_json::json!("pipelined")), "{v}");
     let g = by_file("libchiral_plugin_gen.so");
     assert_eq!(g["status"], "loaded");
     assert_eq!(g["name"], "gen");

@@ -202,7 +202,13 @@ impl Plugin for BitTorrentPlugin {
         PluginDescriptor::new("bittorrent", env!("CARGO_PKG_VERSION"))
             .schemes(&["magnet"])
             .suffixes(&[".torrent"])
-            .capabilities(capability::DOWNLOAD | capability::SEED | capability::SOURCE | capability::SEED_MANAGE)
+            .capabilities(
+                capability::DOWNLOAD
+                    | capability::SEED
+                    | capability::SOURCE
+                    | capability::SEED_MANAGE
+                    | capability::PIPELINED,
+            )
             .priority(10)
             .description("BitTorrent (native): .torrent files and magnets, trackers, DHT, web seeds, BEP 9/10, seeding and torrent creation")
     }

@@ -257,7 +257,8 @@ impl Plugin for ChiralPlugin {
                     | capability::SOURCE
                     | capability::SEED_MANAGE
                     | capability::EXTRA_SOURCE
-                    | capability::REPUTED_PEERS,
+                    | capability::REPUTED_PEERS
+                    | capability::PIPELINED,
             )
             // Never wins `magnet` over BitTorrent: it only adds Chiral seeders as extra sources.
             .priority(-10)

@@ -102,9 +102,18 @@ pub struct EngineSource {
     pub authority: bool,
     /// Preference among sources, higher first (a proven Chiral peer above a plain mirror).
     pub reputation: i32,
+    /// Its requests share connections (capability `PIPELINED`): how many it keeps
+    /// outstanding follows its bandwidth x delay rather than `--connections`.
+    pub pipelined: bool,
 }
 
 impl EngineSource {
+    /// The same, with its requests sharing connections (capability `PIPELINED`) or not.
+    pub fn pipelined(mut self, on: bool) -> Self {
+        self.pipelined = on;
+        self
+    }
+
     /// A source as a plugin running its own download has it: an authority when it has hashes.
     pub fn from_source(source: Arc<dyn PieceSource>) -> Self {
         let info = source.info();
@@ -113,6 +122,7 @@ impl EngineSource {
             identifier: info.label.to_string(),
             plugin: String::new(),
             reputation: 0,
+            pipelined: false,
             source,
         }
     }
@@ -716,22 +726,22 @@ async fn already_complete(
     })
 }
 
-/// Bytes a swarm source (one with per-piece availability) keeps requested at least: its slots
-/// are pieces spread over all its peers rather than connections, and since it reads nothing
-/// ahead beside other sources, small pieces would otherwise leave its peers idle (8 pieces of
-/// 64 KiB are 512 KiB for the whole swarm).
+/// Bytes a pipelined source (a swarm: one with per-piece availability, or a plugin that says
+/// `PIPELINED`) keeps requested at least: its slots are pieces spread over all its peers rather
+/// than connections, and since it reads nothing ahead beside other sources, small pieces would
+/// otherwise leave its peers idle (8 pieces of 64 KiB are 512 KiB for the whole swarm). Above
+/// this the scheduler grows the window by measured bandwidth x delay.
 const SWARM_MIN_IN_FLIGHT: u64 = 8 << 20;
-/// Most requests one source may have at once.
-const MAX_SLOTS: usize = 256;
 
-/// Requests a source may have at once: `configured` (`--connections`: for a mirror each is a
-/// connection), and for a swarm at least [`SWARM_MIN_IN_FLIGHT`] bytes of pieces.
-fn slots_for(swarm: bool, piece_length: u64, configured: usize) -> usize {
-    let configured = configured.clamp(1, MAX_SLOTS);
-    if !swarm {
+/// Requests a source may have at once to start with: `configured` (`--connections`: for a
+/// mirror each is a connection), and for a pipelined source at least [`SWARM_MIN_IN_FLIGHT`]
+/// bytes of pieces.
+fn slots_for(pipelined: bool, piece_length: u64, configured: usize) -> usize {
+    let configured = configured.clamp(1, scheduler::MAX_SLOTS);
+    if !pipelined {
         return configured;
     }
-    let by_bytes = SWARM_MIN_IN_FLIGHT.div_ceil(piece_length.max(1)).min(MAX_SLOTS as u64) as usize;
+    let by_bytes = SWARM_MIN_IN_FLIGHT.div_ceil(piece_length.max(1)).min(scheduler::MAX_SLOTS as u64) as usize;
     configured.max(by_bytes)
 }
 
@@ -784,9 +794,13 @@ impl Driver<'_> {
             }
             None => {
                 let a = s.es.source.availability(phase.layout.piece_length);
-                let slots = slots_for(!a.is_empty(), phase.layout.piece_length, self.options.slots_per_source);
+                let pipelined = s.es.pipelined || !a.is_empty();
+                let slots = slots_for(pipelined, phase.layout.piece_length, self.options.slots_per_source);
                 let at = phase.sched.add_source(a, slots, s.es.reputation);
                 debug_assert_eq!(at, i);
+                if pipelined {
+                    phase.sched.set_pipelined(at);
+                }
             }
         }
     }

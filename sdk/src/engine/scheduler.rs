@@ -15,8 +15,19 @@
 //! slower source takes nothing, so the last pieces are not held by the slowest source. When
 //! no free piece is left, an idle slot duplicates the running piece expected to finish last,
 //! and only if it would finish it sooner than its current holder.
+//!
+//! How many requests a source has at once: a mirror's slots are its connections (the user's
+//! `--connections`), fixed. A pipelined source (a swarm, a multiplexed network: its requests
+//! share connections) starts at the driver's floor and grows its window to keep its pipe full:
+//! [`WINDOW_GAIN`] x measured bandwidth (bytes verified over the last [`RATE_WINDOW`]) x the
+//! shortest time a request has taken on it (its delay without queueing), bounded by
+//! [`MAX_SLOTS`] and [`MAX_IN_FLIGHT`] bytes. It never shrinks below the floor, so a window
+//! that is too large only adds queueing at the peers, which the tail logic accounts for.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use crate::{
     layout::Layout,
@@ -50,6 +61,13 @@ pub struct SourceSlot {
     pub bad_pieces: u32,
     /// Pieces this source sent that failed verification: never asked of it again.
     bad: Vec<u32>,
+    /// Pipelined: the window follows bandwidth x delay, never below `floor` slots.
+    pipelined: bool,
+    floor: usize,
+    /// Shortest seconds a request took, scaled to a whole piece (the delay without queueing).
+    min_secs: Option<f64>,
+    /// Bytes verified from it, by when, over the last [`RATE_WINDOW`].
+    recent: VecDeque<(Instant, u64)>,
 }
 
 impl SourceSlot {
@@ -99,6 +117,15 @@ const EWMA: f64 = 0.3;
 /// A duplicate is started only when it is expected to finish this much sooner than the
 /// running copy (a margin against noise: duplicates are bytes sent twice).
 const DUPLICATE_MARGIN: f64 = 1.5;
+/// Most requests one source may have at once.
+pub const MAX_SLOTS: usize = 256;
+/// Most bytes a pipelined source's window may grow to.
+pub const MAX_IN_FLIGHT: u64 = 64 << 20;
+/// How far back a pipelined source's bandwidth is measured.
+pub const RATE_WINDOW: Duration = Duration::from_secs(2);
+/// A pipelined source's window is this many times its bandwidth x delay (headroom for the
+/// delay's jitter and the rate's growth once the window stops limiting it).
+pub const WINDOW_GAIN: f64 = 2.0;
 
 /// Seconds a request `elapsed` seconds old is expected to need still, on a source that takes
 /// `expected` seconds per piece. A request a little late is about to land (times per piece
@@ -166,8 +193,47 @@ impl Scheduler {
             failures: 0,
             bad_pieces: 0,
             bad: Vec::new(),
+            pipelined: false,
+            floor: slots.max(1),
+            min_secs: None,
+            recent: VecDeque::new(),
         });
         self.sources.len() - 1
+    }
+
+    /// The source's requests share connections: its window grows with its bandwidth x delay
+    /// (from its current slots up).
+    pub fn set_pipelined(&mut self, source: usize) {
+        self.sources[source].pipelined = true;
+    }
+
+    /// A pipelined source's window after a piece of `bytes` landed at `now`.
+    fn resize_window(&mut self, source: usize, secs: f64, bytes: u64, now: Instant) {
+        let (_, full) = self.layout.piece(0);
+        let full = full.max(1);
+        let s = &mut self.sources[source];
+        if !s.pipelined {
+            return;
+        }
+        let whole = secs * full as f64 / bytes.max(1) as f64;
+        s.min_secs = Some(s.min_secs.map_or(whole, |m| m.min(whole)));
+        s.recent.push_back((now, bytes));
+        while s.recent.len() > 2
+            && s.recent.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > RATE_WINDOW)
+        {
+            s.recent.pop_front();
+        }
+        let Some(&(first, _)) = s.recent.front() else { return };
+        let span = now.saturating_duration_since(first).as_secs_f64();
+        if s.recent.len() < 4 || span < 0.05 {
+            return;
+        }
+        // Bytes that landed after the first sample, over the time since it.
+        let landed: u64 = s.recent.iter().skip(1).map(|(_, b)| b).sum();
+        let rate = landed as f64 / span;
+        let want = WINDOW_GAIN * rate * s.min_secs.unwrap_or(0.0) / full as f64;
+        let cap = ((MAX_IN_FLIGHT / full) as usize).clamp(1, MAX_SLOTS).max(s.floor);
+        s.slots = (want.ceil() as usize).clamp(s.floor, cap);
     }
 
     /// Adds a source that is out from the start (it cannot serve this content).
@@ -322,6 +388,7 @@ impl Scheduler {
             None => per_piece,
         });
         s.consecutive_failures = 0;
+        self.resize_window(source, secs, bytes, now);
         if self.picker.is_done(piece) {
             return None;
         }
@@ -369,6 +436,7 @@ impl Scheduler {
             s.bad.push(piece);
         }
         s.slots = (s.slots / 2).max(1);
+        s.floor = (s.floor / 2).max(1);
         if s.bad_pieces >= self.limits.max_bad_pieces {
             let why = format!("sent {} pieces that failed verification", s.bad_pieces);
             return self.drop_source(source, why);
@@ -435,6 +503,68 @@ mod tests {
 
     fn sched(pieces: u32) -> Scheduler {
         Scheduler::new(Layout::new(pieces as u64 * 100, 100).unwrap(), LIMITS)
+    }
+
+    /// A pipe in virtual time: a request sent at `t` reaches the peer `delay` later and is
+    /// served after those before it, one piece per `1 / rate` seconds. Runs `secs` seconds and
+    /// returns the pieces written in the last half.
+    fn run_pipe(s: &mut Scheduler, src: usize, delay: f64, rate: f64, secs: f64) -> usize {
+        let t0 = Instant::now();
+        let at = |x: f64| t0 + Duration::from_secs_f64(x);
+        let (mut now, mut link_free) = (0.0f64, 0.0f64);
+        let mut due: Vec<(f64, u32)> = Vec::new();
+        let mut late = 0;
+        while now < secs {
+            for (_, piece) in fetches(&s.fill(at(now))).into_iter().filter(|f| f.0 == src) {
+                let done = (now + delay).max(link_free) + 1.0 / rate;
+                link_free = done;
+                due.push((done, piece));
+            }
+            due.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let Some((t, piece)) = due.pop() else { break };
+            now = t;
+            s.on_written(src, piece, s.layout().piece(piece).1, at(now));
+            if now > secs / 2.0 {
+                late += 1;
+            }
+        }
+        late
+    }
+
+    #[test]
+    fn a_pipelined_source_s_window_grows_to_its_bandwidth_times_delay() {
+        // 10 pieces/s behind 0.5 s of delay: 2 requests at once give 2 / 0.6 s = 3.3 pieces/s.
+        let mut s = sched(1000);
+        let p = s.add_source(Vec::new(), 2, 0);
+        s.set_pipelined(p);
+        let late = run_pipe(&mut s, p, 0.5, 10.0, 20.0);
+        // Bandwidth x (delay + one piece's time) x gain = 10 x 0.6 x 2 = 12 requests.
+        assert!((11..=14).contains(&s.source(p).slots), "window {}", s.source(p).slots);
+        assert!(late >= 95, "the pipe is kept full: {late} pieces in the last 10 s");
+
+        // A mirror's slots are its connections: they stay as configured.
+        let mut s = sched(1000);
+        let m = s.add_source(Vec::new(), 2, 0);
+        let late = run_pipe(&mut s, m, 0.5, 10.0, 20.0);
+        assert_eq!(s.source(m).slots, 2);
+        assert!(late <= 40, "{late}");
+    }
+
+    #[test]
+    fn a_pipelined_window_is_bounded_in_bytes_and_never_below_its_floor() {
+        // A fast pipe far away (200 pieces of 1 MiB per second behind 1 s): bandwidth x delay
+        // is 400 MiB; the window stops at MAX_IN_FLIGHT bytes.
+        let mut s = Scheduler::new(Layout::new(8000 << 20, 1 << 20).unwrap(), LIMITS);
+        let p = s.add_source(Vec::new(), 8, 0);
+        s.set_pipelined(p);
+        run_pipe(&mut s, p, 1.0, 200.0, 10.0);
+        assert_eq!(s.source(p).slots as u64, MAX_IN_FLIGHT >> 20);
+        // A pipe with no delay to speak of: the floor holds.
+        let mut s = Scheduler::new(Layout::new(8000 << 20, 1 << 20).unwrap(), LIMITS);
+        let p = s.add_source(Vec::new(), 8, 0);
+        s.set_pipelined(p);
+        run_pipe(&mut s, p, 0.0, 200.0, 5.0);
+        assert_eq!(s.source(p).slots, 8);
     }
 
     #[test]
