@@ -225,7 +225,9 @@ impl Scheduler {
         }
         let Some(&(first, _)) = s.recent.front() else { return };
         let span = now.saturating_duration_since(first).as_secs_f64();
-        if s.recent.len() < 4 || span < 0.05 {
+        // Pieces land in bursts (several requests complete together): a rate is read over
+        // half the window at least, never from a burst.
+        if s.recent.len() < 4 || span < RATE_WINDOW.as_secs_f64() / 2.0 {
             return;
         }
         // Bytes that landed after the first sample, over the time since it.
@@ -559,7 +561,17 @@ mod tests {
         s.set_pipelined(p);
         run_pipe(&mut s, p, 1.0, 200.0, 10.0);
         assert_eq!(s.source(p).slots as u64, MAX_IN_FLIGHT >> 20);
-        // A pipe with no delay to speak of: the floor holds.
+        // A pipe with no delay to speak of: the floor holds, also through a burst of pieces
+        // landing at once (a rate read from it would be far too high).
+        let mut s2 = Scheduler::new(Layout::new(8000 << 20, 1 << 20).unwrap(), LIMITS);
+        let q = s2.add_source(Vec::new(), 8, 0);
+        s2.set_pipelined(q);
+        let t0 = Instant::now();
+        let first: Vec<u32> = fetches(&s2.fill(t0)).into_iter().map(|f| f.1).collect();
+        for (k, piece) in first.into_iter().enumerate() {
+            s2.on_written(q, piece, 1 << 20, t0 + Duration::from_millis(200 + 14 * k as u64));
+        }
+        assert_eq!(s2.source(q).slots, 8, "no window from a burst");
         let mut s = Scheduler::new(Layout::new(8000 << 20, 1 << 20).unwrap(), LIMITS);
         let p = s.add_source(Vec::new(), 8, 0);
         s.set_pipelined(p);
