@@ -48,7 +48,7 @@ impl ConfigFile {
         if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
             return Some(PathBuf::from(x).join("chiral/config.toml"));
         }
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/chiral/config.toml"))
+        home().map(|h| h.join(".config/chiral/config.toml"))
     }
 
     /// A plugin's options as key/value strings; an array gives the key once per element.
@@ -74,16 +74,54 @@ impl ConfigFile {
     }
 }
 
-/// The default data directory: `$CHIRAL_DATA_DIR`, else `$XDG_DATA_HOME/chiral`, else
-/// `~/.local/share/chiral`.
+/// The default data directory: `$XDG_DATA_HOME/chiral`, else `~/.local/share/chiral`; with no
+/// home at all, `$TMPDIR/chiral-<uid>` made private (0700) to the user. Never a folder shared
+/// with other users (they could plant plugins or seeds there), never the current folder.
 pub fn default_data_dir() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| Path::new(v).is_absolute()) {
         return PathBuf::from(x).join("chiral");
     }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".local/share/chiral"),
-        None => std::env::temp_dir().join("chiral"),
+    if let Some(h) = home() {
+        return h.join(".local/share/chiral");
     }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let dir = std::env::temp_dir().join(format!("chiral-{uid}"));
+    private_dir(&dir);
+    dir
+}
+
+/// The user's home: `$HOME` when it is an absolute path, else the account's home directory
+/// (an empty or relative `$HOME` would make `~` the current folder).
+pub fn home() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("HOME").filter(|h| Path::new(h).is_absolute()) {
+        return Some(PathBuf::from(h));
+    }
+    account_home().filter(|h| h.is_absolute() && h.is_dir())
+}
+
+fn account_home() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    // SAFETY: getpwuid_r writes into `pw` and `buf` (whose length it is given) and sets `out`
+    // to `pw` or null; the strings it points to live in `buf`, read before it is dropped.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(libc::geteuid(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out);
+        if rc != 0 || out.is_null() || pw.pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr(pw.pw_dir);
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+    }
+}
+
+/// Creates `dir` readable by its owner only (best effort: a folder someone else made there
+/// first is refused later, by the plugin loader's ownership check and the seed book's).
+fn private_dir(dir: &Path) {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);
 }
 
 #[cfg(test)]

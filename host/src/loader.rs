@@ -19,6 +19,7 @@ pub struct LoadedLibrary {
 
 /// Loads `path`; the error is one line saying why it was skipped.
 pub fn load(path: &Path) -> Result<LoadedLibrary, String> {
+    check_permissions(path)?;
     // SAFETY: loading runs the library's initialisers; that is inherent to plugins. Only files
     // named like Chiral plugins in the configured directories are loaded.
     let lib =
@@ -47,6 +48,34 @@ pub fn load(path: &Path) -> Result<LoadedLibrary, String> {
         return Err("descriptor has an empty name".into());
     }
     Ok(LoadedLibrary { descriptor, module })
+}
+
+/// A plugin runs as the user: refuse one that someone else could have put or changed there.
+/// The file and its folder must belong to the user (or root) and not be writable by every user.
+fn check_permissions(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve: {e}"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let folder = real.parent().unwrap_or(Path::new("/"));
+    for (what, p) in [("plugin file", real.as_path()), ("folder", folder)] {
+        let m = std::fs::metadata(p).map_err(|e| format!("cannot stat {}: {e}", p.display()))?;
+        if m.uid() != me && m.uid() != 0 {
+            return Err(format!(
+                "refused: the {what} {} belongs to another user (uid {}), who could change what runs as you",
+                p.display(),
+                m.uid()
+            ));
+        }
+        if m.mode() & 0o002 != 0 {
+            return Err(format!(
+                "refused: the {what} {} is writable by every user (mode {:o}): unsafe permissions",
+                p.display(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn short(e: &libloading::Error) -> String {

@@ -349,14 +349,14 @@ async fn serve(host: Arc<Host>, data_dir: &Path, served: Vec<Served>, json: bool
     } else {
         for s in &seeds {
             for id in &s.identifiers {
-                let _ = writeln!(out, "{id}");
+                let _ = writeln!(out, "{}", shown(id));
             }
         }
     }
     let _ = out.flush();
     drop(out);
     for s in &seeds {
-        eprintln!("seeding {} through {} (Ctrl-C or `chiral stop` to stop)", s.path, s.plugin);
+        eprintln!("seeding {} through {} (Ctrl-C or `chiral stop` to stop)", shown(&s.path), s.plugin);
     }
     let stopped_remotely = async {
         match &socket {
@@ -438,7 +438,7 @@ async fn cmd_seeds(g: &Global, a: SeedsArgs) -> Result<ExitCode> {
             SeedState::Stopped => "stopped",
         };
         let served = r.bytes_served.map_or_else(|| "-".to_string(), |b| HumanBytes(b).to_string());
-        writeln!(out, "{state}\t{}\t{}\t{}\t{served}", r.plugin, r.path, r.identifiers.join(" "))?;
+        writeln!(out, "{state}\t{}\t{}\t{}\t{served}", r.plugin, shown(&r.path), shown(&r.identifiers.join(" ")))?;
     }
     if rows.is_empty() && !g.quiet {
         eprintln!("no seeds; start one with `chiral seed PATH`");
@@ -460,7 +460,7 @@ async fn cmd_stop(g: &Global, a: TargetArgs) -> Result<ExitCode> {
         println!("{}", json!({ "ok": true, "stopped": out.stopped, "exited": out.exited }));
     } else {
         for s in &out.stopped {
-            println!("stopped\t{}\t{}\t{}", s.plugin, s.path, s.identifiers.join(" "));
+            println!("stopped\t{}\t{}\t{}", s.plugin, shown(&s.path), shown(&s.identifiers.join(" ")));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -480,10 +480,10 @@ async fn cmd_remove(g: &Global, a: TargetArgs) -> Result<ExitCode> {
         println!("{}", json!({ "ok": true, "stopped": out.stop.stopped, "removed": out.removed }));
     } else {
         for s in &out.stop.stopped {
-            println!("stopped\t{}\t{}\t{}", s.plugin, s.path, s.identifiers.join(" "));
+            println!("stopped\t{}\t{}\t{}", s.plugin, shown(&s.path), shown(&s.identifiers.join(" ")));
         }
         for r in &out.removed {
-            println!("removed\t{}", r.path);
+            println!("removed\t{}", shown(&r.path));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -601,7 +601,7 @@ async fn cmd_demo(g: &Global, a: DemoArgs) -> Result<ExitCode> {
     let mut ids = Vec::new();
     for s in &seeds {
         for id in &s.identifiers {
-            eprintln!("seeding through {:<10} {id}", s.plugin);
+            eprintln!("seeding through {:<10} {}", s.plugin, shown(id));
             ids.push(id.clone());
         }
     }
@@ -630,4 +630,10 @@ async fn cmd_demo(g: &Global, a: DemoArgs) -> Result<ExitCode> {
         println!("verified: sha256 {} matches the seeded file", hex::encode(want));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A path or identifier as printed for people: control characters (escapes, new lines, tabs)
+/// shown escaped, so a file name cannot drive the terminal or forge a line or a column.
+fn shown(s: &str) -> String {
+    chiral_sdk::text::for_terminal(s, 4096)
 }

@@ -73,6 +73,39 @@ pub fn part_path(path: &Path) -> PathBuf {
     suffixed(path, ".part")
 }
 
+/// Opens the `.part` file at `path` for reading and writing, creating it, without following a
+/// symlink planted there: the `.part` name is ours, so a link found at it is removed (never
+/// written through) and a fresh file made. Anything but a regular file there is an error.
+/// `truncate`: start empty (a stream) or keep what is there (a resumable download).
+pub fn open_part(path: &Path, truncate: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(truncate)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let file = match open() {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            std::fs::remove_file(path)?;
+            open()?
+        }
+        other => other?,
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Whether `path` is a regular file of our own (a symlink there is not, whatever it points to).
+pub fn is_own_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+}
+
 /// `name.chiral-resume` beside `path`.
 pub fn state_path(path: &Path) -> PathBuf {
     suffixed(path, ".chiral-resume")
@@ -87,6 +120,30 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_symlink_at_the_part_name_is_replaced_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, b"precious").unwrap();
+        let part = dir.path().join("file.bin.part");
+        std::os::unix::fs::symlink(&victim, &part).unwrap();
+        let f = open_part(&part, true).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"downloaded bytes", 0).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(is_own_file(&part) && !std::fs::symlink_metadata(&part).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&part).unwrap(), b"downloaded bytes");
+        // Kept when resuming; a final name that is a symlink is not one of ours.
+        drop(f);
+        assert_eq!(open_part(&part, false).unwrap().metadata().unwrap().len(), 16);
+        let fin = dir.path().join("file.bin");
+        std::os::unix::fs::symlink(&victim, &fin).unwrap();
+        assert!(!is_own_file(&fin));
+        // Something other than a file at the name is an error, not a write.
+        let odd = dir.path().join("dir.part");
+        std::fs::create_dir(&odd).unwrap();
+        assert!(open_part(&odd, false).is_err());
+    }
 
     #[test]
     fn roundtrip() {

@@ -175,3 +175,36 @@ fn explicit_plugin_path_wins_over_the_executable_folder() {
     assert_eq!(http[1]["status"], "skipped");
     assert!(http[1]["reason"].as_str().unwrap().contains("shadowed"));
 }
+
+#[test]
+fn a_plugin_anyone_can_change_is_refused_with_a_reason() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let node = Chiral::new();
+    let status = |dir: &Path| {
+        let v = json_of(&node.run(&["--plugin-path", dir.to_str().unwrap(), "plugins", "--json"]));
+        let p = v["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["file"].as_str().unwrap().starts_with(dir.to_str().unwrap()))
+            .cloned()
+            .unwrap_or_else(|| panic!("not listed: {v}"));
+        (p["status"].as_str().unwrap().to_string(), p["reason"].as_str().unwrap_or_default().to_string())
+    };
+    // A folder every user can write to: anyone could have put the file there.
+    let open_dir = plugin_dir_with(&[]);
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (s, why) = status(open_dir.path());
+    assert_eq!(s, "skipped");
+    assert!(why.contains("writable by every user") && why.contains("folder"), "{why}");
+    // A file every user can write to, in a private folder.
+    let open_file = plugin_dir_with(&[]);
+    let so = open_file.path().join("libchiral_plugin_http.so");
+    std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (s, why) = status(open_file.path());
+    assert_eq!(s, "skipped");
+    assert!(why.contains("writable by every user") && why.contains("plugin file"), "{why}");
+    // The same file made private again loads.
+    std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(status(open_file.path()).0, "loaded");
+}

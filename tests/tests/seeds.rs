@@ -293,3 +293,22 @@ fn get_seed_keeps_serving_under_the_same_lifecycle() {
     assert_eq!(row(&rows, &url).unwrap()["state"], "stopped");
     assert_eq!(row(&rows, &lines[0]).unwrap()["state"], "running", "the origin serves on");
 }
+
+#[test]
+fn a_seeded_path_with_escapes_is_printed_escaped() {
+    let node = Chiral::new();
+    let files = tempfile::tempdir().unwrap();
+    let f = files.path().join("evil\x1b[2J\nname\x1b]0;pwned\x07.bin");
+    make_file(&f, 10 * KIB, 6);
+    let (proc, lines) = start_seed(&node, &[f.to_str().unwrap(), "--via", "http"], 1);
+    let o = node.run(&["seeds"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(!out.contains('\x1b') && !out.contains('\x07'), "raw escapes: {out:?}");
+    assert_eq!(out.lines().count(), 1, "one seed, one line: {out:?}");
+    assert!(out.contains("evil\\u{1b}[2J\\u{a}name"), "{out:?}");
+    assert!(lines.iter().all(|l| !l.contains('\x1b')), "{lines:?}");
+    assert!(wait_until(Duration::from_secs(10), || proc.log_text().contains("seeding ")), "{}", proc.log_text());
+    let log = proc.log_text();
+    assert!(!log.contains('\x1b') && !log.contains('\x07'), "raw escapes on stderr: {log:?}");
+}

@@ -42,6 +42,8 @@ use crate::{
 };
 
 /// How long a TCP connect (control or data) may take.
+/// Most entries one folder listing may hold (a tree download takes at most 200,000 files).
+pub const MAX_LISTING_LINES: usize = 250_000;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server may take to answer a command.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -558,7 +560,8 @@ impl Conn {
         Ok(r.text.split_whitespace().map(|w| w.to_ascii_uppercase()).collect())
     }
 
-    /// Runs a listing command (`MLSD` or `LIST`) in the current folder and returns its lines.
+    /// Runs a listing command (`MLSD` or `LIST`) in the current folder and returns its lines
+    /// (at most [`MAX_LISTING_LINES`], 64 MiB in all).
     pub async fn listing(&mut self, command: &str) -> Result<Result<Vec<String>, Reply>, PluginError> {
         const MAX_LISTING: usize = 64 << 20;
         let mut data = match self.start(command, 0, None).await {
@@ -588,8 +591,20 @@ impl Conn {
         if !end.is_success() {
             return Ok(Err(end));
         }
+        // Lines are counted as they are split: millions of tiny entries within the byte cap
+        // would otherwise cost far more memory as strings than as bytes.
         let text = String::from_utf8_lossy(&buf);
-        Ok(Ok(text.lines().map(|l| l.trim_end_matches('\r').to_string()).filter(|l| !l.is_empty()).collect()))
+        let mut lines = Vec::new();
+        for l in text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()) {
+            if lines.len() == MAX_LISTING_LINES {
+                return Err(PluginError::invalid(format!(
+                    "{} sent a listing of more than {MAX_LISTING_LINES} entries",
+                    self.server
+                )));
+            }
+            lines.push(l.to_string());
+        }
+        Ok(Ok(lines))
     }
 
     /// Stores the local file `from` as `path` (`STOR`), returning the bytes sent.

@@ -112,7 +112,7 @@ async fn stream_all(source: &FtpSource, out_dir: &Path, events: &Events) -> Resu
         if final_path.exists() {
             // Complete from an earlier run (as the engine reports it), else not ours to touch.
             let len = std::fs::metadata(&final_path).map(|m| m.len()).ok();
-            if info.length_known && final_path.is_file() && len == Some(f.length) {
+            if info.length_known && chiral_sdk::resume::is_own_file(&final_path) && len == Some(f.length) {
                 resumed += f.length;
                 progress.add(f.length);
                 written.push(path_string(&final_path));
@@ -170,7 +170,8 @@ async fn stream_file(
         tokio::fs::create_dir_all(dir).await.map_err(|e| io_error(dir, e))?;
     }
     let part = part_path(final_path);
-    let mut file = tokio::fs::File::create(&part).await.map_err(|e| io_error(&part, e))?;
+    let mut file =
+        tokio::fs::File::from_std(chiral_sdk::resume::open_part(&part, true).map_err(|e| io_error(&part, e))?);
     let mut guard = engine::RemoveOnDrop { path: &part, armed: true };
     let mut buf = vec![0u8; STREAM_BUFFER];
     let mut got = 0u64;

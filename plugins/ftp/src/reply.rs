@@ -229,7 +229,8 @@ fn parse_unix_line(line: &str) -> Option<Entry> {
     };
     let f = fields(line);
     let perms = f.first()?.0;
-    if perms.len() < 10 || !perms[1..10].bytes().all(|b| b"rwxsStTl-".contains(&b)) {
+    // Bytes, not a `str` slice: a multi-byte character among the permissions is no boundary.
+    if perms.len() < 10 || !perms.as_bytes()[1..10].iter().all(|b| b"rwxsStTl-".contains(b)) {
         return None;
     }
     // The date is `Mon DD HH:MM` or `Mon DD YYYY`; the size is the field before it.
@@ -393,6 +394,10 @@ mod tests {
         let e = parse_list_line("-rw-r--r-- 1 u g 9 Jan 1 2020 Jan 1 2020").unwrap();
         assert_eq!(e.name, "Jan 1 2020");
         assert_eq!(parse_list_line("drwxr-xr-x 2 u g 4096 Jan 1 2020 ..").unwrap().kind, Kind::Other);
+        // A multi-byte character (or an invalid byte, decoded lossily) among the permissions.
+        assert_eq!(parse_list_line("-rwxrwxrw\u{20ac} 1 u g 5 Jan 1 00:00 f"), None);
+        assert_eq!(parse_list_line("-rwxrwxrw\u{fffd} 1 u g 5 Jan 1 00:00 f"), None);
+        assert_eq!(parse_list_line("\u{20ac}rwxrwxrwx 1 u g 5 Jan 1 00:00 f"), None);
         for bad in ["total 12", "", "-rw-r--r-- 1 u g 9 Jan 1", "hello world", "-rw-r--r-- 1 u g 9 Jan 1 2020 a/b"] {
             assert_eq!(parse_list_line(bad), None, "{bad:?}");
         }

@@ -38,6 +38,8 @@ const BUSY_WAIT: Duration = Duration::from_secs(120);
 /// Most folders and files a tree download may list (bounds the work a hostile server can cause).
 const MAX_DEPTH: usize = 64;
 const MAX_FILES: usize = 200_000;
+/// Most folders a tree download may have waiting to be listed.
+const MAX_PENDING_FOLDERS: usize = 100_000;
 
 /// One remote file of a content, at its offset in the content's bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,7 +298,15 @@ async fn walk(conn: &mut Conn, t: &Target, events: &Events) -> Result<Vec<Remote
                     }
                     found.push((child_rel, child_abs, e.size));
                 }
-                Kind::Dir if depth + 1 < MAX_DEPTH => stack.push((child_rel, child_abs, depth + 1)),
+                Kind::Dir if depth + 1 < MAX_DEPTH => {
+                    if stack.len() >= MAX_PENDING_FOLDERS {
+                        return Err(PluginError::invalid(format!(
+                            "{}: more than {MAX_PENDING_FOLDERS} folders to list",
+                            t.label
+                        )));
+                    }
+                    stack.push((child_rel, child_abs, depth + 1));
+                }
                 Kind::Dir => events.warn(format!("{}: {child_rel} is nested too deep, left out", t.label)),
                 Kind::Link => events.debug(format!("{}: {child_rel} is a symbolic link, not followed", t.label)),
                 Kind::Other => {}

@@ -78,7 +78,7 @@ async fn stream_whole(
     if final_path.exists() {
         // Already complete from an earlier run (as the engine reports it), else not ours to touch.
         let len = std::fs::metadata(&final_path).map(|m| m.len()).ok();
-        if probe.info.length_known && final_path.is_file() && len == Some(probe.info.length) {
+        if probe.info.length_known && chiral_sdk::resume::is_own_file(&final_path) && len == Some(probe.info.length) {
             events.progress(probe.info.length, probe.info.length, 0);
             return Ok(outcome(&final_path, probe.info.length, probe.info.length, label, 0));
         }
@@ -106,7 +106,7 @@ async fn stream_whole(
 
     tokio::fs::create_dir_all(out_dir).await.map_err(|e| io_error(out_dir, e))?;
     let part = part_path(&final_path);
-    let file = tokio::fs::File::create(&part).await.map_err(|e| io_error(&part, e))?;
+    let file = tokio::fs::File::from_std(chiral_sdk::resume::open_part(&part, true).map_err(|e| io_error(&part, e))?);
     let mut guard = RemoveOnDrop { path: &part, armed: true };
     let mut out = tokio::io::BufWriter::with_capacity(STREAM_BUFFER, file);
     let total = expected.unwrap_or(0);

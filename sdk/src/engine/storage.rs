@@ -9,7 +9,10 @@ use std::{
 use sha2::{Digest as _, Sha256};
 
 use super::{io_err, safe_relative, EngineError};
-use crate::{abi::ContentInfo, resume::part_path};
+use crate::{
+    abi::ContentInfo,
+    resume::{is_own_file, open_part, part_path},
+};
 
 /// Most files in one content (bounds what a description from the network can make us create).
 const MAX_FILES: usize = 1 << 20;
@@ -77,7 +80,7 @@ impl Storage {
     }
 
     pub(super) fn all_final_exist(&self) -> bool {
-        self.files.iter().all(|f| f.final_path.is_file())
+        self.files.iter().all(|f| is_own_file(&f.final_path))
     }
 
     pub(super) fn open(&mut self) -> Result<(), EngineError> {
@@ -85,13 +88,7 @@ impl Storage {
             if let Some(dir) = f.part.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
             }
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&f.part)
-                .map_err(|e| io_err(&f.part, e))?;
+            let file = open_part(&f.part, false).map_err(|e| io_err(&f.part, e))?;
             let len = file.metadata().map_err(|e| io_err(&f.part, e))?.len();
             if len != f.length {
                 file.set_len(f.length).map_err(|e| io_err(&f.part, e))?;
