@@ -552,7 +552,9 @@ impl Session {
     }
 
     fn prefetch_limit(meta: &TorrentMetadata) -> usize {
-        ((PREFETCH_BYTES / meta.piece_length) as usize).clamp(4, 1024)
+        // At least one piece, and no more than PREFETCH_BYTES of them unless one piece is larger:
+        // four 512 MiB pieces read ahead would be 2 GiB in memory.
+        ((PREFETCH_BYTES / meta.piece_length.max(1)) as usize).clamp(1, 1024)
     }
 
     /// Picks up to `room` blocks for peer `id` and sends the requests.

@@ -735,14 +735,17 @@ const SWARM_MIN_IN_FLIGHT: u64 = 8 << 20;
 
 /// Requests a source may have at once to start with: `configured` (`--connections`: for a
 /// mirror each is a connection), and for a pipelined source at least [`SWARM_MIN_IN_FLIGHT`]
-/// bytes of pieces.
+/// bytes of pieces; never more than [`scheduler::MAX_IN_FLIGHT`] bytes (each request is a
+/// piece held in memory: 8 requests of 512 MiB pieces would be 4 GiB), one at least.
 fn slots_for(pipelined: bool, piece_length: u64, configured: usize) -> usize {
+    let piece_length = piece_length.max(1);
+    let by_memory = (scheduler::MAX_IN_FLIGHT / piece_length).clamp(1, scheduler::MAX_SLOTS as u64) as usize;
     let configured = configured.clamp(1, scheduler::MAX_SLOTS);
     if !pipelined {
-        return configured;
+        return configured.min(by_memory);
     }
-    let by_bytes = SWARM_MIN_IN_FLIGHT.div_ceil(piece_length.max(1)).min(scheduler::MAX_SLOTS as u64) as usize;
-    configured.max(by_bytes)
+    let by_bytes = SWARM_MIN_IN_FLIGHT.div_ceil(piece_length).min(scheduler::MAX_SLOTS as u64) as usize;
+    configured.max(by_bytes).min(by_memory)
 }
 
 /// The I/O around the scheduler: requests, their outcomes, late sources, adoption.

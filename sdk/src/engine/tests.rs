@@ -558,4 +558,9 @@ fn a_swarm_keeps_enough_bytes_requested_a_mirror_one_request_per_connection() {
     assert_eq!(slots_for(true, 256 << 10, 8), 32);
     assert_eq!(slots_for(true, 16 << 10, 8), 256);
     assert_eq!(slots_for(true, 0, 0), 256);
+    // Each request is a piece in memory: huge pieces get fewer requests, one at least.
+    assert_eq!(slots_for(false, 16 << 20, 8), 4);
+    assert_eq!(slots_for(true, 32 << 20, 8), 2);
+    assert_eq!(slots_for(false, 512 << 20, 8), 1);
+    assert_eq!(slots_for(true, 512 << 20, 8), 1);
 }
