@@ -294,13 +294,7 @@ impl Plugin for BitTorrentPlugin {
             let torrent = self.resolve(&request.identifier).await?;
             // Web seeds run beside the swarm as sources of their own.
             let source = self.open_swarm(torrent, &opts, false, events.clone()).await?;
-            let web: Vec<Arc<webseed::WebSeedSource>> = source
-                .web_seed_urls
-                .iter()
-                .map(|u| {
-                    Arc::new(webseed::WebSeedSource::new(self.shared.http.clone(), u.clone(), source.meta.clone()))
-                })
-                .collect();
+            let web = webseed::sources(&self.shared.http, &source.web_seed_urls, &source.meta);
             let connections = match request.connections {
                 0 => 8,
                 n => n as usize,
@@ -416,6 +410,7 @@ fn create_options(opts: &Opts) -> Result<CreateOptions, PluginError> {
     Ok(CreateOptions {
         trackers: opts.all("tracker"),
         web_seeds: opts.all("web_seed"),
+        http_seeds: opts.all("http_seed"),
         piece_size: opts.num("piece_size")?,
         private: opts.flag("private"),
         name: opts.last("name").filter(|n| !n.is_empty()),
@@ -605,14 +600,7 @@ impl BitTorrentPlugin {
             })?,
         };
         let info = content_info(&meta, &session.label);
-        let web = if web_fallback {
-            web_seed_urls
-                .iter()
-                .map(|u| Arc::new(webseed::WebSeedSource::new(self.shared.http.clone(), u.clone(), meta.clone())))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let web = if web_fallback { webseed::sources(&self.shared.http, &web_seed_urls, &meta) } else { Vec::new() };
         if !web_seed_urls.is_empty() {
             events.info(format!(
                 "{}: {} web seed(s): {}",

@@ -56,6 +56,8 @@ pub struct TorrentMetadata {
     pub trackers: Vec<Vec<String>>,
     /// BEP 19 web seeds (`url-list`).
     pub web_seeds: Vec<String>,
+    /// BEP 17 HTTP seeds (`httpseeds`): scripts answering `?info_hash=&piece=&ranges=`.
+    pub http_seeds: Vec<String>,
 }
 
 /// `File(..)` for a .torrent, `Magnet(..)` for a magnet link.
@@ -152,6 +154,10 @@ pub fn parse_torrent_file(data: &[u8]) -> Result<TorrentMetadata, MetaError> {
     meta.web_seeds = match root.get("url-list") {
         Some(Value::Bytes(b)) => std::str::from_utf8(b).ok().and_then(good_url).into_iter().collect(),
         Some(Value::List(l)) => l.iter().take(64).filter_map(|u| good_url(u.as_str()?)).collect(),
+        _ => Vec::new(),
+    };
+    meta.http_seeds = match root.get("httpseeds") {
+        Some(Value::List(l)) => l.iter().take(16).filter_map(|u| good_url(u.as_str()?)).collect(),
         _ => Vec::new(),
     };
     Ok(meta)
@@ -258,6 +264,7 @@ pub fn parse_info(info_bytes: &[u8]) -> Result<TorrentMetadata, MetaError> {
         private,
         trackers: Vec::new(),
         web_seeds: Vec::new(),
+        http_seeds: Vec::new(),
     })
 }
 
@@ -305,6 +312,8 @@ fn sanitize_path(list: &[Value]) -> Result<Vec<String>, MetaError> {
 pub struct CreateOptions {
     pub trackers: Vec<String>,
     pub web_seeds: Vec<String>,
+    /// BEP 17 HTTP seeds (`httpseeds`).
+    pub http_seeds: Vec<String>,
     pub piece_size: Option<u64>,
     pub private: bool,
     pub name: Option<String>,
@@ -372,6 +381,9 @@ fn torrent_bytes(info_bytes: &[u8], opts: &CreateOptions) -> Vec<u8> {
         }
     }
     put("created by", &Value::str(concat!("chiral ", env!("CARGO_PKG_VERSION"))), &mut out);
+    if !opts.http_seeds.is_empty() {
+        put("httpseeds", &Value::List(opts.http_seeds.iter().map(|w| Value::str(w)).collect()), &mut out);
+    }
     bencode::encode_into(&Value::str("info"), &mut out);
     out.extend_from_slice(info_bytes);
     if !opts.web_seeds.is_empty() {
@@ -514,6 +526,9 @@ pub fn build(path: &Path, opts: &CreateOptions) -> Result<(TorrentMetadata, Vec<
     }
     if !opts.web_seeds.is_empty() {
         root.push(("url-list", Value::List(opts.web_seeds.iter().map(|w| Value::str(w)).collect())));
+    }
+    if !opts.http_seeds.is_empty() {
+        root.push(("httpseeds", Value::List(opts.http_seeds.iter().map(|w| Value::str(w)).collect())));
     }
     let file_bytes = bencode::encode(&dict(root));
     let mut parsed = parse_torrent_file(&file_bytes)?;

@@ -235,7 +235,8 @@ fn chiral_peers_identify_each_other_and_payments_are_announced() {
 }
 
 /// A minimal HTTP/1.1 server with `Range` support serving `data` at any path; counts requests.
-fn range_server(data: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+/// With `hoffman` (a piece length) it answers as a BEP 17 script instead: `?piece=N&ranges=A-B`.
+fn range_server(data: Vec<u8>, hoffman: Option<usize>) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     use std::io::{BufRead, BufReader, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -255,6 +256,7 @@ fn range_server(data: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::Ato
                     if rd.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
                     }
+                    let query = line.split_whitespace().nth(1).and_then(|p| p.split_once('?')).map(|q| q.1.to_string());
                     loop {
                         let mut h = String::new();
                         if rd.read_line(&mut h).unwrap_or(0) == 0 {
@@ -270,6 +272,18 @@ fn range_server(data: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::Ato
                         }
                     }
                     hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let (Some(plen), Some(q)) = (hoffman, &query) {
+                        let arg = |k: &str| q.split('&').find_map(|kv| kv.strip_prefix(k)).unwrap_or_default();
+                        let base = arg("piece=").parse::<usize>().unwrap() * plen;
+                        let (a, b) = arg("ranges=").split_once('-').unwrap();
+                        let body = &data[base + a.parse::<usize>().unwrap()..=base + b.parse::<usize>().unwrap()];
+                        assert!(!arg("info_hash=").is_empty(), "{q}");
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        if w.write_all(head.as_bytes()).and_then(|_| w.write_all(body)).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     let (a, b) = range.unwrap_or((0, data.len() - 1));
                     let body = &data[a..=b.min(data.len() - 1)];
                     let head = format!(
@@ -292,17 +306,29 @@ fn range_server(data: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::Ato
 /// `open_source()` (what the host uses) falls back to the web seeds piece by piece.
 #[test]
 fn web_seeds_serve_a_torrent_with_no_peers() {
+    web_seed_case("web_seed", None, "webseed:");
+}
+
+/// BEP 17 (`httpseeds`): the same, from a script asked by piece and range.
+#[test]
+fn http_seeds_serve_a_torrent_with_no_peers() {
+    web_seed_case("http_seed", Some(65536), "httpseed:");
+}
+
+/// A torrent of 1.5 MB in 64 KiB pieces whose only source is one web seed of the kind `option`
+/// adds (`hoffman`: a BEP 17 server), downloaded both ways.
+fn web_seed_case(option: &str, hoffman: Option<usize>, label: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = content(1_500_000);
     let src = dir.path().join("file.bin");
     std::fs::write(&src, &data).unwrap();
-    let (url, hits) = range_server(data.clone());
+    let (url, hits) = range_server(data.clone(), hoffman);
     let h = handler(&dir.path().join("s"));
     let torrent = dir.path().join("ws.torrent");
     let args = opts(&[
         ("path", src.to_str().unwrap()),
         ("output", torrent.to_str().unwrap()),
-        ("web_seed", &url),
+        (option, &url),
         ("piece_size", "65536"),
     ]);
     block_on(h.command("create".into(), args, no_events())).into_result().unwrap();
@@ -311,7 +337,7 @@ fn web_seeds_serve_a_torrent_with_no_peers() {
     let outcome = download(&h, torrent.to_str().unwrap(), &out, &[]).unwrap();
     assert_eq!(std::fs::read(out.join("file.bin")).unwrap(), data);
     assert!(
-        outcome.per_source.iter().any(|s| s.label.as_str().starts_with("webseed:") && s.bytes == data.len() as u64),
+        outcome.per_source.iter().any(|s| s.label.as_str().starts_with(label) && s.bytes == data.len() as u64),
         "{:?}",
         outcome.per_source
     );

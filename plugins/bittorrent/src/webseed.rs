@@ -6,6 +6,10 @@
 //!   URL + `/` + name + `/` + path, each component percent-encoded.
 //! - [`WebSeedSource`]: a [`PieceSource`] over one web seed (no hashes: the engine verifies
 //!   every piece against the torrent's, and the swarm source falls back to it piece by piece).
+//!
+//! BEP 17 HTTP seeds (`httpseeds`, Hoffman style) are read by the same source: a script asked
+//! for `URL?info_hash=..&piece=N&ranges=A-B` (B inclusive, offsets within the piece) that
+//! answers with exactly those bytes, or 503 when busy. [`hoffman_url`] (pure) builds the query.
 
 use std::{sync::Arc, time::Duration};
 
@@ -62,20 +66,55 @@ pub fn plan(base: &str, meta: &TorrentMetadata, offset: u64, length: u64) -> Res
     Ok(parts)
 }
 
+/// The URL asking BEP 17 HTTP seed `base` for bytes `start..end` of piece `piece`.
+pub fn hoffman_url(base: &str, info_hash: &[u8; 20], piece: u32, start: u64, end: u64) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}info_hash={}&piece={piece}&ranges={start}-{}", percent_encode(info_hash), end - 1)
+}
+
+/// How a web seed is asked for bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// BEP 19 (`url-list`): the files themselves, with `Range`.
+    UrlList,
+    /// BEP 17 (`httpseeds`): a script asked by piece.
+    Hoffman,
+}
+
+/// The torrent's web seeds as sources: the `url-list` ones given (`urls`, a magnet's `ws=` and
+/// options included) and the metadata's `httpseeds`.
+pub fn sources(http: &reqwest::Client, urls: &[String], meta: &Arc<TorrentMetadata>) -> Vec<Arc<WebSeedSource>> {
+    let list = urls.iter().map(|u| (u, Style::UrlList));
+    let hoffman = meta.http_seeds.iter().map(|u| (u, Style::Hoffman));
+    list.chain(hoffman)
+        .map(|(u, s)| Arc::new(WebSeedSource::with_style(http.clone(), u.clone(), meta.clone(), s)))
+        .collect()
+}
+
 /// One web seed as a piece source.
+#[derive(Clone)]
 pub struct WebSeedSource {
     http: reqwest::Client,
     url: String,
     meta: Arc<TorrentMetadata>,
     info: ContentInfo,
+    style: Style,
 }
 
 impl WebSeedSource {
     pub fn new(http: reqwest::Client, url: String, meta: Arc<TorrentMetadata>) -> Self {
-        let mut info = crate::content_info(&meta, &format!("webseed:{url}"));
+        Self::with_style(http, url, meta, Style::UrlList)
+    }
+
+    pub fn with_style(http: reqwest::Client, url: String, meta: Arc<TorrentMetadata>, style: Style) -> Self {
+        let kind = match style {
+            Style::UrlList => "webseed",
+            Style::Hoffman => "httpseed",
+        };
+        let mut info = crate::content_info(&meta, &format!("{kind}:{url}"));
         info.hash_kind = HashKind::None;
         info.piece_hashes = RVec::new();
-        Self { http, url, meta, info }
+        Self { http, url, meta, info, style }
     }
 
     pub fn url(&self) -> &str {
@@ -84,10 +123,46 @@ impl WebSeedSource {
 
     /// `length` bytes at `offset` of the content.
     pub async fn read(&self, offset: u64, length: u64) -> Result<Vec<u8>, PluginError> {
+        if self.style == Style::Hoffman {
+            return self.read_by_piece(offset, length).await;
+        }
         let parts = plan(&self.url, &self.meta, offset, length).map_err(PluginError::invalid)?;
         let mut out = Vec::with_capacity(length as usize);
         for (url, start, len) in parts {
             get_range(&self.http, &url, start, len, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    /// BEP 17: one request per piece the range touches.
+    async fn read_by_piece(&self, offset: u64, length: u64) -> Result<Vec<u8>, PluginError> {
+        let meta = &self.meta;
+        let end = offset
+            .checked_add(length)
+            .filter(|e| *e <= meta.length)
+            .ok_or_else(|| PluginError::invalid(format!("range {offset}+{length} is outside the content")))?;
+        let mut out = Vec::with_capacity(length as usize);
+        let mut at = offset;
+        while at < end {
+            let piece = (at / meta.piece_length) as u32;
+            let base = piece as u64 * meta.piece_length;
+            let stop = end.min(base + meta.piece_len(piece));
+            let url = hoffman_url(&self.url, &meta.info_hash, piece, at - base, stop - base);
+            let resp = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(120))
+                .send()
+                .await
+                .map_err(|e| PluginError::network(format!("http seed {}: {e}", self.url)))?;
+            match resp.status().as_u16() {
+                200 => {}
+                503 => return Err(PluginError::network(format!("http seed {}: busy (503)", self.url))),
+                404 => return Err(PluginError::not_found(format!("http seed {}: HTTP 404", self.url))),
+                s => return Err(PluginError::network(format!("http seed {}: HTTP {s}", self.url))),
+            }
+            read_body(resp, &self.url, stop - at, &mut out).await?;
+            at = stop;
         }
         Ok(out)
     }
@@ -100,7 +175,7 @@ async fn get_range(
     len: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), PluginError> {
-    let mut resp = http
+    let resp = http
         .get(url)
         .header(reqwest::header::RANGE, format!("bytes={start}-{}", start + len - 1))
         .timeout(Duration::from_secs(120))
@@ -117,6 +192,11 @@ async fn get_range(
             PluginError::network(format!("web seed {url}: HTTP {status} to a range request"))
         });
     }
+    read_body(resp, url, len, out).await
+}
+
+/// Appends exactly `len` body bytes to `out`; more or fewer is an error.
+async fn read_body(mut resp: reqwest::Response, url: &str, len: u64, out: &mut Vec<u8>) -> Result<(), PluginError> {
     let want = out.len() + len as usize;
     while let Some(c) = resp.chunk().await.map_err(|e| PluginError::network(format!("web seed {url}: {e}")))? {
         if out.len() + c.len() > want {
@@ -136,12 +216,7 @@ impl PieceSource for WebSeedSource {
     }
 
     fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
-        let me = WebSeedSource {
-            http: self.http.clone(),
-            url: self.url.clone(),
-            meta: self.meta.clone(),
-            info: self.info.clone(),
-        };
+        let me = self.clone();
         Box::pin(async move { me.read(offset, length).await.map(RVec::from) })
     }
 }
@@ -169,7 +244,17 @@ mod tests {
             private: false,
             trackers: Vec::new(),
             web_seeds: Vec::new(),
+            http_seeds: Vec::new(),
         }
+    }
+
+    #[test]
+    fn hoffman_queries() {
+        let ih = [0xabu8; 20];
+        let u = hoffman_url("http://s/seed.php", &ih, 3, 0, 65536);
+        assert_eq!(u, format!("http://s/seed.php?info_hash={}&piece=3&ranges=0-65535", "%AB".repeat(20)));
+        assert!(hoffman_url("http://s/seed?x=1", &ih, 0, 10, 11).ends_with("&piece=0&ranges=10-10"));
+        assert!(hoffman_url("http://s/seed?x=1", &ih, 0, 10, 11).starts_with("http://s/seed?x=1&info_hash="));
     }
 
     #[test]
