@@ -117,8 +117,8 @@ fn account_home() -> Option<PathBuf> {
     }
 }
 
-/// Creates `dir` readable by its owner only (best effort: a folder someone else made there
-/// first is refused later, by the plugin loader's ownership check and the seed book's).
+/// Creates `dir` readable by its owner only (best effort: plugins in a folder someone else
+/// made there first are still refused by the loader's ownership check).
 fn private_dir(dir: &Path) {
     use std::os::unix::fs::DirBuilderExt as _;
     let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);

@@ -257,9 +257,7 @@ impl Host {
             let (id, extra, r) = match next {
                 None => break,
                 Some(Opening::WebSeeds(urls)) => {
-                    for f in self.web_seed_sources(urls, &mut known) {
-                        pending.push(f);
-                    }
+                    pending.extend(self.web_seed_sources(urls, &mut known));
                     continue;
                 }
                 Some(Opening::Source(id, extra, r)) => (id, extra, r),
@@ -324,11 +322,7 @@ impl Host {
         let feeder = async move {
             while let Some(opened) = pending.next().await {
                 match opened {
-                    Opening::WebSeeds(urls) => {
-                        for f in self.web_seed_sources(urls, &mut known) {
-                            pending.push(f);
-                        }
-                    }
+                    Opening::WebSeeds(urls) => pending.extend(self.web_seed_sources(urls, &mut known)),
                     Opening::Source(_, _, None) => {}
                     Opening::Source(_, _, Some(Ok(src))) => {
                         let _ = late_tx.unbounded_send(src);
