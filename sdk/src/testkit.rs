@@ -23,6 +23,19 @@ use crate::{
     plugin::{root_module, Events, Plugin},
 };
 
+/// Deterministic, incompressible-looking test content (xorshift32), the same for every caller.
+pub fn content(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 /// A host configuration for tests: state under `data_dir`, servers on loopback.
 pub fn config(data_dir: &std::path::Path) -> HostConfig {
     HostConfig {

@@ -151,13 +151,9 @@ fn two_chiral_peers_recognise_each_other_while_transmission_leeches_normally() {
     let ih = info_hash_of(&tor);
     let leech = TransmissionLeecher::start(&tor, &tracker, &ih);
 
-    // Chiral peer A seeds (its Chiral id set in its config), B downloads the .torrent.
+    // Chiral peer A seeds, B downloads the .torrent; each has the Chiral id of its own key.
     let a = Chiral::new();
-    std::fs::write(
-        a.data_dir.path().join("config/chiral/config.toml"),
-        "no_dht = true\n[plugins.bittorrent]\nchiral_peer_id = \"alice0123456789\"\n",
-    )
-    .unwrap();
+    std::fs::write(a.data_dir.path().join("config/chiral/config.toml"), "no_dht = true\n").unwrap();
     let (seed, _) =
         start_seed(&a, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url(), "-v"], 1);
     let b = Chiral::new();
@@ -178,18 +174,27 @@ fn two_chiral_peers_recognise_each_other_while_transmission_leeches_normally() {
         .iter()
         .flat_map(|s| s["peers"].as_array().cloned().unwrap_or_default())
         .collect();
+    let a_log = seed.log_text();
+    let (a_id, b_id) = (own_chiral_id(&a_log), own_chiral_id(&stderr(&o)));
+    assert_ne!(a_id, b_id);
     let chiral: Vec<_> = peers.iter().filter(|p| !p["chiral_peer_id"].is_null()).collect();
     assert_eq!(chiral.len(), 1, "exactly one Chiral peer (A) in B's swarm: {peers:?}");
-    assert_eq!(chiral[0]["chiral_peer_id"], "alice0123456789", "{peers:?}");
+    assert_eq!(chiral[0]["chiral_peer_id"].as_str(), Some(a_id.as_str()), "{peers:?}");
     assert!(chiral[0]["downloaded"].as_u64().unwrap() > 0, "B got data from A: {peers:?}");
     for p in peers.iter().filter(|p| p["id"].as_str().unwrap_or_default().starts_with("-TR")) {
         assert!(p["chiral_peer_id"].is_null(), "Transmission is not taken for a Chiral peer: {p}");
     }
-    // A's log: B identified through the `chiral` extension, with B's stable id from its data dir.
-    let b_id = std::fs::read_to_string(b.data_dir.path().join("bittorrent/chiral_peer_id")).expect("B's Chiral id");
-    let a_log = seed.log_text();
-    assert!(a_log.contains(&format!("is Chiral peer {}", b_id.trim())), "A never recognised B ({b_id}):\n{a_log}");
+    // A's log: B proved its id through the `chiral` extension.
+    assert!(a_log.contains(&format!("is Chiral peer {b_id}")), "A never recognised B ({b_id}):\n{a_log}");
     assert_eq!(a_log.matches("is Chiral peer").count(), 1, "only B is a Chiral peer for A:\n{a_log}");
+}
+
+/// The node's own Chiral peer id, as the bittorrent plugin logs it at `-v`.
+fn own_chiral_id(log: &str) -> String {
+    let at = log.find("bittorrent: Chiral peer id ").expect("the node logs its Chiral peer id") + 27;
+    let id: String = log[at..].chars().take_while(char::is_ascii_hexdigit).collect();
+    assert_eq!(id.len(), 64, "{id}");
+    id
 }
 
 #[test]

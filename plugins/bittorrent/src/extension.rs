@@ -11,6 +11,10 @@ pub const CHIRAL_ID: u8 = 2;
 /// Largest metadata (info dictionary) we accept from a peer.
 pub const MAX_METADATA: u64 = 16 << 20;
 pub const METADATA_PIECE: usize = 16 * 1024;
+/// Bounds of an accepted `chiral_nonce`.
+pub const CHIRAL_NONCE_LEN: std::ops::RangeInclusive<usize> = 16..=64;
+/// Length of an ed25519 signature, the only `signature` a hello may carry.
+pub const CHIRAL_SIGNATURE_LEN: usize = 64;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExtHandshake {
@@ -22,10 +26,18 @@ pub struct ExtHandshake {
     pub reqq: Option<u32>,
     /// The sender's Chiral node id, when it speaks the chiral extension.
     pub chiral: Option<String>,
+    /// The nonce the receiver signs in its `chiral` hello to prove its own id (16..=64 bytes).
+    pub chiral_nonce: Option<Vec<u8>>,
 }
 
 impl ExtHandshake {
     pub fn ours(metadata_size: Option<u64>, port: u16, chiral_id: &str) -> Self {
+        Self::ours_with_nonce(metadata_size, port, chiral_id, &[])
+    }
+
+    /// Our handshake, asking the peer to prove its Chiral id by signing `nonce` (see
+    /// [`crate::identity`]); an empty `nonce` asks for nothing.
+    pub fn ours_with_nonce(metadata_size: Option<u64>, port: u16, chiral_id: &str, nonce: &[u8]) -> Self {
         let mut m = BTreeMap::new();
         m.insert("ut_metadata".to_string(), UT_METADATA_ID);
         m.insert("chiral".to_string(), CHIRAL_ID);
@@ -36,6 +48,7 @@ impl ExtHandshake {
             client: Some(format!("Chiral {}", env!("CARGO_PKG_VERSION"))),
             reqq: Some(1024),
             chiral: Some(chiral_id.to_string()),
+            chiral_nonce: Some(nonce.to_vec()).filter(|n| !n.is_empty()),
         }
     }
 
@@ -56,6 +69,9 @@ impl ExtHandshake {
         }
         if let Some(c) = &self.chiral {
             items.push(("chiral", Value::str(c)));
+        }
+        if let Some(n) = &self.chiral_nonce {
+            items.push(("chiral_nonce", Value::Bytes(n.clone())));
         }
         bencode::encode(&dict(items))
     }
@@ -83,7 +99,12 @@ impl ExtHandshake {
             .get("chiral")
             .filter(|id| **id != 0)
             .and_then(|_| v.get("chiral").and_then(Value::as_str).map(|s| s.chars().take(128).collect()));
-        Ok(Self { m, metadata_size, port, client, reqq, chiral })
+        let chiral_nonce = v
+            .get("chiral_nonce")
+            .and_then(Value::as_bytes)
+            .filter(|n| CHIRAL_NONCE_LEN.contains(&n.len()))
+            .map(<[u8]>::to_vec);
+        Ok(Self { m, metadata_size, port, client, reqq, chiral, chiral_nonce })
     }
 
     pub fn id_of(&self, name: &str) -> Option<u8> {
@@ -148,6 +169,10 @@ pub struct ChiralHello {
     /// Reputation in thousandths (bencode has no floats): 0..=1000.
     pub reputation_score: i64,
     pub wallet_address: Option<String>,
+    /// The sender's proof of `chiral_peer_id`: its signature over the nonce the receiver sent
+    /// in its extended handshake (see [`crate::identity::Identity::prove`]). Without it (or
+    /// with one of another length) the hello is unproven.
+    pub signature: Option<Vec<u8>>,
 }
 
 impl ChiralHello {
@@ -160,6 +185,9 @@ impl ChiralHello {
         if let Some(w) = &self.wallet_address {
             items.push(("wallet_address", Value::str(w)));
         }
+        if let Some(sig) = &self.signature {
+            items.push(("signature", Value::Bytes(sig.clone())));
+        }
         bencode::encode(&dict(items))
     }
 
@@ -171,6 +199,11 @@ impl ChiralHello {
             chiral_peer_id: s("chiral_peer_id").ok_or("no chiral_peer_id")?,
             reputation_score: v.get("reputation_score").and_then(Value::as_int).unwrap_or(0).clamp(0, 1000),
             wallet_address: s("wallet_address").filter(|w| !w.is_empty()),
+            signature: v
+                .get("signature")
+                .and_then(Value::as_bytes)
+                .filter(|sig| sig.len() == CHIRAL_SIGNATURE_LEN)
+                .map(<[u8]>::to_vec),
         })
     }
 }
@@ -322,6 +355,29 @@ mod tests {
     }
 
     #[test]
+    fn handshake_nonce() {
+        assert_eq!(ExtHandshake::ours(None, 1, "n").chiral_nonce, None);
+        let nonce = [9u8; 32];
+        let h = ExtHandshake::ours_with_nonce(Some(5), 6881, "node-1", &nonce);
+        assert_eq!(h.chiral_nonce.as_deref(), Some(&nonce[..]));
+        let back = ExtHandshake::decode(&h.encode()).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(back.chiral.as_deref(), Some("node-1"));
+        // Bounds: 16..=64 bytes, a byte string; anything else is no nonce.
+        for (n, ok) in [(0, false), (15, false), (16, true), (64, true), (65, false), (1000, false)] {
+            let mut h = ExtHandshake::ours(None, 1, "node-1");
+            h.chiral_nonce = Some(vec![0xa5; n]);
+            let back = ExtHandshake::decode(&h.encode()).unwrap();
+            assert_eq!(back.chiral_nonce.is_some(), ok, "{n} bytes");
+            if ok {
+                assert_eq!(back, h);
+            }
+        }
+        let int = ExtHandshake::decode(b"d1:mde12:chiral_noncei7ee").unwrap();
+        assert_eq!(int.chiral_nonce, None);
+    }
+
+    #[test]
     fn metadata_messages() {
         for m in [
             Metadata::Request { piece: 2 },
@@ -345,9 +401,20 @@ mod tests {
             chiral_peer_id: "abc".into(),
             reputation_score: 900,
             wallet_address: Some("0xw".into()),
+            signature: None,
         };
         assert_eq!(ChiralHello::decode(&h.encode()).unwrap(), h);
         assert!(ChiralHello::decode(b"de").is_err());
+        // An older hello without a signature still decodes (unproven).
+        let old = b"d14:chiral_peer_id3:abc8:msg_type5:hello16:reputation_scorei900ee";
+        assert_eq!(ChiralHello::decode(old).unwrap(), ChiralHello { wallet_address: None, ..h.clone() });
+        // Signed: exactly 64 bytes, else dropped.
+        for (n, ok) in [(0, false), (63, false), (64, true), (65, false), (128, false)] {
+            let signed = ChiralHello { signature: Some((0..n as u8).collect()), ..h.clone() };
+            let back = ChiralHello::decode(&signed.encode()).unwrap();
+            assert_eq!(back.signature.is_some(), ok, "{n} bytes");
+            assert_eq!(back, if ok { signed } else { h.clone() });
+        }
     }
 
     #[test]

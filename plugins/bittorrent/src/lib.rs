@@ -5,6 +5,8 @@
 //! - [`bencode`], [`metainfo`], [`magnet`]: parsing (bounded, sanitising) and building torrents;
 //! - [`peer_wire`], [`extension`]: sans-IO codecs of the peer protocol, BEP 10 / BEP 9 and the
 //!   `chiral` identification message;
+//! - [`identity`]: this node's Chiral key (its public half is the Chiral peer id), proofs of it
+//!   and their verification;
 //! - [`tracker`]: HTTP and UDP trackers (sans-IO parsing + a thin async layer);
 //! - [`session`]: one torrent's swarm (peer tasks, block pipeline, verification, bans, seeding);
 //! - [`choker`]: the seeding choker (Chiral peers first, one optimistic unchoke rotated every
@@ -17,21 +19,24 @@
 //!   "ip:port"|null}`) and the shared listener.
 //!
 //! Options (config `[plugins.bittorrent]`, then per request): `port`, `tracker`, `peer`,
-//! `web_seed`, `piece_size`, `private`, `name`, `chiral_peer_id`, `reputation`, `wallet`,
-//! `payment_threshold`, `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes
-//! are used and the node answers queries at once (server mode); `none` starts a new network),
-//! `dht_port`. The DHT is off with the host's `no_dht`, and binds the host's listen address when
-//! that is a specific IPv4 address (e.g. 127.0.0.1).
+//! `web_seed`, `piece_size`, `private`, `name`, `reputation`, `wallet`, `payment_threshold`,
+//! `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes are used and the node
+//! answers queries at once (server mode); `none` starts a new network), `dht_port`. The DHT is
+//! off with the host's `no_dht`, and binds the host's listen address when that is a specific
+//! IPv4 address (e.g. 127.0.0.1). The Chiral peer id is not an option: it is the public key of
+//! the node's key file (see [`identity`]).
 
 pub mod bencode;
 pub mod choker;
 pub mod dht;
 pub mod extension;
+pub mod identity;
 pub mod magnet;
 pub mod metainfo;
 pub mod peer_wire;
 pub mod session;
 pub mod storage;
+pub mod swarm;
 pub mod tracker;
 pub mod webseed;
 
@@ -72,26 +77,6 @@ const PIECE_TIMEOUT: Duration = Duration::from_secs(240);
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// This node's Chiral peer id on BitTorrent, kept in the plugin's data dir
-/// (`<data dir>/bittorrent/chiral_peer_id`) so other Chiral clients recognise the same node
-/// (and its reputation) across restarts.
-fn stable_chiral_id(data_dir: &Path, events: &Events) -> String {
-    let path = data_dir.join("chiral_peer_id");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let id = text.trim();
-        if (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return id.to_string();
-        }
-        events.warn(format!("{}: not a peer id, making a new one", path.display()));
-    }
-    let id = format!("{:016x}{:016x}", random_u64(), random_u64());
-    let saved = path.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())).and_then(|_| std::fs::write(&path, &id));
-    if let Err(e) = saved {
-        events.debug(format!("{}: {e} (the Chiral peer id changes on each start)", path.display()));
-    }
-    id
-}
-
 pub fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
@@ -120,6 +105,9 @@ pub struct Shared {
     pub advertise_host: String,
     pub http: reqwest::Client,
     pub key: u32,
+    /// This node's Chiral key, kept in the plugin's data dir (`chiral_key`).
+    pub identity: Arc<identity::Identity>,
+    /// `identity.id()`: the Chiral peer id announced to peers.
     pub chiral_id: String,
     pub reputation: i64,
     pub wallet: Option<String>,
@@ -256,10 +244,16 @@ impl Plugin for BitTorrentPlugin {
             .map_err(PluginError::invalid)?;
             Some(Arc::new(dht::DhtNode::new(cfg, events.clone())))
         };
-        let chiral_id = match options.last("chiral_peer_id") {
-            Some(id) => id,
-            None => stable_chiral_id(Path::new(config.data_dir.as_str()), &events),
-        };
+        let (identity, note) = identity::Identity::load_or_create(Path::new(config.data_dir.as_str()));
+        if let Some(note) = note {
+            events.warn(format!("bittorrent: {note}"));
+        }
+        if options.last("chiral_peer_id").is_some() {
+            events.warn("bittorrent: option chiral_peer_id ignored (the Chiral peer id comes from the node key)");
+        }
+        let identity = Arc::new(identity);
+        let chiral_id = identity.id();
+        events.info(format!("bittorrent: Chiral peer id {chiral_id}"));
         let shared = Arc::new(Shared {
             peer_id: new_peer_id(),
             port,
@@ -267,6 +261,7 @@ impl Plugin for BitTorrentPlugin {
             advertise_host: config.advertise_host.to_string(),
             http,
             key: random_u32(),
+            identity,
             chiral_id,
             reputation: options.num("reputation")?.map(|r| r.min(1000) as i64).unwrap_or(500),
             wallet: options.last("wallet").filter(|w| !w.is_empty()),
@@ -577,6 +572,7 @@ impl BitTorrentPlugin {
             session.spawn(tokio::spawn(session.clone().announce_loop()));
         }
         session.spawn(tokio::spawn(session.clone().redial_loop()));
+        session.spawn(tokio::spawn(session.clone().tick_loop()));
         let private = session.meta().is_some_and(|m| m.private);
         match &self.shared.dht {
             Some(dht) if !private => {
@@ -655,7 +651,7 @@ impl BitTorrentPlugin {
         };
         magnet.push_str("&x.pe=");
         magnet.push_str(&magnet::percent_encode(pe.as_bytes()));
-        session.spawn(tokio::spawn(session.clone().choke_loop()));
+        session.spawn(tokio::spawn(session.clone().tick_loop()));
         let dht = match &self.shared.dht {
             Some(dht) if !meta.private => {
                 session.spawn(tokio::spawn(session.clone().dht_announce_loop(dht.clone())));

@@ -24,18 +24,7 @@ fn no_events() -> chiral_sdk::EventSinkBox {
     Events::sink_from_fn(|_| {})
 }
 
-/// Deterministic, incompressible-looking content.
-fn content(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+use chiral_sdk::testkit::content;
 
 fn opts(pairs: &[(&str, &str)]) -> RVec<Tuple2<RString, RString>> {
     pairs.iter().map(|(k, v)| Tuple2(RString::from(*k), RString::from(*v))).collect()
@@ -208,10 +197,12 @@ fn chiral_peers_identify_each_other_and_payments_are_announced() {
     let data = content(3 * 1024 * 1024);
     let src = dir.path().join("paid.bin");
     std::fs::write(&src, &data).unwrap();
-    let seeder = handler_with(&dir.path().join("s"), &[("wallet", "0xseeder"), ("chiral_peer_id", "seed-node")]);
+    let seeder = handler_with(&dir.path().join("s"), &[("wallet", "0xseeder")]);
+    // The seeder's Chiral peer id: the key it made in its data dir.
+    let seed_id = crate::identity::Identity::load_or_create(&dir.path().join("s")).0.id();
     let info = seed(&seeder, &src, &[]).unwrap();
-    let leecher =
-        handler_with(&dir.path().join("l"), &[("payment_threshold", "1048576"), ("chiral_peer_id", "leech-node")]);
+    let leecher = handler_with(&dir.path().join("l"), &[("payment_threshold", "1048576")]);
+    assert_ne!(crate::identity::Identity::load_or_create(&dir.path().join("l")).0.id(), seed_id);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let sink = Events::sink_from_fn(move |e| {
@@ -229,7 +220,7 @@ fn chiral_peers_identify_each_other_and_payments_are_announced() {
     assert_eq!(std::fs::read(dir.path().join("out/paid.bin")).unwrap(), data);
     let seen = seen.lock().unwrap();
     assert!(seen.len() >= 3, "{seen:?}");
-    assert!(seen.iter().all(|(p, w, _)| p == "seed-node" && w.as_deref() == Some("0xseeder")), "{seen:?}");
+    assert!(seen.iter().all(|(p, w, _)| *p == seed_id && w.as_deref() == Some("0xseeder")), "{seen:?}");
     let bytes: Vec<u64> = seen.iter().map(|s| s.2).collect();
     assert!(bytes.windows(2).all(|w| w[0] < w[1]) && bytes[0] >= 1 << 20, "{bytes:?}");
 }

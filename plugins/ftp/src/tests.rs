@@ -26,18 +26,7 @@ fn no_events() -> EventSinkBox {
     Events::sink_from_fn(|_| {})
 }
 
-/// Deterministic, non-repeating-looking content.
-fn content(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+use chiral_sdk::testkit::content;
 
 fn seed(h: &HandlerBox, path: &Path, options: &[(&str, &str)]) -> Result<SeedInfo, PluginError> {
     let options = options.iter().map(|(k, v)| Tuple2(RString::from(*k), RString::from(*v))).collect();
