@@ -752,6 +752,12 @@ impl PieceSource for SwarmSource {
         self.session.0.set_read_ahead(count == 0);
     }
 
+    /// Every piece `fetch` returns passed its SHA-1 from the torrent (peers' pieces in the
+    /// swarm, web seeds' in `piece_from_web_seeds`).
+    fn checks_pieces(&self) -> bool {
+        true
+    }
+
     fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
         let session = self.session.0.clone();
         let meta = self.meta.clone();

@@ -281,6 +281,22 @@ impl Drop for RemoveOnDrop<'_> {
 /// Whether pieces a source checked itself (against `own`) need no second check against the
 /// download's reference description `reference`: only when both are the same Merkle tree cut
 /// the same way.
+/// Whether the engine may take a source's pieces without hashing them again: the source says it
+/// checks every piece ([`crate::abi::Source::checks_pieces`]) against hashes that are the
+/// layout's. For a Merkle tree the root names the hashes; a list of SHA-1s counts only from the
+/// authority, whose list *is* the layout (another source with the same list — a Chiral node
+/// answering a magnet checks its own Merkle leaves, not these — is hashed by the engine).
+fn skips_second_check(authority: bool, checks_pieces: bool, own: &ContentInfo, layout: &ContentInfo) -> bool {
+    checks_pieces
+        && (same_piece_hashes(own, layout)
+            || (authority
+                && own.hash_kind == HashKind::Sha1Pieces
+                && layout.hash_kind == HashKind::Sha1Pieces
+                && own.piece_length == layout.piece_length
+                && !own.piece_hashes.is_empty()
+                && own.piece_hashes == layout.piece_hashes))
+}
+
 fn same_piece_hashes(own: &ContentInfo, reference: &ContentInfo) -> bool {
     own.hash_kind == HashKind::Sha256Merkle
         && reference.hash_kind == HashKind::Sha256Merkle
@@ -767,7 +783,7 @@ impl Driver<'_> {
     /// when it cannot serve this layout.
     fn enlist(&mut self, phase: &mut Phase, i: usize) {
         let s = &mut self.srcs[i];
-        s.pre_checked = s.es.source.checks_pieces() && same_piece_hashes(&s.info, &phase.info);
+        s.pre_checked = skips_second_check(s.es.authority, s.es.source.checks_pieces(), &s.info, &phase.info);
         let why = if let Some(d) = &s.report.dropped {
             Some(d.clone())
         } else if !usable(&s.info) {

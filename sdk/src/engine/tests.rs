@@ -107,6 +107,18 @@ fn only_the_same_merkle_tree_skips_the_second_check() {
 }
 
 #[test]
+fn a_torrents_pieces_skip_the_second_check_only_from_the_authority() {
+    let torrent = info_for(&[7; 40], 16, true, "t");
+    assert!(skips_second_check(true, true, &torrent, &torrent), "the authority checks against the layout itself");
+    assert!(!skips_second_check(false, true, &torrent, &torrent), "another source with the same list is hashed");
+    assert!(!skips_second_check(true, false, &torrent, &torrent), "a source that does not check is hashed");
+    let other = info_for(&[8; 40], 16, true, "u");
+    assert!(!skips_second_check(true, true, &other, &torrent), "other hashes");
+    let recut = info_for(&[7; 40], 8, true, "t");
+    assert!(!skips_second_check(true, true, &recut, &torrent), "another piece size");
+}
+
+#[test]
 fn two_sources_share_the_work_and_result_is_exact() {
     let data = content(3 << 20);
     let dir = tempfile::tempdir().unwrap();

@@ -256,6 +256,10 @@ impl<W> Swarm<W> {
     }
 
     fn flush(&mut self) {
+        let soon: Vec<PeerKey> = self.peers.iter().filter(|(_, p)| p.serve_soon).map(|(k, _)| *k).collect();
+        for k in soon {
+            self.serve(k);
+        }
         let mut over = Vec::new();
         for (k, p) in self.peers.iter_mut() {
             if !p.out.is_empty() {
@@ -615,6 +619,8 @@ impl<W> Swarm<W> {
             return;
         }
         self.read_ahead = on;
+        let what = if on { "on: the only source" } else { "off: other sources" };
+        self.log(Level::Debug, format!("{}: read-ahead {what}", self.label()));
         if on {
             self.pump_all();
         } else {
@@ -915,6 +921,7 @@ impl<W> Swarm<W> {
             return;
         }
         let Some(p) = self.peers.get_mut(&key) else { return };
+        p.serve_soon = false;
         if p.am_choking {
             p.uploads.clear();
             return;
@@ -1095,7 +1102,9 @@ impl<W> Swarm<W> {
                     return Ok(());
                 }
                 p.uploads.push_back((index, begin, length));
-                self.serve(key);
+                // Served once the shell has handed in every message it read (`flush`): one
+                // disk read for a burst of requests, not one per request.
+                p.serve_soon = true;
             }
             Message::Cancel { index, begin, length } => {
                 if let Some(at) = p.uploads.iter().position(|r| *r == (index, begin, length)) {

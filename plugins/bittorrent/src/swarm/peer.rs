@@ -46,6 +46,8 @@ pub struct Peer {
     pub uploads: VecDeque<(u32, u32, u32)>,
     /// Requests ignored because the queue was full.
     pub ignored_requests: u64,
+    /// Requests arrived since the last `serve`.
+    pub serve_soon: bool,
     /// Bytes handed to its socket's writer (or being read from disk for it) and not written yet.
     pub queued: usize,
     pub ext: Option<ExtHandshake>,
@@ -78,6 +80,7 @@ impl Peer {
             requests: HashSet::new(),
             uploads: VecDeque::new(),
             ignored_requests: 0,
+            serve_soon: false,
             queued: 0,
             ext: None,
             nonce: Vec::new(),
