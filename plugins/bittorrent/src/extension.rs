@@ -31,13 +31,9 @@ pub struct ExtHandshake {
 }
 
 impl ExtHandshake {
-    pub fn ours(metadata_size: Option<u64>, port: u16, chiral_id: &str) -> Self {
-        Self::ours_with_nonce(metadata_size, port, chiral_id, &[])
-    }
-
     /// Our handshake, asking the peer to prove its Chiral id by signing `nonce` (see
     /// [`crate::identity`]); an empty `nonce` asks for nothing.
-    pub fn ours_with_nonce(metadata_size: Option<u64>, port: u16, chiral_id: &str, nonce: &[u8]) -> Self {
+    pub fn ours(metadata_size: Option<u64>, port: u16, chiral_id: &str, nonce: &[u8]) -> Self {
         let mut m = BTreeMap::new();
         m.insert("ut_metadata".to_string(), UT_METADATA_ID);
         m.insert("chiral".to_string(), CHIRAL_ID);
@@ -341,7 +337,7 @@ mod tests {
 
     #[test]
     fn handshake_round_trip() {
-        let h = ExtHandshake::ours(Some(1234), 6881, "node-1");
+        let h = ExtHandshake::ours(Some(1234), 6881, "node-1", &[]);
         let back = ExtHandshake::decode(&h.encode()).unwrap();
         assert_eq!(back, h);
         assert_eq!(back.id_of("ut_metadata"), Some(UT_METADATA_ID));
@@ -356,16 +352,16 @@ mod tests {
 
     #[test]
     fn handshake_nonce() {
-        assert_eq!(ExtHandshake::ours(None, 1, "n").chiral_nonce, None);
+        assert_eq!(ExtHandshake::ours(None, 1, "n", &[]).chiral_nonce, None);
         let nonce = [9u8; 32];
-        let h = ExtHandshake::ours_with_nonce(Some(5), 6881, "node-1", &nonce);
+        let h = ExtHandshake::ours(Some(5), 6881, "node-1", &nonce);
         assert_eq!(h.chiral_nonce.as_deref(), Some(&nonce[..]));
         let back = ExtHandshake::decode(&h.encode()).unwrap();
         assert_eq!(back, h);
         assert_eq!(back.chiral.as_deref(), Some("node-1"));
         // Bounds: 16..=64 bytes, a byte string; anything else is no nonce.
         for (n, ok) in [(0, false), (15, false), (16, true), (64, true), (65, false), (1000, false)] {
-            let mut h = ExtHandshake::ours(None, 1, "node-1");
+            let mut h = ExtHandshake::ours(None, 1, "node-1", &[]);
             h.chiral_nonce = Some(vec![0xa5; n]);
             let back = ExtHandshake::decode(&h.encode()).unwrap();
             assert_eq!(back.chiral_nonce.is_some(), ok, "{n} bytes");

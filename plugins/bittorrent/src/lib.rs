@@ -107,8 +107,6 @@ pub struct Shared {
     pub key: u32,
     /// This node's Chiral key, kept in the plugin's data dir (`chiral_key`).
     pub identity: Arc<identity::Identity>,
-    /// `identity.id()`: the Chiral peer id announced to peers.
-    pub chiral_id: String,
     pub reputation: i64,
     pub wallet: Option<String>,
     pub payment_threshold: u64,
@@ -252,8 +250,7 @@ impl Plugin for BitTorrentPlugin {
             events.warn("bittorrent: option chiral_peer_id ignored (the Chiral peer id comes from the node key)");
         }
         let identity = Arc::new(identity);
-        let chiral_id = identity.id();
-        events.info(format!("bittorrent: Chiral peer id {chiral_id}"));
+        events.info(format!("bittorrent: Chiral peer id {}", identity.id()));
         let shared = Arc::new(Shared {
             peer_id: new_peer_id(),
             port,
@@ -262,7 +259,6 @@ impl Plugin for BitTorrentPlugin {
             http,
             key: random_u32(),
             identity,
-            chiral_id,
             reputation: options.num("reputation")?.map(|r| r.min(1000) as i64).unwrap_or(500),
             wallet: options.last("wallet").filter(|w| !w.is_empty()),
             payment_threshold: options.num("payment_threshold")?.unwrap_or(1 << 20).max(1),

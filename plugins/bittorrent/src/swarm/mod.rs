@@ -426,7 +426,7 @@ impl<W> Swarm<W> {
         let n = self.meta.as_ref().map(|m| m.piece_count() as usize).unwrap_or(0);
         let mut p = Peer::new(addr, peer_id, n, now);
         if extensions {
-            let h = ExtHandshake::ours_with_nonce(
+            let h = ExtHandshake::ours(
                 self.meta.as_ref().map(|m| m.info_bytes.len() as u64),
                 self.local.port,
                 &self.local.identity.id(),
