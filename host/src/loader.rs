@@ -40,14 +40,100 @@ pub fn load(path: &Path) -> Result<LoadedLibrary, String> {
     std::mem::forget(lib);
 
     let header = lib_header_from_path(path).map_err(|e| format!("abi_stable: {}", first_line(&e.to_string())))?;
-    let module = header
-        .init_root_module::<PluginModRef>()
-        .map_err(|e| format!("incompatible plugin layout: {}", first_line(&e.to_string())))?;
+    let module = init_root_module(header)?;
     let descriptor = (module.descriptor())().into_result().map_err(|e| format!("descriptor failed: {e}"))?;
     if descriptor.name.is_empty() {
         return Err("descriptor has an empty name".into());
     }
     Ok(LoadedLibrary { descriptor, module })
+}
+
+/// Checks the plugin's root module against ours and initialises it.
+///
+/// abi_stable accepts a library whose appendable types (the root module, trait vtables) have at
+/// least the fields the host knows: a plugin as new as the host or newer. A plugin built
+/// against an older SDK of the same series has the vtables as they were then, without the
+/// methods appended since; for those the host's calls answer the defaults the SDK declares
+/// (`docs/abi.md`). So when the usual check fails, the reverse one is tried: the host's types
+/// must then extend the plugin's, field for field, which also means the one vtable the host
+/// implements for the plugin (`EventSink`) has every method the plugin may call. Everything
+/// that is not appendable (structs, enums, function signatures) must match exactly either way.
+fn init_root_module(header: &abi_stable::library::LibHeader) -> Result<PluginModRef, String> {
+    use abi_stable::{
+        abi_stability::abi_checking::{
+            check_layout_compatibility, check_layout_compatibility_with_globals, CheckingGlobals,
+        },
+        StableAbi as _,
+    };
+    let theirs = header.layout().ok_or("the plugin carries no layout to check")?;
+    let ours = PluginModRef::LAYOUT;
+    if let Err(newer) = check_layout_compatibility(ours, theirs) {
+        // Checked on its own: abi_stable's process-wide record of appendable types merges what
+        // it sees, and recording the host's types as an extension of an old plugin's would make
+        // it read later (current) plugins against the old vtables.
+        if check_layout_compatibility_with_globals(theirs, ours, &CheckingGlobals::new()).is_err() {
+            return Err(format!("incompatible plugin layout: {}", layout_reason(&newer)));
+        }
+    }
+    // SAFETY: the layout was checked just above, in one direction or the other.
+    unsafe { header.init_root_module_with_unchecked_layout::<PluginModRef>() }
+        .map_err(|e| format!("plugin root module: {}", first_line(&e.to_string())))
+}
+
+/// One line out of abi_stable's pages-long report: where the first difference is (the path of
+/// fields from the root module down) and what it is.
+fn layout_reason(e: &abi_stable::abi_stability::abi_checking::AbiInstabilityErrors) -> String {
+    use abi_stable::type_layout::TLFieldOrFunction;
+    let Some(err) = e.errors.iter().find(|x| !x.errs.is_empty()) else {
+        return "layouts differ".into();
+    };
+    let mut path: Vec<String> = Vec::new();
+    for step in err.stack_trace.iter() {
+        match &step.expected {
+            TLFieldOrFunction::Field(f) => {
+                let name = f.name();
+                let noise = name == "0" || name == "obj" || name == "__returns" || name.starts_with("field_");
+                if !noise {
+                    path.push(name.to_string());
+                }
+            }
+            TLFieldOrFunction::Function(_) => {}
+        }
+    }
+    let last_type = err.stack_trace.last().map(|step| match &step.expected {
+        TLFieldOrFunction::Field(f) => f.layout().name().to_string(),
+        TLFieldOrFunction::Function(func) => func.name.to_string(),
+    });
+    // abi_stable renders each difference as "Error:<what>\nExpected:\n<x>\nFound:\n<y>".
+    let text = err.to_string();
+    let what = text
+        .split_once("\nError:")
+        .map(|(_, rest)| {
+            let mut lines = rest.lines().map(str::trim).filter(|l| !l.is_empty());
+            let kind = lines.next().unwrap_or("differs").to_string();
+            let mut expected = None;
+            let mut found = None;
+            while let Some(l) = lines.next() {
+                match l {
+                    "Expected:" => expected = lines.next(),
+                    "Found:" => found = lines.next(),
+                    _ => {}
+                }
+                if found.is_some() {
+                    break;
+                }
+            }
+            match (expected, found) {
+                (Some(x), Some(y)) => format!("{kind} (this host: {x}, the plugin: {y})"),
+                _ => kind,
+            }
+        })
+        .unwrap_or_else(|| "differs".into());
+    let at = if path.is_empty() { "the root module".to_string() } else { path.join(".") };
+    match last_type {
+        Some(t) => format!("{at} ({t}): {what}"),
+        None => format!("{at}: {what}"),
+    }
 }
 
 /// A plugin runs as the user: refuse one that someone else could have put or changed there.

@@ -41,8 +41,10 @@ pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const SDK_VERSION_NUL: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
 
 /// The compatibility rule between a host and a plugin's SDK versions (see `docs/abi.md`):
-/// same major (same minor while the major is 0), and the plugin's SDK at least as new as the
-/// host's. Returns a one-line reason when they do not match.
+/// same major (same minor while the major is 0), any patch release on either side. Within a
+/// series the ABI only grows by appending (methods after a prefix answer their defaults for an
+/// older plugin), so a plugin built against 0.1.0 loads in a 0.1.3 host and the other way round;
+/// abi_stable's layout check still guards every type. Returns a one-line reason on a mismatch.
 pub fn check_compatible(host: &str, plugin: &str) -> Result<(), String> {
     fn parse(v: &str) -> Option<(u64, u64, u64)> {
         let core = v.split(['-', '+']).next()?;
@@ -52,8 +54,8 @@ pub fn check_compatible(host: &str, plugin: &str) -> Result<(), String> {
     let h = parse(host).ok_or_else(|| format!("host sdk version {host:?} is not semver"))?;
     let p = parse(plugin).ok_or_else(|| format!("plugin sdk version {plugin:?} is not semver"))?;
     let same_series = if h.0 == 0 { p.0 == 0 && p.1 == h.1 } else { p.0 == h.0 };
-    if !same_series || p < h {
-        let need = if h.0 == 0 { format!("{}.{}.x >= {host}", h.0, h.1) } else { format!("{}.x >= {host}", h.0) };
+    if !same_series {
+        let need = if h.0 == 0 { format!("{}.{}.x", h.0, h.1) } else { format!("{}.x", h.0) };
         return Err(format!("built against sdk {plugin}, this host needs sdk {need}: rebuild it"));
     }
     Ok(())
@@ -67,11 +69,12 @@ mod tests {
     fn version_rule() {
         assert!(check_compatible("0.1.0", "0.1.0").is_ok());
         assert!(check_compatible("0.1.0", "0.1.3").is_ok());
-        assert!(check_compatible("0.1.2", "0.1.1").unwrap_err().contains("rebuild"));
+        assert!(check_compatible("0.1.3", "0.1.0").is_ok());
+        assert!(check_compatible("0.1.2", "0.2.0").unwrap_err().contains("rebuild"));
         assert!(check_compatible("0.1.0", "0.2.0").is_err());
         assert!(check_compatible("1.2.0", "1.3.1").is_ok());
         assert!(check_compatible("1.2.0", "2.0.0").is_err());
-        assert!(check_compatible("1.2.0", "1.1.9").is_err());
+        assert!(check_compatible("1.2.0", "1.1.9").is_ok());
         assert!(check_compatible("1.2.0", "garbage").is_err());
     }
 
