@@ -17,8 +17,21 @@ pub struct LoadedLibrary {
     pub module: PluginModRef,
 }
 
-/// Loads `path`; the error is one line saying why it was skipped.
-pub fn load(path: &Path) -> Result<LoadedLibrary, String> {
+/// Why a library was not loaded: one line, and the SDK version it says it was built against
+/// when it got that far (kept for `chiral plugins --json`).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub reason: String,
+    pub sdk_version: Option<String>,
+}
+
+/// Loads `path`; the error says in one line why it was skipped.
+pub fn load(path: &Path) -> Result<LoadedLibrary, Refusal> {
+    let mut sdk_version = None;
+    load_inner(path, &mut sdk_version).map_err(|reason| Refusal { reason, sdk_version })
+}
+
+fn load_inner(path: &Path, sdk_version: &mut Option<String>) -> Result<LoadedLibrary, String> {
     check_permissions(path)?;
     // SAFETY: loading runs the library's initialisers; that is inherent to plugins. Only files
     // named like Chiral plugins in the configured directories are loaded.
@@ -35,6 +48,7 @@ pub fn load(path: &Path) -> Result<LoadedLibrary, String> {
         // SAFETY: the macro returns a pointer to a NUL-terminated static string.
         unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
     };
+    *sdk_version = Some(version.clone());
     chiral_sdk::check_compatible(chiral_sdk::SDK_VERSION, &version)?;
     // Never unloaded: code and statics of the plugin may be referenced until exit.
     std::mem::forget(lib);

@@ -170,7 +170,7 @@ fn cmd_plugins(g: &Global, a: PluginsArgs) -> Result<ExitCode> {
             json!({
                 "name": d.map(|d| d.name.to_string()),
                 "version": d.map(|d| d.version.to_string()),
-                "sdk_version": d.map(|d| d.sdk_version.to_string()),
+                "sdk_version": e.sdk_version,
                 "schemes": d.map(|d| d.schemes.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
                 "suffixes": d.map(|d| d.suffixes.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
                 "capabilities": d.map(|d| Registry::capability_names(d.capabilities)).unwrap_or_default(),

@@ -48,6 +48,8 @@ pub struct Entry {
     pub path: PathBuf,
     pub status: Status,
     pub descriptor: Option<PluginDescriptor>,
+    /// The SDK version the library says it was built against, also when it was skipped for it.
+    pub sdk_version: Option<String>,
     module: Option<PluginModRef>,
     handler: Arc<OnceLock<Result<Arc<HandlerBox>, String>>>,
 }
@@ -128,6 +130,7 @@ impl Registry {
                     path: path.clone(),
                     status,
                     descriptor: None,
+                    sdk_version: None,
                     module: None,
                     handler: Arc::new(OnceLock::new()),
                 };
@@ -135,13 +138,17 @@ impl Registry {
                     entries.push(blank(Status::Skipped(format!("shadowed by {}", first.display()))));
                     continue;
                 }
-                files_seen.insert(file_name, path.clone());
                 match loader::load(&path) {
-                    Err(reason) => {
-                        tracing::info!("skipping plugin {}: {reason}", path.display());
-                        entries.push(blank(Status::Skipped(reason)));
+                    Err(refusal) => {
+                        // A file that does not load shadows nothing: the same name later in
+                        // the search path still gets its turn.
+                        tracing::info!("skipping plugin {}: {}", path.display(), refusal.reason);
+                        let mut e = blank(Status::Skipped(refusal.reason));
+                        e.sdk_version = refusal.sdk_version;
+                        entries.push(e);
                     }
                     Ok(lib) => {
+                        files_seen.insert(file_name, path.clone());
                         let name = lib.descriptor.name.to_string();
                         let mut e = blank(Status::Loaded);
                         if let Some(first) = names_seen.get(&name) {
@@ -151,6 +158,7 @@ impl Registry {
                             names_seen.insert(name, path.clone());
                             e.module = Some(lib.module);
                         }
+                        e.sdk_version = Some(lib.descriptor.sdk_version.to_string());
                         e.descriptor = Some(lib.descriptor);
                         entries.push(e);
                     }
@@ -344,6 +352,7 @@ impl Registry {
             .map(|d| Entry {
                 path: PathBuf::from(format!("/p/libchiral_plugin_{}.so", d.name)),
                 status: Status::Loaded,
+                sdk_version: Some(d.sdk_version.to_string()),
                 descriptor: Some(d),
                 module: None,
                 handler: Arc::new(OnceLock::new()),

@@ -510,6 +510,36 @@ pub fn build_fixture_plugin(tag: &str, sdk_version: Option<&str>) -> PathBuf {
             copy
         }
     };
+    build_gen_plugin(&work, &plugin_dir, &sdk)
+}
+
+/// The fixture plugin and the SDK exactly as they were at `commit` (from the repository's
+/// history), built together: a plugin someone built against that release and never rebuilt.
+pub fn build_released_fixture_plugin(commit: &str) -> PathBuf {
+    let work = std::env::temp_dir().join(format!("chiral-fixture-at-{commit}"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("work dir");
+    let archive = Command::new("git")
+        .arg("-C")
+        .arg(root())
+        .args(["archive", "--format=tar", commit, "sdk", "tests/fixtures/gen-plugin"])
+        .output()
+        .expect("git runs");
+    assert!(
+        archive.status.success(),
+        "the SDK as released at {commit} is read from the repository's history (a full clone): {}",
+        stderr(&archive)
+    );
+    let tar = work.join("release.tar");
+    std::fs::write(&tar, &archive.stdout).expect("write archive");
+    let out = Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&work).output().expect("tar runs");
+    assert!(out.status.success(), "tar: {}", stderr(&out));
+    build_gen_plugin(&work, &work.join("tests/fixtures/gen-plugin"), &work.join("sdk"))
+}
+
+/// Builds the gen plugin in `plugin_dir` against the SDK in `sdk`, outside the workspace, and
+/// keeps a copy of the library in `work`.
+fn build_gen_plugin(work: &Path, plugin_dir: &Path, sdk: &Path) -> PathBuf {
     let manifest = plugin_dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).expect("manifest").replace("SDK_PATH", &sdk.to_string_lossy());
     std::fs::write(&manifest, text).expect("write");
@@ -526,7 +556,7 @@ pub fn build_fixture_plugin(tag: &str, sdk_version: Option<&str>) -> PathBuf {
     );
     assert!(out.status.success(), "building the fixture plugin failed:\n{}", stderr(&out));
     let lib = target.join("debug/libchiral_plugin_gen.so");
-    // Each tag gets its own copy: the next build overwrites the target file.
+    // Each build gets its own copy: the next build overwrites the target file.
     let kept = work.join("libchiral_plugin_gen.so");
     std::fs::copy(&lib, &kept).expect("copy plugin");
     kept

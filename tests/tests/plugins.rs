@@ -83,6 +83,7 @@ fn third_party_plugin_garbage_and_mismatched_sdk() {
     assert_eq!(old["status"], "skipped");
     let reason = old["reason"].as_str().unwrap();
     assert!(reason.contains("0.2.0") && reason.contains("rebuild"), "{reason}");
+    assert_eq!(old["sdk_version"], "0.2.0", "the version it was skipped for is kept: {v}");
     assert_eq!(v["schemes"]["gen"], "gen");
     assert_eq!(v["schemes"]["http"], "http");
 
@@ -145,6 +146,91 @@ fn third_party_plugin_garbage_and_mismatched_sdk() {
     assert_eq!(checks.len(), 4);
 }
 
+/// The oldest supported SDK: the fixture plugin and `sdk/` as released at this commit (0.1.0),
+/// before `Source::peers`, `checks_pieces` and `set_other_sources` were appended.
+const SDK_0_1_0_COMMIT: &str = "2c313b2";
+
+#[test]
+fn a_plugin_built_against_the_oldest_sdk_of_the_series_loads_and_downloads() {
+    let old = build_released_fixture_plugin(SDK_0_1_0_COMMIT);
+    // Beside today's HTTP plugin, loaded after it (file names sort "gen" first): checking the
+    // old one must not change how today's plugins are checked.
+    let dir = plugin_dir_with(&[(&old, "libchiral_plugin_gen.so")]);
+    let node = Chiral::new();
+    let pp = dir.path().to_string_lossy().into_owned();
+    let v = json_of(&node.run(&["--plugin-path", &pp, "plugins", "--json"]));
+    let listed = |f: &str| {
+        v["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["file"].as_str().unwrap() == dir.path().join(f).to_str().unwrap())
+            .cloned()
+            .unwrap_or_else(|| panic!("{f} not listed: {v}"))
+    };
+    let gen = listed("libchiral_plugin_gen.so");
+    assert_eq!(gen["status"], "loaded", "{v}");
+    assert_eq!(gen["sdk_version"], "0.1.0");
+    assert_eq!(listed("libchiral_plugin_http.so")["status"], "loaded", "{v}");
+
+    // The host calls what 0.1.0 did not have (peers, checks_pieces, set_other_sources) on the
+    // old plugin's source: the SDK's defaults answer, and every piece is hashed by the host.
+    let out_dir = node.data_dir.path().join("out");
+    let out =
+        node.run(&["--plugin-path", &pp, "get", "gen://3000000/old.bin", "-o", out_dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_of(&out);
+    assert_eq!(report["download"]["verified"], true, "{report}");
+    assert_eq!(report["download"]["sources"][0]["plugin"], "gen", "{report}");
+    let data = std::fs::read(out_dir.join("old.bin")).unwrap();
+    assert_eq!(data.len(), 3_000_000);
+    assert!(data.iter().enumerate().all(|(i, b)| *b == ((i as u64).wrapping_mul(31) ^ ((i as u64) >> 11)) as u8));
+
+    // And today's HTTP plugin, checked after it, still works in the same process.
+    let served = tempfile::tempdir().unwrap();
+    let file = served.path().join("f.bin");
+    make_file(&file, 200_000, 3);
+    let nginx = Nginx::start(served.path());
+    let out = node.run(&[
+        "--plugin-path",
+        &pp,
+        "get",
+        &format!("http://127.0.0.1:{}/f.bin", nginx.port),
+        "-o",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(out_dir.join("f.bin")).unwrap(), std::fs::read(&file).unwrap());
+}
+
+/// `chiral --plugin-path DIR plugins --json`, and its rows for files named like the HTTP plugin.
+fn http_plugin_files(dir: &Path) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let node = Chiral::new();
+    let v = json_of(&node.run(&["--plugin-path", dir.to_str().unwrap(), "plugins", "--json"]));
+    let rows = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["file"].as_str().unwrap().ends_with("libchiral_plugin_http.so"))
+        .cloned()
+        .collect();
+    (v, rows)
+}
+
+#[test]
+fn a_file_that_does_not_load_shadows_nothing() {
+    // A broken file named like the HTTP plugin, first in the search path: it is listed as
+    // skipped with its reason, and the real one beside the executable still loads.
+    let dir = tempfile::tempdir().unwrap();
+    make_file(&dir.path().join("libchiral_plugin_http.so"), 4096, 1);
+    let (v, http) = http_plugin_files(dir.path());
+    assert_eq!(http.len(), 2, "{v}");
+    assert_eq!(http[0]["status"], "skipped");
+    assert!(http[0]["reason"].as_str().unwrap().contains("not a loadable library"), "{v}");
+    assert_eq!(http[1]["status"], "loaded", "{v}");
+    assert_eq!(v["schemes"]["http"], "http", "{v}");
+}
+
 #[test]
 fn unclaimed_identifier_lists_installed_schemes() {
     let node = Chiral::new();
@@ -160,15 +246,7 @@ fn explicit_plugin_path_wins_over_the_executable_folder() {
     // Same file name in --plugin-path and beside the executable: the first found wins, the
     // other is listed as shadowed.
     let dir = plugin_dir_with(&[]);
-    let node = Chiral::new();
-    let out = node.run(&["--plugin-path", dir.path().to_str().unwrap(), "plugins", "--json"]);
-    let v = json_of(&out);
-    let http: Vec<_> = v["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["file"].as_str().unwrap().ends_with("libchiral_plugin_http.so"))
-        .collect();
+    let (v, http) = http_plugin_files(dir.path());
     assert_eq!(http.len(), 2, "{v}");
     assert!(http[0]["file"].as_str().unwrap().starts_with(dir.path().to_str().unwrap()));
     assert_eq!(http[0]["status"], "loaded");
