@@ -90,94 +90,25 @@ impl TorrentInfo {
     /// Reads a bencoded info dictionary (at most 4 MiB, nesting at most 32 deep). Multi-file
     /// dictionaries and anything malformed give `None`.
     pub fn parse(info: &[u8]) -> Option<Self> {
-        if info.len() > 4 << 20 {
+        use crate::bencode::{decode, Limits, Value};
+        let limits = Limits { max_input: 4 << 20, max_depth: 32, max_items: 200_000 };
+        let Value::Dict(d) = decode(info, limits).ok()? else { return None };
+        if d.contains_key(&b"files"[..]) {
             return None;
         }
-        let mut r = Bencode { b: info, at: 0 };
-        let (mut length, mut piece_length, mut pieces) = (None, None, None);
-        if r.next()? != b'd' {
-            return None;
-        }
-        r.at += 1;
-        while r.next()? != b'e' {
-            let key = r.bytes()?;
-            match key {
-                b"length" => length = Some(r.int()?),
-                b"piece length" => piece_length = Some(r.int()?),
-                b"pieces" => pieces = Some(r.bytes()?.to_vec()),
-                b"files" => return None,
-                _ => r.skip(0)?,
-            }
-        }
-        r.at += 1;
-        let (length, piece_length, pieces) = (length?, piece_length?, pieces?);
+        let int = |k: &[u8]| match d.get(k) {
+            Some(Value::Int(i)) => u64::try_from(*i).ok(),
+            _ => None,
+        };
+        let (length, piece_length) = (int(b"length")?, int(b"piece length")?);
+        let Some(Value::Bytes(pieces)) = d.get(&b"pieces"[..]) else { return None };
         let count = if piece_length == 0 { return None } else { length.div_ceil(piece_length) };
-        (r.at == info.len() && pieces.len() as u64 == count.checked_mul(20)?).then_some(Self {
-            length,
-            piece_length,
-            pieces,
-        })
+        (pieces.len() as u64 == count.checked_mul(20)?).then(|| Self { length, piece_length, pieces: pieces.clone() })
     }
 
     /// Whether `info` is the dictionary the magnet `info_hash` (40 hex) names.
     pub fn matches_info_hash(info: &[u8], info_hash_hex: &str) -> bool {
         hex::encode(crate::verify::sha1(info)).eq_ignore_ascii_case(info_hash_hex)
-    }
-}
-
-/// A bounded bencode reader for [`TorrentInfo::parse`].
-struct Bencode<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Bencode<'a> {
-    fn next(&self) -> Option<u8> {
-        self.b.get(self.at).copied()
-    }
-    fn int(&mut self) -> Option<u64> {
-        if self.next()? != b'i' {
-            return None;
-        }
-        let end = self.at + self.b[self.at..].iter().position(|&c| c == b'e')?;
-        let v = std::str::from_utf8(&self.b[self.at + 1..end]).ok()?.parse().ok()?;
-        self.at = end + 1;
-        Some(v)
-    }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let colon = self.at + self.b[self.at..].iter().take(21).position(|&c| c == b':')?;
-        let n: usize = std::str::from_utf8(&self.b[self.at..colon]).ok()?.parse().ok()?;
-        let end = colon.checked_add(1)?.checked_add(n)?;
-        let out = self.b.get(colon + 1..end)?;
-        self.at = end;
-        Some(out)
-    }
-    fn skip(&mut self, depth: u32) -> Option<()> {
-        if depth > 32 {
-            return None;
-        }
-        match self.next()? {
-            b'i' => self.int().map(|_| ()).or_else(|| {
-                // negative or non-u64 integers are fine to skip
-                let end = self.at + self.b[self.at..].iter().position(|&c| c == b'e')?;
-                self.at = end + 1;
-                Some(())
-            }),
-            b'l' | b'd' => {
-                let dict = self.next()? == b'd';
-                self.at += 1;
-                while self.next()? != b'e' {
-                    if dict {
-                        self.bytes()?;
-                    }
-                    self.skip(depth + 1)?;
-                }
-                self.at += 1;
-                Some(())
-            }
-            b'0'..=b'9' => self.bytes().map(|_| ()),
-            _ => None,
-        }
     }
 }
 

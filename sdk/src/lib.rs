@@ -7,6 +7,7 @@
 //! - [`verify`]: the piece verifier (SHA-1 pieces, SHA-256 Merkle chunks with proofs);
 //! - [`layout`], [`picker`], [`resume`], [`engine`]: the multi-source engine, usable by a host
 //!   and by a plugin that runs a whole download itself;
+//! - [`bencode`]: the bounded bencode decoder and canonical encoder;
 //! - [`ident`]: what an identifier promises (the hash a download of it is checked against);
 //! - [`text`]: the sanitiser for text from the network on its way to a terminal;
 //! - [`testkit`]: conformance checks a plugin author runs against their plugin.
@@ -14,6 +15,7 @@
 //! No tokio type appears in the ABI: each plugin owns its runtime ([`runtime::PluginRuntime`]).
 
 pub mod abi;
+pub mod bencode;
 pub mod engine;
 pub mod ident;
 pub mod layout;

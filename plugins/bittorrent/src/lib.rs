@@ -26,7 +26,8 @@
 //! IPv4 address (e.g. 127.0.0.1). The Chiral peer id is not an option: it is the public key of
 //! the node's key file (see [`identity`]).
 
-pub mod bencode;
+/// The SDK's bounded bencode codec, under the name the plugin's modules and fuzz targets use.
+pub use chiral_sdk::bencode;
 pub mod choker;
 pub mod dht;
 pub mod extension;
