@@ -72,10 +72,10 @@ impl ExtHandshake {
         bencode::encode(&dict(items))
     }
 
-    pub fn decode(b: &[u8]) -> Result<Self, String> {
-        let v = bencode::decode(b, Limits::MESSAGE).map_err(|e| e.to_string())?;
+    pub fn decode(b: &[u8]) -> Result<Self, ExtensionError> {
+        let v = bencode::decode(b, Limits::MESSAGE)?;
         if v.as_dict().is_none() {
-            return Err("extended handshake is not a dictionary".into());
+            return Err(ExtensionError::NotADictionary);
         }
         let mut m = BTreeMap::new();
         if let Some(d) = v.get("m").and_then(Value::as_dict) {
@@ -136,23 +136,29 @@ impl Metadata {
         }
     }
 
-    pub fn decode(b: &[u8]) -> Result<Self, String> {
-        let (v, used) = bencode::decode_prefix(b, Limits::MESSAGE).map_err(|e| e.to_string())?;
-        let piece =
-            v.get("piece").and_then(Value::as_int).filter(|p| (0..1 << 20).contains(p)).ok_or("no piece")? as u32;
+    pub fn decode(b: &[u8]) -> Result<Self, ExtensionError> {
+        let (v, used) = bencode::decode_prefix(b, Limits::MESSAGE)?;
+        let piece = v
+            .get("piece")
+            .and_then(Value::as_int)
+            .filter(|p| (0..1 << 20).contains(p))
+            .ok_or(ExtensionError::Missing("piece"))? as u32;
         match v.get("msg_type").and_then(Value::as_int) {
             Some(0) => Ok(Metadata::Request { piece }),
             Some(1) => {
-                let total =
-                    v.get("total_size").and_then(Value::as_int).filter(|n| *n > 0).ok_or("no total_size")? as u64;
+                let total = v
+                    .get("total_size")
+                    .and_then(Value::as_int)
+                    .filter(|n| *n > 0)
+                    .ok_or(ExtensionError::Missing("total_size"))? as u64;
                 let data = b[used..].to_vec();
                 if data.len() > METADATA_PIECE {
-                    return Err("metadata piece over 16 KiB".into());
+                    return Err(ExtensionError::MetadataPieceTooLarge);
                 }
                 Ok(Metadata::Data { piece, total_size: total, data })
             }
             Some(2) => Ok(Metadata::Reject { piece }),
-            _ => Err("unknown ut_metadata msg_type".into()),
+            _ => Err(ExtensionError::UnknownMsgType),
         }
     }
 }
@@ -187,12 +193,12 @@ impl ChiralHello {
         bencode::encode(&dict(items))
     }
 
-    pub fn decode(b: &[u8]) -> Result<Self, String> {
-        let v = bencode::decode(b, Limits::MESSAGE).map_err(|e| e.to_string())?;
+    pub fn decode(b: &[u8]) -> Result<Self, ExtensionError> {
+        let v = bencode::decode(b, Limits::MESSAGE)?;
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(|s| s.chars().take(256).collect::<String>());
         Ok(Self {
-            msg_type: s("msg_type").ok_or("no msg_type")?,
-            chiral_peer_id: s("chiral_peer_id").ok_or("no chiral_peer_id")?,
+            msg_type: s("msg_type").ok_or(ExtensionError::Missing("msg_type"))?,
+            chiral_peer_id: s("chiral_peer_id").ok_or(ExtensionError::Missing("chiral_peer_id"))?,
             reputation_score: v.get("reputation_score").and_then(Value::as_int).unwrap_or(0).clamp(0, 1000),
             wallet_address: s("wallet_address").filter(|w| !w.is_empty()),
             signature: v
@@ -204,26 +210,37 @@ impl ChiralHello {
     }
 }
 
+/// Why an extension message (BEP 10 handshake, BEP 9 `ut_metadata`, the `chiral` hello) is
+/// refused; the peer that sent it is dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtensionError {
+    #[error(transparent)]
+    Bencode(#[from] bencode::DecodeError),
+    #[error("extended handshake is not a dictionary")]
+    NotADictionary,
+    #[error("no {0}")]
+    Missing(&'static str),
+    #[error("metadata piece over 16 KiB")]
+    MetadataPieceTooLarge,
+    #[error("unknown ut_metadata msg_type")]
+    UnknownMsgType,
+    #[error("metadata size {0} out of range")]
+    MetadataSize(u64),
+}
+
 /// Why a metadata piece or the whole assembly was refused.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MetadataError {
     /// The piece that peer sent is malformed (index or length): that peer is at fault.
+    #[error("{0}")]
     Malformed(String),
     /// Every piece came from this peer and the whole does not hash to the info hash: a liar.
+    #[error("metadata does not match the info hash")]
     Liar(u64),
     /// Pieces from several peers do not hash to the info hash and nothing says whose piece is
     /// wrong: the assembly starts again, taking pieces from one peer at a time.
+    #[error("metadata from several peers does not match the info hash")]
     Unknown,
-}
-
-impl std::fmt::Display for MetadataError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Malformed(m) => f.write_str(m),
-            Self::Liar(_) => f.write_str("metadata does not match the info hash"),
-            Self::Unknown => f.write_str("metadata from several peers does not match the info hash"),
-        }
-    }
 }
 
 /// A magnet's metadata (BEP 9) being put together from `ut_metadata` pieces, for one
@@ -244,9 +261,9 @@ pub struct MetadataAssembly {
 }
 
 impl MetadataAssembly {
-    pub fn new(size: u64) -> Result<Self, String> {
+    pub fn new(size: u64) -> Result<Self, ExtensionError> {
         if size == 0 || size > MAX_METADATA {
-            return Err(format!("metadata size {size} out of range"));
+            return Err(ExtensionError::MetadataSize(size));
         }
         Ok(Self {
             size: size as usize,

@@ -98,15 +98,10 @@ pub enum Message {
     Unknown(u8),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A frame that breaks the peer wire protocol.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct WireError(pub String);
-
-impl std::fmt::Display for WireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for WireError {}
 
 /// The largest frame a peer may send for a torrent of `piece_count` pieces (unknown: the
 /// largest a torrent may have).

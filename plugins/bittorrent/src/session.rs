@@ -27,7 +27,7 @@ use crate::{
     metainfo::TorrentMetadata,
     peer_wire::{self, Handshake},
     storage::Storage,
-    swarm::{Action, Level, Local, PeerKey, Swarm, Want, WantError},
+    swarm::{Action, Level, Local, PeerKey, Refused, Swarm, Want, WantError},
     tracker, Shared,
 };
 
@@ -90,6 +90,29 @@ impl Drop for Waiting<'_> {
             });
         }
     }
+}
+
+/// Why a connection to a peer ended (or never joined the swarm).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    #[error(transparent)]
+    Wire(#[from] peer_wire::WireError),
+    #[error("short handshake")]
+    ShortHandshake,
+    #[error("peer answered with another info hash")]
+    OtherInfoHash,
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("closed by peer")]
+    Closed,
+    /// The writer ended: the swarm dropped the peer (its reason), the socket failed, or the
+    /// peer stopped reading.
+    #[error("{0}")]
+    Ended(String),
 }
 
 impl Session {
@@ -370,22 +393,20 @@ impl Session {
         self.spawn(h);
     }
 
-    async fn dial(self: &Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+    async fn dial(self: &Arc<Self>, addr: SocketAddr) -> Result<(), ConnError> {
         let mut stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ConnError::Timeout("connect"))??;
         let ours =
             Handshake { reserved: peer_wire::reserved(false), info_hash: self.info_hash, peer_id: self.shared.peer_id };
-        stream.write_all(&ours.encode()).await.map_err(|e| e.to_string())?;
+        stream.write_all(&ours.encode()).await?;
         let mut hs = [0u8; peer_wire::HANDSHAKE_LEN];
         tokio::time::timeout(Duration::from_secs(15), stream.read_exact(&mut hs))
             .await
-            .map_err(|_| "handshake timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let theirs = Handshake::decode(&hs).map_err(|e| e.to_string())?.ok_or("short handshake")?;
+            .map_err(|_| ConnError::Timeout("handshake"))??;
+        let theirs = Handshake::decode(&hs)?.ok_or(ConnError::ShortHandshake)?;
         if theirs.info_hash != self.info_hash {
-            return Err("peer answered with another info hash".into());
+            return Err(ConnError::OtherInfoHash);
         }
         self.run_peer(stream, addr, theirs).await
     }
@@ -396,14 +417,19 @@ impl Session {
         mut stream: TcpStream,
         addr: SocketAddr,
         theirs: Handshake,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConnError> {
         let ours =
             Handshake { reserved: peer_wire::reserved(false), info_hash: self.info_hash, peer_id: self.shared.peer_id };
-        stream.write_all(&ours.encode()).await.map_err(|e| e.to_string())?;
+        stream.write_all(&ours.encode()).await?;
         self.run_peer(stream, addr, theirs).await
     }
 
-    async fn run_peer(self: &Arc<Self>, stream: TcpStream, addr: SocketAddr, theirs: Handshake) -> Result<(), String> {
+    async fn run_peer(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        addr: SocketAddr,
+        theirs: Handshake,
+    ) -> Result<(), ConnError> {
         let _ = stream.set_nodelay(true);
         let (mut rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel::<Out>();
@@ -411,7 +437,7 @@ impl Session {
         let key = self.with_inner(|i| {
             let k = i.swarm.connected(addr, theirs.peer_id, theirs.supports_extensions(), nonce, Instant::now())?;
             i.conns.insert(k, tx);
-            Ok::<_, String>(k)
+            Ok::<_, Refused>(k)
         })?;
         let mut writer = tokio::spawn(writer(self.clone(), key, wr, rx));
         struct Guard<'a>(&'a Arc<Session>, PeerKey, tokio::task::AbortHandle);
@@ -432,9 +458,8 @@ impl Session {
         loop {
             tokio::select! {
                 r = rd.read_buf(&mut buf) => {
-                    let n = r.map_err(|e| e.to_string())?;
-                    if n == 0 {
-                        return Err("closed by peer".into());
+                    if r? == 0 {
+                        return Err(ConnError::Closed);
                     }
                     let count = self.meta().map(|m| m.piece_count());
                     let max = peer_wire::max_frame(count);
@@ -448,7 +473,7 @@ impl Session {
                             }
                             Ok(None) => break,
                             Err(e) => {
-                                bad = Some(e.to_string());
+                                bad = Some(e);
                                 break;
                             }
                         }
@@ -460,14 +485,14 @@ impl Session {
                         }
                     });
                     if let Some(e) = bad {
-                        return Err(e);
+                        return Err(e.into());
                     }
                     if buf.capacity() - buf.len() < 64 << 10 {
                         buf.reserve(128 << 10);
                     }
                 }
                 r = &mut writer => {
-                    return Err(r.ok().flatten().unwrap_or_else(|| "the peer stopped reading".into()));
+                    return Err(ConnError::Ended(r.ok().flatten().unwrap_or_else(|| "the peer stopped reading".into())));
                 }
             }
         }
@@ -483,7 +508,7 @@ impl Session {
         }
     }
 
-    async fn announce_once(&self, event: tracker::Event) -> Result<tracker::AnnounceReply, String> {
+    async fn announce_once(&self, event: tracker::Event) -> Result<tracker::AnnounceReply, tracker::TrackerError> {
         let totals = self.swarm(|s| s.totals());
         let (up, down) = (totals.uploaded, totals.downloaded);
         let a = tracker::Announce {
@@ -499,7 +524,7 @@ impl Session {
         };
         let mut tiers = lock(&self.trackers).clone();
         if tiers.is_empty() {
-            return Err("no trackers".into());
+            return Err(tracker::TrackerError::NoTrackers);
         }
         let r = tracker::announce_tiers(&self.shared.http, &mut tiers, &a).await;
         *lock(&self.trackers) = tiers;

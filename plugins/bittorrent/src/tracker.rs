@@ -12,6 +12,46 @@ use crate::{
 };
 
 pub const MAX_PEERS_PER_REPLY: usize = 2000;
+
+/// Why an announce failed. Text from the tracker is kept as it came (lossy UTF-8, bounded);
+/// it is sanitised where it is shown.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("tracker reply: {0}")]
+    Bencode(#[from] bencode::DecodeError),
+    #[error("tracker refused: {0}")]
+    Refused(String),
+    #[error("bad UDP {0} reply")]
+    BadUdpReply(&'static str),
+    #[error("reply over 1 MiB")]
+    TooLarge,
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no address")]
+    NoAddress,
+    #[error("no reply")]
+    NoReply,
+    #[error("unsupported tracker scheme")]
+    UnsupportedScheme,
+    #[error("no trackers")]
+    NoTrackers,
+    /// One tracker's failure, with its URL.
+    #[error("{url}: {error}")]
+    At { url: String, error: Box<TrackerError> },
+    /// Every tracker of every tier failed.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    All(Vec<TrackerError>),
+}
+
+impl TrackerError {
+    fn at(url: &str) -> impl FnOnce(TrackerError) -> TrackerError + '_ {
+        move |error| TrackerError::At { url: url.to_string(), error: Box::new(error) }
+    }
+}
 const MAX_HTTP_REPLY: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,10 +143,11 @@ fn compact_v6(b: &[u8], out: &mut Vec<SocketAddr>) {
 }
 
 /// Parses an HTTP tracker's bencoded reply.
-pub fn parse_http_reply(body: &[u8]) -> Result<AnnounceReply, String> {
-    let v = bencode::decode(body, Limits::MESSAGE).map_err(|e| format!("tracker reply: {e}"))?;
+pub fn parse_http_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
+    let v = bencode::decode(body, Limits::MESSAGE)?;
     if let Some(f) = v.get("failure reason") {
-        return Err(format!("tracker refused: {}", String::from_utf8_lossy(f.as_bytes().unwrap_or(b"?"))));
+        let why = f.as_bytes().unwrap_or(b"?");
+        return Err(TrackerError::Refused(String::from_utf8_lossy(&why[..why.len().min(300)]).into_owned()));
     }
     let interval = v.get("interval").and_then(Value::as_int).unwrap_or(1800).clamp(10, 86_400) as u32;
     let mut peers = Vec::new();
@@ -139,17 +180,17 @@ pub fn udp_connect_request(tx: u32) -> [u8; 16] {
     b
 }
 
-fn udp_error(b: &[u8]) -> Option<String> {
+fn udp_error(b: &[u8]) -> Option<TrackerError> {
     (b.len() >= 8 && u32::from_be_bytes(b[..4].try_into().ok()?) == 3)
-        .then(|| format!("tracker refused: {}", String::from_utf8_lossy(&b[8..b.len().min(300)])))
+        .then(|| TrackerError::Refused(String::from_utf8_lossy(&b[8..b.len().min(300)]).into_owned()))
 }
 
-pub fn parse_udp_connect(b: &[u8], tx: u32) -> Result<u64, String> {
+pub fn parse_udp_connect(b: &[u8], tx: u32) -> Result<u64, TrackerError> {
     if let Some(e) = udp_error(b) {
         return Err(e);
     }
     if b.len() < 16 || b[..4] != [0, 0, 0, 0] || b[4..8] != tx.to_be_bytes() {
-        return Err("bad UDP connect reply".into());
+        return Err(TrackerError::BadUdpReply("connect"));
     }
     Ok(u64::from_be_bytes(b[8..16].try_into().expect("8 bytes")))
 }
@@ -172,12 +213,12 @@ pub fn udp_announce_request(conn: u64, tx: u32, a: &Announce) -> [u8; 98] {
     b
 }
 
-pub fn parse_udp_announce(b: &[u8], tx: u32, v6: bool) -> Result<AnnounceReply, String> {
+pub fn parse_udp_announce(b: &[u8], tx: u32, v6: bool) -> Result<AnnounceReply, TrackerError> {
     if let Some(e) = udp_error(b) {
         return Err(e);
     }
     if b.len() < 20 || b[..4] != [0, 0, 0, 1] || b[4..8] != tx.to_be_bytes() {
-        return Err("bad UDP announce reply".into());
+        return Err(TrackerError::BadUdpReply("announce"));
     }
     let word = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"));
     let mut peers = Vec::new();
@@ -189,63 +230,64 @@ pub fn parse_udp_announce(b: &[u8], tx: u32, v6: bool) -> Result<AnnounceReply, 
     Ok(AnnounceReply { interval: word(8).clamp(10, 86_400), leechers: Some(word(12)), seeders: Some(word(16)), peers })
 }
 
-async fn announce_http(client: &reqwest::Client, url: &str, a: &Announce) -> Result<AnnounceReply, String> {
+async fn announce_http(client: &reqwest::Client, url: &str, a: &Announce) -> Result<AnnounceReply, TrackerError> {
     let full = http_url(url, a);
-    let resp = client.get(&full).timeout(Duration::from_secs(15)).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let mut resp = client.get(&full).timeout(Duration::from_secs(15)).send().await?;
     if !resp.status().is_success() {
-        return Err(format!("{url}: HTTP {}", resp.status()));
+        return Err(TrackerError::Status(resp.status()));
     }
-    let mut resp = resp;
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+    while let Some(chunk) = resp.chunk().await? {
         if body.len() + chunk.len() > MAX_HTTP_REPLY {
-            return Err(format!("{url}: reply over 1 MiB"));
+            return Err(TrackerError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
-    parse_http_reply(&body).map_err(|e| format!("{url}: {e}"))
+    parse_http_reply(&body)
 }
 
-async fn announce_udp(url: &str, a: &Announce) -> Result<AnnounceReply, String> {
-    let hostport =
-        url.strip_prefix("udp://").ok_or("not udp")?.split(['/', '?']).next().unwrap_or_default().to_string();
-    let addr = tokio::net::lookup_host(&hostport)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?
+async fn announce_udp(url: &str, a: &Announce) -> Result<AnnounceReply, TrackerError> {
+    let hostport = url
+        .strip_prefix("udp://")
+        .ok_or(TrackerError::UnsupportedScheme)?
+        .split(['/', '?'])
         .next()
-        .ok_or_else(|| format!("{url}: no address"))?;
+        .unwrap_or_default()
+        .to_string();
+    let addr = tokio::net::lookup_host(&hostport).await?.next().ok_or(TrackerError::NoAddress)?;
     let bind: SocketAddr =
         if addr.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
-    let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|e| format!("{url}: {e}"))?;
-    sock.connect(addr).await.map_err(|e| format!("{url}: {e}"))?;
+    let sock = tokio::net::UdpSocket::bind(bind).await?;
+    sock.connect(addr).await?;
     let mut buf = vec![0u8; 20 + 18 * MAX_PEERS_PER_REPLY];
     for attempt in 0..3u32 {
         let wait = Duration::from_secs(2 << attempt);
         let tx = crate::random_u32();
         let _ = sock.send(&udp_connect_request(tx)).await;
         let conn = match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
-            Ok(Ok(n)) => parse_udp_connect(&buf[..n], tx).map_err(|e| format!("{url}: {e}"))?,
+            Ok(Ok(n)) => parse_udp_connect(&buf[..n], tx)?,
             _ => continue,
         };
         let tx = crate::random_u32();
         let _ = sock.send(&udp_announce_request(conn, tx, a)).await;
         match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
-            Ok(Ok(n)) => return parse_udp_announce(&buf[..n], tx, addr.is_ipv6()).map_err(|e| format!("{url}: {e}")),
+            Ok(Ok(n)) => return parse_udp_announce(&buf[..n], tx, addr.is_ipv6()),
             _ => continue,
         }
     }
-    Err(format!("{url}: no reply"))
+    Err(TrackerError::NoReply)
 }
 
 /// Announces to one tracker URL.
-pub async fn announce(client: &reqwest::Client, url: &str, a: &Announce) -> Result<AnnounceReply, String> {
-    if url.starts_with("udp://") {
+pub async fn announce(client: &reqwest::Client, url: &str, a: &Announce) -> Result<AnnounceReply, TrackerError> {
+    let r = if url.starts_with("udp://") {
         announce_udp(url, a).await
     } else if url.starts_with("http://") || url.starts_with("https://") {
         announce_http(client, url, a).await
     } else {
-        Err(format!("{url}: unsupported tracker scheme"))
-    }
+        Err(TrackerError::UnsupportedScheme)
+    };
+    r.map_err(TrackerError::at(url))
 }
 
 /// Announces tier by tier (BEP 12): the first tracker of a tier that answers wins and moves to
@@ -254,7 +296,7 @@ pub async fn announce_tiers(
     client: &reqwest::Client,
     tiers: &mut [Vec<String>],
     a: &Announce,
-) -> Result<AnnounceReply, String> {
+) -> Result<AnnounceReply, TrackerError> {
     let mut errors = Vec::new();
     for tier in tiers.iter_mut() {
         for i in 0..tier.len() {
@@ -268,7 +310,7 @@ pub async fn announce_tiers(
             }
         }
     }
-    Err(if errors.is_empty() { "no trackers".into() } else { errors.join("; ") })
+    Err(if errors.is_empty() { TrackerError::NoTrackers } else { TrackerError::All(errors) })
 }
 
 #[cfg(test)]
@@ -307,7 +349,7 @@ mod tests {
         let r = parse_http_reply(b"d8:intervali60e5:peersld2:ip9:127.0.0.14:porti51413eeee").unwrap();
         assert_eq!(r.peers, vec!["127.0.0.1:51413".parse().unwrap()]);
         let e = parse_http_reply(b"d14:failure reason25:Requested download is note").unwrap_err();
-        assert!(e.contains("Requested download"), "{e}");
+        assert!(matches!(&e, TrackerError::Refused(why) if why.contains("Requested download")), "{e}");
         assert!(parse_http_reply(b"<html>").is_err());
         // a trailing partial compact entry is ignored, a zero port dropped
         let r = parse_http_reply(b"d5:peers8:\x7f\x00\x00\x01\x00\x00\x01\x02e").unwrap();
@@ -322,7 +364,7 @@ mod tests {
         assert_eq!(&c[8..], &[0, 0, 0, 0, 1, 2, 3, 4]);
         let mut reply = vec![0, 0, 0, 0, 1, 2, 3, 4];
         reply.extend_from_slice(&42u64.to_be_bytes());
-        assert_eq!(parse_udp_connect(&reply, 0x01020304), Ok(42));
+        assert_eq!(parse_udp_connect(&reply, 0x01020304).unwrap(), 42);
         assert!(parse_udp_connect(&reply, 9).is_err());
         assert!(parse_udp_connect(&reply[..10], 0x01020304).is_err());
         let req = udp_announce_request(42, 5, &a());
@@ -336,6 +378,6 @@ mod tests {
         assert_eq!(r.peers, vec!["127.0.0.1:6881".parse().unwrap()]);
         let mut err = vec![0, 0, 0, 3, 0, 0, 0, 5];
         err.extend_from_slice(b"nope");
-        assert_eq!(parse_udp_announce(&err, 5, false).unwrap_err(), "tracker refused: nope");
+        assert_eq!(parse_udp_announce(&err, 5, false).unwrap_err().to_string(), "tracker refused: nope");
     }
 }

@@ -70,6 +70,40 @@ const MAX_PAST_PEERS: usize = 4096;
 /// Blocks read from disk in one action.
 const READ_BATCH: usize = 64;
 
+/// Why a connection is not taken into the swarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("session stopped")]
+    Stopped,
+    #[error("banned")]
+    Banned,
+    #[error("connected to ourselves")]
+    Ourselves,
+    #[error("already connected to this peer")]
+    AlreadyConnected,
+    #[error("too many peers")]
+    TooManyPeers,
+}
+
+/// A protocol violation: the peer that committed it is dropped (the reason is its text).
+#[derive(Debug, thiserror::Error)]
+pub enum Violation {
+    #[error("have {0} out of range")]
+    HaveOutOfRange(u32),
+    #[error(transparent)]
+    Wire(#[from] peer_wire::WireError),
+    #[error("a request before the metadata")]
+    RequestBeforeMetadata,
+    #[error("request outside piece {0} or larger than {MAX_BLOCK} bytes")]
+    BadRequest(u32),
+    #[error(transparent)]
+    Extension(#[from] crate::extension::ExtensionError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("metadata: {0}")]
+    Metainfo(#[from] crate::metainfo::MetaError),
+}
+
 /// What this node says about itself to peers.
 #[derive(Clone)]
 pub struct Local {
@@ -404,22 +438,22 @@ impl<W> Swarm<W> {
         extensions: bool,
         nonce: Vec<u8>,
         now: Instant,
-    ) -> Result<PeerKey, String> {
+    ) -> Result<PeerKey, Refused> {
         self.now = Some(now);
         if self.stopped {
-            return Err("session stopped".into());
+            return Err(Refused::Stopped);
         }
         if self.is_banned(&addr) || self.banned_ids.contains(&peer_id) {
-            return Err("banned".into());
+            return Err(Refused::Banned);
         }
         if peer_id == self.local.peer_id {
-            return Err("connected to ourselves".into());
+            return Err(Refused::Ourselves);
         }
         if self.peers.values().any(|p| p.peer_id == peer_id) {
-            return Err("already connected to this peer".into());
+            return Err(Refused::AlreadyConnected);
         }
         if self.peers.len() >= MAX_PEERS {
-            return Err("too many peers".into());
+            return Err(Refused::TooManyPeers);
         }
         self.next_key += 1;
         let key = self.next_key;
@@ -1006,11 +1040,11 @@ impl<W> Swarm<W> {
         let Some(p) = self.peers.get_mut(&key) else { return };
         p.last_seen = now;
         if let Err(e) = self.handle(key, msg, now) {
-            self.drop_peer(key, e);
+            self.drop_peer(key, e.to_string());
         }
     }
 
-    fn handle(&mut self, key: PeerKey, msg: Message, now: Instant) -> Result<(), String> {
+    fn handle(&mut self, key: PeerKey, msg: Message, now: Instant) -> Result<(), Violation> {
         let count = self.meta.as_ref().map(|m| m.piece_count());
         let p = self.peers.get_mut(&key).expect("checked by the caller");
         match msg {
@@ -1041,7 +1075,7 @@ impl<W> Swarm<W> {
                 }
             }
             Message::Have(i) => match count {
-                Some(n) if i >= n => return Err(format!("have {i} out of range")),
+                Some(n) if i >= n => return Err(Violation::HaveOutOfRange(i)),
                 Some(_) => {
                     if !p.has[i as usize] {
                         p.has[i as usize] = true;
@@ -1057,7 +1091,7 @@ impl<W> Swarm<W> {
             },
             Message::Bitfield(b) => match count {
                 Some(n) => {
-                    let flags = peer_wire::bitfield_flags(&b, n).map_err(|e| e.to_string())?;
+                    let flags = peer_wire::bitfield_flags(&b, n)?;
                     for (i, (old, new)) in p.has.iter_mut().zip(flags).enumerate() {
                         if new && !*old {
                             self.pieces.availability[i] += 1;
@@ -1086,13 +1120,13 @@ impl<W> Swarm<W> {
                 if !self.seeding {
                     return Ok(());
                 }
-                let meta = self.meta.as_ref().ok_or("a request before the metadata")?;
+                let meta = self.meta.as_ref().ok_or(Violation::RequestBeforeMetadata)?;
                 if index >= meta.piece_count()
                     || length == 0
                     || length > MAX_BLOCK
                     || begin as u64 + length as u64 > meta.piece_len(index)
                 {
-                    return Err(format!("request outside piece {index} or larger than {MAX_BLOCK} bytes"));
+                    return Err(Violation::BadRequest(index));
                 }
                 if p.am_choking {
                     return Ok(());
@@ -1115,7 +1149,7 @@ impl<W> Swarm<W> {
         Ok(())
     }
 
-    fn on_extended(&mut self, key: PeerKey, ext: u8, payload: &[u8], now: Instant) -> Result<(), String> {
+    fn on_extended(&mut self, key: PeerKey, ext: u8, payload: &[u8], now: Instant) -> Result<(), Violation> {
         match ext {
             0 => {
                 let h = ExtHandshake::decode(payload)?;
@@ -1176,7 +1210,7 @@ impl<W> Swarm<W> {
         Ok(())
     }
 
-    fn on_metadata(&mut self, key: PeerKey, m: Metadata, now: Instant) -> Result<(), String> {
+    fn on_metadata(&mut self, key: PeerKey, m: Metadata, now: Instant) -> Result<(), Violation> {
         match m {
             Metadata::Request { piece } => {
                 let p = self.peers.get_mut(&key).expect("checked by the caller");
@@ -1207,14 +1241,14 @@ impl<W> Swarm<W> {
                 match asm.add(piece, data, key, &self.info_hash) {
                     Ok(None) => self.request_metadata(key, now),
                     Ok(Some(info)) => {
-                        let mut meta = crate::metainfo::parse_info(&info).map_err(|e| e.to_string())?;
+                        let mut meta = crate::metainfo::parse_info(&info)?;
                         meta.trackers = self.trackers.clone();
                         self.log(Level::Info, format!("{}: metadata received ({} bytes)", self.label(), info.len()));
                         self.set_meta(Arc::new(meta), Some(now));
                     }
                     Err(MetadataError::Malformed(e)) => {
                         self.log(Level::Warn, format!("{}: {e}", self.label()));
-                        return Err(e);
+                        return Err(Violation::Metadata(MetadataError::Malformed(e)));
                     }
                     Err(MetadataError::Liar(liar)) => {
                         self.ban(liar, "sent metadata that does not match the info hash");

@@ -325,8 +325,8 @@ fn a_lone_sender_of_a_bad_piece_is_banned_and_the_piece_fetched_again() {
     assert_eq!(t.delivered, vec![(0, vec![0])]);
     // Banned by IP (not loopback) and by peer id, remembered after the disconnect.
     let other_port = SocketAddr::from(([10, 0, 0, 1], 7000));
-    assert_eq!(t.s.connected(other_port, pid(9), false, vec![], t.now), Err("banned".into()));
-    assert_eq!(t.s.connected(addr(33), pid(1), false, vec![], t.now), Err("banned".into()));
+    assert_eq!(t.s.connected(other_port, pid(9), false, vec![], t.now), Err(Refused::Banned));
+    assert_eq!(t.s.connected(addr(33), pid(1), false, vec![], t.now), Err(Refused::Banned));
     assert!(!t.s.should_dial(other_port));
 }
 
@@ -621,7 +621,7 @@ fn at_most_max_peers_and_no_self_connection() {
     for n in 0..MAX_PEERS as u8 {
         t.connect(n + 1);
     }
-    assert_eq!(t.s.connected(addr(200), pid(200), false, vec![], t.now), Err("too many peers".into()));
+    assert_eq!(t.s.connected(addr(200), pid(200), false, vec![], t.now), Err(Refused::TooManyPeers));
     let mut u = T::leech(PIECE as usize);
     assert!(u.s.connected(addr(1), local().peer_id, false, vec![], u.now).is_err());
 }
