@@ -17,33 +17,59 @@ pub struct LoadedLibrary {
     pub module: PluginModRef,
 }
 
-/// Why a library was not loaded: one line, and the SDK version it says it was built against
-/// when it got that far (kept for `chiral plugins --json`).
+/// Why a library was not loaded; each reads as one line.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// Ownership or mode that would let someone else change what runs as the user.
+    #[error("{0}")]
+    Permissions(String),
+    #[error("not a loadable library: {0}")]
+    NotLoadable(String),
+    #[error("not a Chiral plugin (no chiral_plugin_sdk_version symbol)")]
+    NoVersionSymbol,
+    #[error("not a Chiral plugin (null sdk version)")]
+    NullVersion,
+    #[error(transparent)]
+    Sdk(#[from] chiral_sdk::SdkMismatch),
+    #[error("abi_stable: {0}")]
+    Header(String),
+    /// The first difference between the plugin's layout and ours.
+    #[error("incompatible plugin layout: {0}")]
+    Layout(String),
+    #[error("plugin root module: {0}")]
+    RootModule(String),
+    #[error("descriptor failed: {0}")]
+    Descriptor(chiral_sdk::PluginError),
+    #[error("descriptor has an empty name")]
+    EmptyName,
+}
+
+/// Why a library was not loaded, and the SDK version it says it was built against when it got
+/// that far (kept for `chiral plugins --json`).
 #[derive(Debug, Clone)]
 pub struct Refusal {
-    pub reason: String,
+    pub error: LoadError,
     pub sdk_version: Option<String>,
 }
 
-/// Loads `path`; the error says in one line why it was skipped.
+/// Loads `path`; the error says why it was skipped.
 pub fn load(path: &Path) -> Result<LoadedLibrary, Refusal> {
     let mut sdk_version = None;
-    load_inner(path, &mut sdk_version).map_err(|reason| Refusal { reason, sdk_version })
+    load_inner(path, &mut sdk_version).map_err(|error| Refusal { error, sdk_version })
 }
 
-fn load_inner(path: &Path, sdk_version: &mut Option<String>) -> Result<LoadedLibrary, String> {
-    check_permissions(path)?;
+fn load_inner(path: &Path, sdk_version: &mut Option<String>) -> Result<LoadedLibrary, LoadError> {
+    check_permissions(path).map_err(LoadError::Permissions)?;
     // SAFETY: loading runs the library's initialisers; that is inherent to plugins. Only files
     // named like Chiral plugins in the configured directories are loaded.
-    let lib =
-        unsafe { libloading::Library::new(path) }.map_err(|e| format!("not a loadable library: {}", short(&e)))?;
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::NotLoadable(short(&e)))?;
     let version = {
         // SAFETY: the symbol's type is fixed by the SDK's export_plugin! macro.
         let sym = unsafe { lib.get::<extern "C" fn() -> *const c_char>(SDK_VERSION_SYMBOL) }
-            .map_err(|_| "not a Chiral plugin (no chiral_plugin_sdk_version symbol)".to_string())?;
+            .map_err(|_| LoadError::NoVersionSymbol)?;
         let ptr = sym();
         if ptr.is_null() {
-            return Err("not a Chiral plugin (null sdk version)".into());
+            return Err(LoadError::NullVersion);
         }
         // SAFETY: the macro returns a pointer to a NUL-terminated static string.
         unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
@@ -53,11 +79,11 @@ fn load_inner(path: &Path, sdk_version: &mut Option<String>) -> Result<LoadedLib
     // Never unloaded: code and statics of the plugin may be referenced until exit.
     std::mem::forget(lib);
 
-    let header = lib_header_from_path(path).map_err(|e| format!("abi_stable: {}", first_line(&e.to_string())))?;
+    let header = lib_header_from_path(path).map_err(|e| LoadError::Header(first_line(&e.to_string())))?;
     let module = init_root_module(header)?;
-    let descriptor = (module.descriptor())().into_result().map_err(|e| format!("descriptor failed: {e}"))?;
+    let descriptor = (module.descriptor())().into_result().map_err(LoadError::Descriptor)?;
     if descriptor.name.is_empty() {
-        return Err("descriptor has an empty name".into());
+        return Err(LoadError::EmptyName);
     }
     Ok(LoadedLibrary { descriptor, module })
 }
@@ -72,26 +98,26 @@ fn load_inner(path: &Path, sdk_version: &mut Option<String>) -> Result<LoadedLib
 /// must then extend the plugin's, field for field, which also means the one vtable the host
 /// implements for the plugin (`EventSink`) has every method the plugin may call. Everything
 /// that is not appendable (structs, enums, function signatures) must match exactly either way.
-fn init_root_module(header: &abi_stable::library::LibHeader) -> Result<PluginModRef, String> {
+fn init_root_module(header: &abi_stable::library::LibHeader) -> Result<PluginModRef, LoadError> {
     use abi_stable::{
         abi_stability::abi_checking::{
             check_layout_compatibility, check_layout_compatibility_with_globals, CheckingGlobals,
         },
         StableAbi as _,
     };
-    let theirs = header.layout().ok_or("the plugin carries no layout to check")?;
+    let theirs = header.layout().ok_or_else(|| LoadError::Layout("the plugin carries no layout to check".into()))?;
     let ours = PluginModRef::LAYOUT;
     if let Err(newer) = check_layout_compatibility(ours, theirs) {
         // Checked on its own: abi_stable's process-wide record of appendable types merges what
         // it sees, and recording the host's types as an extension of an old plugin's would make
         // it read later (current) plugins against the old vtables.
         if check_layout_compatibility_with_globals(theirs, ours, &CheckingGlobals::new()).is_err() {
-            return Err(format!("incompatible plugin layout: {}", layout_reason(&newer)));
+            return Err(LoadError::Layout(layout_reason(&newer)));
         }
     }
     // SAFETY: the layout was checked just above, in one direction or the other.
     unsafe { header.init_root_module_with_unchecked_layout::<PluginModRef>() }
-        .map_err(|e| format!("plugin root module: {}", first_line(&e.to_string())))
+        .map_err(|e| LoadError::RootModule(first_line(&e.to_string())))
 }
 
 /// One line out of abi_stable's pages-long report: where the first difference is (the path of

@@ -142,8 +142,8 @@ impl Registry {
                     Err(refusal) => {
                         // A file that does not load shadows nothing: the same name later in
                         // the search path still gets its turn.
-                        tracing::info!("skipping plugin {}: {}", path.display(), refusal.reason);
-                        let mut e = blank(Status::Skipped(refusal.reason));
+                        tracing::info!("skipping plugin {}: {}", path.display(), refusal.error);
+                        let mut e = blank(Status::Skipped(refusal.error.to_string()));
                         e.sdk_version = refusal.sdk_version;
                         entries.push(e);
                     }

@@ -47,20 +47,29 @@ pub const SDK_VERSION_NUL: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
 /// series the ABI only grows by appending (methods after a prefix answer their defaults for an
 /// older plugin), so a plugin built against 0.1.0 loads in a 0.1.3 host and the other way round;
 /// abi_stable's layout check still guards every type. Returns a one-line reason on a mismatch.
-pub fn check_compatible(host: &str, plugin: &str) -> Result<(), String> {
+pub fn check_compatible(host: &str, plugin: &str) -> Result<(), SdkMismatch> {
     fn parse(v: &str) -> Option<(u64, u64, u64)> {
         let core = v.split(['-', '+']).next()?;
         let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
         Some((it.next()??, it.next()??, it.next().unwrap_or(Some(0))?))
     }
-    let h = parse(host).ok_or_else(|| format!("host sdk version {host:?} is not semver"))?;
-    let p = parse(plugin).ok_or_else(|| format!("plugin sdk version {plugin:?} is not semver"))?;
+    let h = parse(host).ok_or_else(|| SdkMismatch::NotSemver { whose: "host", version: host.into() })?;
+    let p = parse(plugin).ok_or_else(|| SdkMismatch::NotSemver { whose: "plugin", version: plugin.into() })?;
     let same_series = if h.0 == 0 { p.0 == 0 && p.1 == h.1 } else { p.0 == h.0 };
     if !same_series {
         let need = if h.0 == 0 { format!("{}.{}.x", h.0, h.1) } else { format!("{}.x", h.0) };
-        return Err(format!("built against sdk {plugin}, this host needs sdk {need}: rebuild it"));
+        return Err(SdkMismatch::OtherSeries { plugin: plugin.into(), need });
     }
     Ok(())
+}
+
+/// Why a host refuses a plugin's SDK version ([`check_compatible`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SdkMismatch {
+    #[error("{whose} sdk version {version:?} is not semver")]
+    NotSemver { whose: &'static str, version: String },
+    #[error("built against sdk {plugin}, this host needs sdk {need}: rebuild it")]
+    OtherSeries { plugin: String, need: String },
 }
 
 #[cfg(test)]
@@ -72,7 +81,7 @@ mod tests {
         assert!(check_compatible("0.1.0", "0.1.0").is_ok());
         assert!(check_compatible("0.1.0", "0.1.3").is_ok());
         assert!(check_compatible("0.1.3", "0.1.0").is_ok());
-        assert!(check_compatible("0.1.2", "0.2.0").unwrap_err().contains("rebuild"));
+        assert!(check_compatible("0.1.2", "0.2.0").unwrap_err().to_string().contains("rebuild"));
         assert!(check_compatible("0.1.0", "0.2.0").is_err());
         assert!(check_compatible("1.2.0", "1.3.1").is_ok());
         assert!(check_compatible("1.2.0", "2.0.0").is_err());
