@@ -204,7 +204,7 @@ async fn read_roots(node: &Node, key: Vec<u8>, events: &Events) -> Result<RootLi
 async fn add_to_index(node: &Node, key: Vec<u8>, root: &str, events: &Events) -> Result<(), PluginError> {
     let mut list = read_roots(node, key.clone(), events).await?;
     list.add(root);
-    let value = list.encode().map_err(PluginError::invalid)?;
+    let value = list.encode().map_err(|e| PluginError::invalid(e.to_string()))?;
     node.put_record(key, value).await
 }
 
@@ -213,7 +213,7 @@ async fn add_to_index(node: &Node, key: Vec<u8>, root: &str, events: &Events) ->
 /// answers lookups), not an error.
 async fn publish(node: &Node, fm: &FileMeta, events: &Events) -> Result<(), PluginError> {
     let root = fm.root_bytes().ok_or_else(|| PluginError::invalid("bad root"))?;
-    let value = fm.encode().map_err(PluginError::invalid)?;
+    let value = fm.encode().map_err(|e| PluginError::invalid(e.to_string()))?;
     let mut jobs: Vec<(String, BoxFut<()>)> = Vec::new();
     {
         let n = node.clone();

@@ -148,30 +148,28 @@ impl FileMeta {
     }
 
     /// Checks a record read under `key`.
-    pub fn decode(key: &[u8], value: &[u8]) -> Result<Self, String> {
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<Self, RecordError> {
+        use RecordError::BadMetadata as Bad;
         check_size(value)?;
-        let m: FileMeta = serde_json::from_slice(value).map_err(|e| format!("malformed metadata record: {e}"))?;
-        let root = m.root_bytes().ok_or("metadata record: root is not 64 hex")?;
+        let m: FileMeta = serde_json::from_slice(value).map_err(|e| RecordError::Json("metadata", e))?;
+        let root = m.root_bytes().ok_or(Bad("root is not 64 hex".into()))?;
         if key != root.as_slice() {
-            return Err("metadata record: root differs from its key".into());
+            return Err(Bad("root differs from its key".into()));
         }
         if m.chunk_size != CHUNK_SIZE || m.chunk_count != chunk_count(m.size) {
-            return Err(format!(
-                "metadata record: {} chunks of {} do not fit {} bytes",
-                m.chunk_count, m.chunk_size, m.size
-            ));
+            return Err(Bad(format!("{} chunks of {} do not fit {} bytes", m.chunk_count, m.chunk_size, m.size)));
         }
         if m.name.is_empty() || m.name.len() > 1024 {
-            return Err("metadata record: bad name".into());
+            return Err(Bad("bad name".into()));
         }
         if m.info_hash.as_deref().is_some_and(|h| parse_info_hash(h).is_none()) {
-            return Err("metadata record: info_hash is not 40 hex".into());
+            return Err(Bad("info_hash is not 40 hex".into()));
         }
         if m.info_dict.is_some() && m.torrent_info().is_none() {
-            return Err("metadata record: info_dict is not the info dictionary of info_hash for this size".into());
+            return Err(Bad("info_dict is not the info dictionary of info_hash for this size".into()));
         }
         if m.seeders.len() > MAX_SEEDERS || m.mirrors.len() > MAX_MIRRORS {
-            return Err("metadata record: too many seeders or mirrors".into());
+            return Err(Bad("too many seeders or mirrors".into()));
         }
         Ok(m)
     }
@@ -185,8 +183,8 @@ impl FileMeta {
         (TorrentInfo::matches_info_hash(&dict, ih) && t.length == self.size).then_some((dict, t))
     }
 
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
-        let v = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        let v = serde_json::to_vec(self).map_err(|e| RecordError::Json("metadata", e))?;
         check_size(&v)?;
         Ok(v)
     }
@@ -220,20 +218,20 @@ impl FileMeta {
 }
 
 impl RootList {
-    pub fn decode(value: &[u8]) -> Result<Self, String> {
+    pub fn decode(value: &[u8]) -> Result<Self, RecordError> {
         check_size(value)?;
-        let l: RootList = serde_json::from_slice(value).map_err(|e| format!("malformed index record: {e}"))?;
+        let l: RootList = serde_json::from_slice(value).map_err(|e| RecordError::Json("index", e))?;
         if l.roots.len() > MAX_ROOTS {
-            return Err(format!("index record lists {} roots (max {MAX_ROOTS})", l.roots.len()));
+            return Err(RecordError::BadIndex(format!("lists {} roots (max {MAX_ROOTS})", l.roots.len())));
         }
         if let Some(bad) = l.roots.iter().find(|r| parse_hex32(r).is_none()) {
-            return Err(format!("index record: {bad:?} is not a 64-hex root"));
+            return Err(RecordError::BadIndex(format!("{bad:?} is not a 64-hex root")));
         }
         Ok(l)
     }
 
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
-        let v = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        let v = serde_json::to_vec(self).map_err(|e| RecordError::Json("index", e))?;
         check_size(&v)?;
         Ok(v)
     }
@@ -257,12 +255,27 @@ impl RootList {
     }
 }
 
-fn check_size(value: &[u8]) -> Result<(), String> {
+fn check_size(value: &[u8]) -> Result<(), RecordError> {
     if value.len() > MAX_RECORD {
-        Err(format!("record of {} bytes exceeds {MAX_RECORD}", value.len()))
+        Err(RecordError::TooLarge(value.len()))
     } else {
         Ok(())
     }
+}
+
+/// Why a DHT record is refused (on read, and on store for the records other nodes put).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record of {0} bytes exceeds {MAX_RECORD}")]
+    TooLarge(usize),
+    #[error("malformed {0} record: {1}")]
+    Json(&'static str, serde_json::Error),
+    #[error("metadata record: {0}")]
+    BadMetadata(String),
+    #[error("index record: {0}")]
+    BadIndex(String),
+    #[error("unknown record key of {0} bytes")]
+    UnknownKey(usize),
 }
 
 /// What a record key is.
@@ -285,7 +298,7 @@ pub fn key_kind(key: &[u8]) -> KeyKind {
 
 /// What a node stores when a peer puts `incoming` under `key` while it holds `existing`:
 /// the validated merge of both, or the reason to refuse the put.
-pub fn merge_for_store(key: &[u8], incoming: &[u8], existing: Option<&[u8]>) -> Result<Vec<u8>, String> {
+pub fn merge_for_store(key: &[u8], incoming: &[u8], existing: Option<&[u8]>) -> Result<Vec<u8>, RecordError> {
     match key_kind(key) {
         KeyKind::Meta => {
             let mut m = FileMeta::decode(key, incoming)?;
@@ -306,7 +319,7 @@ pub fn merge_for_store(key: &[u8], incoming: &[u8], existing: Option<&[u8]>) -> 
             }
             l.encode()
         }
-        KeyKind::Unknown => Err(format!("unknown record key of {} bytes", key.len())),
+        KeyKind::Unknown => Err(RecordError::UnknownKey(key.len())),
     }
 }
 
@@ -345,12 +358,15 @@ mod tests {
         assert_eq!(FileMeta::decode(&root, &v).unwrap(), m);
         assert_eq!(m.chunk_count, 4);
         // wrong key, malformed, oversized, inconsistent
-        assert!(FileMeta::decode(&[2u8; 32], &v).unwrap_err().contains("key"));
-        assert!(FileMeta::decode(&root, b"{not json").unwrap_err().contains("malformed"));
-        assert!(FileMeta::decode(&root, &vec![b' '; MAX_RECORD + 1]).unwrap_err().contains("exceeds"));
+        assert!(FileMeta::decode(&[2u8; 32], &v).unwrap_err().to_string().contains("key"));
+        assert!(FileMeta::decode(&root, b"{not json").unwrap_err().to_string().contains("malformed"));
+        assert!(FileMeta::decode(&root, &vec![b' '; MAX_RECORD + 1]).unwrap_err().to_string().contains("exceeds"));
         let mut bad = m.clone();
         bad.chunk_count = 9;
-        assert!(FileMeta::decode(&root, &serde_json::to_vec(&bad).unwrap()).unwrap_err().contains("chunks"));
+        assert!(FileMeta::decode(&root, &serde_json::to_vec(&bad).unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("chunks"));
         let mut bad = m.clone();
         bad.info_hash = Some("xyz".into());
         assert!(FileMeta::decode(&root, &serde_json::to_vec(&bad).unwrap()).is_err());
@@ -369,9 +385,9 @@ mod tests {
         assert_eq!(l.roots.len(), 1);
         let v = l.encode().unwrap();
         assert_eq!(RootList::decode(&v).unwrap(), l);
-        assert!(RootList::decode(br#"{"roots":["nothex"]}"#).unwrap_err().contains("64-hex"));
-        assert!(RootList::decode(b"[1,2]").unwrap_err().contains("malformed"));
-        assert!(RootList::decode(&vec![b'x'; MAX_RECORD + 1]).unwrap_err().contains("exceeds"));
+        assert!(RootList::decode(br#"{"roots":["nothex"]}"#).unwrap_err().to_string().contains("64-hex"));
+        assert!(RootList::decode(b"[1,2]").unwrap_err().to_string().contains("malformed"));
+        assert!(RootList::decode(&vec![b'x'; MAX_RECORD + 1]).unwrap_err().to_string().contains("exceeds"));
         let mut too_many = RootList::default();
         for i in 0..(MAX_ROOTS + 5) {
             too_many.add(&format!("{i:064x}"));
