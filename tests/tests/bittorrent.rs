@@ -425,7 +425,7 @@ fn a_torrent_with_climbing_paths_writes_nothing_outside_the_folder() {
 
 /// SHA-1 for building a crafted torrent without trusting the plugin's code (tiny, test-only).
 mod sha1_smol_like {
-    pub fn digest(data: &[u8]) -> [u8; 20] {
+    pub(crate) fn digest(data: &[u8]) -> [u8; 20] {
         let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
         let ml = (data.len() as u64) * 8;
         let mut msg = data.to_vec();

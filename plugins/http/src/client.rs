@@ -348,7 +348,7 @@ mod tests {
             ["ftp://h/x", "magnet:?xt=urn:btih:00", "", ":", "/etc/passwd", "chiral-testkit-unknown://nothing/here"]
         {
             let e = parse_url(bad).unwrap_err();
-            assert_eq!(e.kind, chiral_sdk::ErrorKind::Unsupported, "{bad:?}: {e}");
+            assert_eq!(e.kind, ErrorKind::Unsupported, "{bad:?}: {e}");
         }
         assert!(parse_url(&"x".repeat(70_000)).unwrap_err().message.len() < 400);
     }
@@ -356,12 +356,12 @@ mod tests {
     #[test]
     fn status_errors_are_classified() {
         let e = status_error(StatusCode::NOT_FOUND, "http://h/x");
-        assert_eq!(e.kind, chiral_sdk::ErrorKind::NotFound);
+        assert_eq!(e.kind, ErrorKind::NotFound);
         assert_eq!(e.message.as_str(), "HTTP 404 Not Found: http://h/x");
-        assert_eq!(status_error(StatusCode::GONE, "u").kind, chiral_sdk::ErrorKind::NotFound);
-        assert_eq!(status_error(StatusCode::SERVICE_UNAVAILABLE, "u").kind, chiral_sdk::ErrorKind::Network);
+        assert_eq!(status_error(StatusCode::GONE, "u").kind, ErrorKind::NotFound);
+        assert_eq!(status_error(StatusCode::SERVICE_UNAVAILABLE, "u").kind, ErrorKind::Network);
         let e = status_error(StatusCode::FORBIDDEN, "u");
-        assert_eq!(e.kind, chiral_sdk::ErrorKind::Other);
+        assert_eq!(e.kind, ErrorKind::Other);
         assert_eq!(e.message.as_str(), "HTTP 403 Forbidden: u");
         assert_eq!(status_error(StatusCode::from_u16(599).unwrap(), "u").message.as_str(), "HTTP 599: u");
     }

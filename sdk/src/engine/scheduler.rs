@@ -118,14 +118,14 @@ const EWMA: f64 = 0.3;
 /// running copy (a margin against noise: duplicates are bytes sent twice).
 const DUPLICATE_MARGIN: f64 = 1.5;
 /// Most requests one source may have at once.
-pub const MAX_SLOTS: usize = 256;
+pub(super) const MAX_SLOTS: usize = 256;
 /// Most bytes a pipelined source's window may grow to.
-pub const MAX_IN_FLIGHT: u64 = 64 << 20;
+pub(super) const MAX_IN_FLIGHT: u64 = 64 << 20;
 /// How far back a pipelined source's bandwidth is measured.
-pub const RATE_WINDOW: Duration = Duration::from_secs(2);
+pub(super) const RATE_WINDOW: Duration = Duration::from_secs(2);
 /// A pipelined source's window is this many times its bandwidth x delay (headroom for the
 /// delay's jitter and the rate's growth once the window stops limiting it).
-pub const WINDOW_GAIN: f64 = 2.0;
+pub(super) const WINDOW_GAIN: f64 = 2.0;
 
 /// Seconds a request `elapsed` seconds old is expected to need still, on a source that takes
 /// `expected` seconds per piece. A request a little late is about to land (times per piece

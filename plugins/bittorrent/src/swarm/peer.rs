@@ -16,7 +16,7 @@ use crate::{
 /// Requests kept outstanding per peer by default (Chiral peers get twice as many).
 pub const PIPELINE: usize = 128;
 /// `have` messages remembered per peer before the metadata says how many pieces there are.
-pub const MAX_EARLY_HAVES: usize = 1 << 16;
+pub(super) const MAX_EARLY_HAVES: usize = 1 << 16;
 
 /// A peer's proven Chiral identity.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,12 +12,12 @@ use crate::peer_wire::BLOCK;
 use super::PeerKey;
 
 /// Bytes of failed piece attempts kept for blame, across all pieces.
-pub const MAX_FAILED_BYTES: usize = 64 << 20;
+pub(super) const MAX_FAILED_BYTES: usize = 64 << 20;
 /// Failed attempts kept per piece.
-pub const MAX_ATTEMPTS: usize = 4;
+pub(super) const MAX_ATTEMPTS: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlockState {
+pub(super) enum BlockState {
     Missing,
     /// Asked of `peer` at `at`; in end game also of `dup`.
     Requested {
@@ -29,7 +29,7 @@ pub enum BlockState {
 }
 
 /// One piece being fetched.
-pub struct Job<W> {
+pub(super) struct Job<W> {
     pub blocks: Vec<BlockState>,
     /// Which peer sent each block (for blaming on a hash failure).
     pub from: Vec<PeerKey>,
@@ -46,7 +46,7 @@ pub struct Job<W> {
 }
 
 impl<W> Job<W> {
-    pub fn new(len: u64) -> Self {
+    pub(super) fn new(len: u64) -> Self {
         let n = len.div_ceil(BLOCK as u64) as usize;
         Self {
             blocks: vec![BlockState::Missing; n],
@@ -59,24 +59,24 @@ impl<W> Job<W> {
         }
     }
 
-    pub fn wanted(&self) -> bool {
+    pub(super) fn wanted(&self) -> bool {
         !self.waiters.is_empty()
     }
 
     /// Length of block `b` of a piece of `len` bytes.
-    pub fn block_len(len: u64, b: usize) -> u32 {
+    pub(super) fn block_len(len: u64, b: usize) -> u32 {
         (len - (b as u64 * BLOCK as u64).min(len)).min(BLOCK as u64) as u32
     }
 }
 
 /// The bytes of a piece that failed verification, and which peer sent each block.
-pub struct FailedAttempt {
+pub(super) struct FailedAttempt {
     pub data: Vec<u8>,
     pub from: Vec<PeerKey>,
 }
 
 /// Piece-level state of one torrent (empty until the metadata is known).
-pub struct Pieces<W> {
+pub(super) struct Pieces<W> {
     pub jobs: BTreeMap<u32, Job<W>>,
     /// How many connected peers hold each piece.
     pub availability: Vec<u32>,
@@ -107,18 +107,18 @@ impl<W> Default for Pieces<W> {
 }
 
 impl<W> Pieces<W> {
-    pub fn reset(&mut self, count: u32) {
+    pub(super) fn reset(&mut self, count: u32) {
         self.availability = vec![0; count as usize];
         self.delivered = vec![false; count as usize];
     }
 
     /// Pieces read ahead (jobs nobody waits for, and the cache).
-    pub fn ahead(&self) -> usize {
+    pub(super) fn ahead(&self) -> usize {
         self.jobs.values().filter(|j| !j.wanted()).count() + self.cache.len()
     }
 
     /// Keeps a verified piece nobody waits for, within `limit` pieces (oldest dropped).
-    pub fn keep(&mut self, index: u32, data: Vec<u8>, limit: usize) {
+    pub(super) fn keep(&mut self, index: u32, data: Vec<u8>, limit: usize) {
         if self.cache.insert(index, data).is_none() {
             self.cache_order.push_back(index);
         }
@@ -129,7 +129,7 @@ impl<W> Pieces<W> {
     }
 
     /// A cached piece, taken out.
-    pub fn take_cached(&mut self, index: u32) -> Option<Vec<u8>> {
+    pub(super) fn take_cached(&mut self, index: u32) -> Option<Vec<u8>> {
         let d = self.cache.remove(&index)?;
         self.cache_order.retain(|i| *i != index);
         Some(d)
@@ -137,7 +137,7 @@ impl<W> Pieces<W> {
 
     /// Records a failed attempt of `index` for later blame, within [`MAX_ATTEMPTS`] per piece
     /// and [`MAX_FAILED_BYTES`] in all; returns whether it was kept.
-    pub fn remember_failure(&mut self, index: u32, data: Vec<u8>, from: Vec<PeerKey>) -> bool {
+    pub(super) fn remember_failure(&mut self, index: u32, data: Vec<u8>, from: Vec<PeerKey>) -> bool {
         let attempts = self.failed.entry(index).or_default();
         if attempts.len() >= MAX_ATTEMPTS || self.failed_bytes + data.len() > MAX_FAILED_BYTES {
             if attempts.is_empty() {
@@ -152,7 +152,7 @@ impl<W> Pieces<W> {
 
     /// Piece `index` verified as `good`: the peers whose blocks in an earlier failed attempt
     /// differ from it (the attempts are forgotten).
-    pub fn blame(&mut self, index: u32, good: &[u8]) -> HashSet<PeerKey> {
+    pub(super) fn blame(&mut self, index: u32, good: &[u8]) -> HashSet<PeerKey> {
         let mut liars = HashSet::new();
         for a in self.failed.remove(&index).unwrap_or_default() {
             self.failed_bytes -= a.data.len();
@@ -168,7 +168,7 @@ impl<W> Pieces<W> {
     }
 
     #[cfg(test)]
-    pub fn failed_bytes(&self) -> usize {
+    pub(super) fn failed_bytes(&self) -> usize {
         self.failed_bytes
     }
 }

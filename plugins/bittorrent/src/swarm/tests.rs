@@ -361,7 +361,7 @@ fn mixed_senders_are_blamed_block_by_block_once_the_piece_verifies() {
 
 #[test]
 fn failed_attempts_kept_for_blame_are_bounded() {
-    let mut p: pieces::Pieces<u32> = pieces::Pieces::default();
+    let mut p: Pieces<u32> = Pieces::default();
     let big = pieces::MAX_FAILED_BYTES / 3;
     for i in 0..10 {
         p.remember_failure(i, vec![0; big], vec![1]);
