@@ -841,6 +841,36 @@ pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_kind_and_their_one_line_text() {
+        let e = HostError::plugin(ErrorKind::NotFound, "HTTP 404 Not Found: http://h/a");
+        assert_eq!((e.kind(), e.to_string().as_str()), (ErrorKind::NotFound, "HTTP 404 Not Found: http://h/a"));
+        let e = HostError::NoPluginNamed { name: "nope".into(), installed: Some("http: (http)".into()) };
+        assert_eq!(
+            (e.kind(), e.to_string().as_str()),
+            (ErrorKind::Unsupported, "no plugin named \"nope\"; installed: http: (http)")
+        );
+        let e = HostError::NoPluginNamed { name: "nope".into(), installed: None };
+        assert_eq!(e.to_string(), "no plugin named \"nope\"");
+        let e = HostError::Io { path: "/x/a".into(), error: std::io::Error::from(std::io::ErrorKind::NotFound) };
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(e.to_string().starts_with("/x/a: "), "{e}");
+        assert!(std::error::Error::source(&e).is_none(), "the I/O error is in the text, not repeated as a source");
+        let e = HostError::from(EngineError::Sha256Mismatch { got: "a".into(), want: "b".into() });
+        assert_eq!((e.kind(), e.to_string().as_str()), (ErrorKind::Invalid, "SHA-256 of the result is a, expected b"));
+        assert_eq!(HostError::Request("x").kind(), ErrorKind::Other);
+    }
+
+    #[test]
+    fn several_failures_keep_a_kind_only_when_they_share_it() {
+        assert_eq!(common_kind([ErrorKind::Network, ErrorKind::Network]), ErrorKind::Network);
+        assert_eq!(common_kind([ErrorKind::NotFound]), ErrorKind::NotFound);
+        assert_eq!(common_kind([ErrorKind::NotFound, ErrorKind::Network]), ErrorKind::Other);
+        assert_eq!(common_kind([]), ErrorKind::Other);
+    }
+
     #[test]
     fn passwords_never_shown() {
         use super::redact;

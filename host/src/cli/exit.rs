@@ -34,7 +34,9 @@ pub enum Exit {
     Verification,
     /// Local I/O: the disk is full, permissions, a different file already at the final name.
     Io,
-    /// Interrupted (SIGINT/SIGTERM) or cancelled: what is on disk resumes with the same command.
+    /// Interrupted by SIGINT/SIGTERM: what is on disk resumes with the same command. Only the
+    /// user's signal gives it (128 + SIGINT, as shells do); a plugin's own `Cancelled` is a
+    /// `Failure`, so that scripts reading 101 and above as "crashed or killed" stay right.
     Interrupted,
 }
 
@@ -74,8 +76,7 @@ impl Exit {
             ErrorKind::Network => Exit::Network,
             ErrorKind::Invalid => Exit::Verification,
             ErrorKind::Io => Exit::Io,
-            ErrorKind::Cancelled => Exit::Interrupted,
-            ErrorKind::Panic | ErrorKind::Other => Exit::Failure,
+            ErrorKind::Cancelled | ErrorKind::Panic | ErrorKind::Other => Exit::Failure,
         }
     }
 
@@ -165,7 +166,7 @@ mod tests {
             (ErrorKind::Network, 5),
             (ErrorKind::Invalid, 6),
             (ErrorKind::Io, 7),
-            (ErrorKind::Cancelled, 130),
+            (ErrorKind::Cancelled, 1),
             (ErrorKind::Panic, 1),
             (ErrorKind::Other, 1),
         ];
