@@ -7,6 +7,18 @@ use std::{
 };
 
 use serde::Deserialize;
+use thiserror::Error;
+
+/// A config file that cannot be used; shown as one line naming the file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read (an explicit `--config` that is missing, permissions).
+    #[error("config {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    /// Not TOML, or not the config's shape (unknown keys are an error); the parser's first line.
+    #[error("config {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+}
 
 /// The config file as written by users (every field optional).
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -35,11 +47,12 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     /// Reads `path`; a missing default file is an empty config, a missing explicit one an error.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
-            let first = e.to_string().lines().next().unwrap_or_default().to_string();
-            format!("config {}: {first}", path.display())
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().lines().next().unwrap_or_default().to_string(),
         })
     }
 
@@ -106,7 +119,7 @@ fn account_home() -> Option<PathBuf> {
     // to `pw` or null; the strings it points to live in `buf`, read before it is dropped.
     unsafe {
         let mut pw: libc::passwd = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut buf: Vec<libc::c_char> = vec![0; 4096];
         let mut out: *mut libc::passwd = std::ptr::null_mut();
         let rc = libc::getpwuid_r(libc::geteuid(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out);
         if rc != 0 || out.is_null() || pw.pw_dir.is_null() {
@@ -160,6 +173,10 @@ retries = 3
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "conections = 4\n").unwrap();
         let e = ConfigFile::load(&p).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("c.toml") && !e.contains('\n'), "{e}");
+        let missing = ConfigFile::load(&dir.path().join("none.toml")).unwrap_err();
+        assert!(matches!(missing, ConfigError::Read { .. }), "{missing:?}");
     }
 }

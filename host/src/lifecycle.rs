@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::{
     control::{self, socket, LiveSeed, Request, Response, SeedControl},
     seedbook::{self, RecordedSeed, SeedBook, SeedRecord, SeedState},
-    session::SeedLine,
+    session::{HostError, SeedLine},
     Host,
 };
 
@@ -95,8 +95,8 @@ impl SeedControl for ServedSeeds {
             .collect()
     }
 
-    fn stop(&self, plugin: &str, id: &str) -> Result<(), String> {
-        self.host.stop_seed(plugin, id).map_err(|e| e.to_string())
+    fn stop(&self, plugin: &str, id: &str) -> Result<(), HostError> {
+        self.host.stop_seed(plugin, id)
     }
 
     fn after_stop(&self, _stopped: &[LiveSeed], remaining: &[LiveSeed]) {

@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use chiral_sdk::{capability, Events, HandlerBox, HostConfig, PluginDescriptor, PluginModRef};
+use chiral_sdk::{capability, Events, HandlerBox, HostConfig, PluginDescriptor, PluginError, PluginModRef};
 use thiserror::Error;
 
 use crate::loader;
@@ -51,7 +51,7 @@ pub struct Entry {
     /// The SDK version the library says it was built against, also when it was skipped for it.
     pub sdk_version: Option<String>,
     module: Option<PluginModRef>,
-    handler: Arc<OnceLock<Result<Arc<HandlerBox>, String>>>,
+    handler: Arc<OnceLock<Result<Arc<HandlerBox>, PluginError>>>,
 }
 
 impl Entry {
@@ -294,12 +294,13 @@ impl Registry {
     }
 
     /// The plugin's handler, built on first use from the host configuration.
-    pub fn handler(&self, entry: &Entry) -> Result<Arc<HandlerBox>, String> {
+    pub fn handler(&self, entry: &Entry) -> Result<Arc<HandlerBox>, PluginError> {
         let name = entry.name().unwrap_or("?").to_string();
         entry
             .handler
             .get_or_init(|| {
-                let module = entry.module.ok_or_else(|| format!("plugin {name} is not loaded"))?;
+                let module =
+                    entry.module.ok_or_else(|| PluginError::unsupported(format!("plugin {name} is not loaded")))?;
                 let mut config = self.config.clone();
                 config.data_dir = Path::new(config.data_dir.as_str()).join(&name).to_string_lossy().into_owned().into();
                 config.options.extend(
@@ -315,7 +316,7 @@ impl Registry {
                 (module.new_handler())(config, sink)
                     .into_result()
                     .map(Arc::new)
-                    .map_err(|e| format!("plugin {name} failed to start: {e}"))
+                    .map_err(|e| PluginError::new(e.kind, format!("plugin {name} failed to start: {e}")))
             })
             .clone()
     }

@@ -18,7 +18,7 @@ use chiral_sdk::{
     engine::{self, EngineError, EngineEvent},
     ident,
     plugin::AbiSource,
-    DownloadRequest, Event, Events, PieceSource, SeedInfo, SeedRequest,
+    DownloadRequest, ErrorKind, Event, Events, PieceSource, SeedInfo, SeedRequest,
 };
 use futures::{
     future::{select, BoxFuture, Either},
@@ -30,16 +30,88 @@ use thiserror::Error;
 
 use crate::registry::{DispatchError, Registry};
 
+/// Why a host operation failed. [`HostError::kind`] sorts every variant into the SDK's broad
+/// [`ErrorKind`]s, so callers (the `chiral` binary's exit codes) react without parsing text.
 #[derive(Debug, Error)]
 pub enum HostError {
+    /// No plugin claims the identifier, or the `--backend` asked for does not.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
-    #[error("{0}")]
-    Plugin(String),
+    /// A plugin's own failure, with the kind it gave (a 404 is `NotFound`, a refused
+    /// connection `Network`, ...). Several failures of one kind keep it; mixed ones are `Other`.
+    #[error("{message}")]
+    Plugin { kind: ErrorKind, message: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A plugin was named (`--via`, a remembered seed) that is not installed.
+    #[error("no plugin named {name:?}{}", installed.as_deref().map(|i| format!("; installed: {i}")).unwrap_or_default())]
+    NoPluginNamed { name: String, installed: Option<String> },
+    /// No installed plugin can do what was asked (seed; download identifiers no source opens).
     #[error("{0}")]
-    Other(String),
+    NoPluginCan(&'static str),
+    /// A local file could not be read. The message already says why, so the I/O error is
+    /// kept as a value, not as a `source` that would repeat it in `{:#}` chains.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+    /// The request cannot be carried out as given (no identifier; `--sha256` with a download
+    /// of several files).
+    #[error("{0}")]
+    Request(&'static str),
+}
+
+impl HostError {
+    /// A plugin's failure, kind kept.
+    pub fn plugin(kind: ErrorKind, message: impl Into<String>) -> Self {
+        HostError::Plugin { kind, message: message.into() }
+    }
+
+    /// A plugin that could not be started (its handler failed to build), with the kind it gave.
+    fn handler(e: chiral_sdk::PluginError) -> Self {
+        HostError::plugin(e.kind, e.message.to_string())
+    }
+
+    /// The broad class of the failure. [`HostError::Request`] has no class of its own in the
+    /// SDK's list: it is `Other` here, and callers that tell usage errors apart match it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            HostError::Dispatch(_) | HostError::NoPluginNamed { .. } | HostError::NoPluginCan(_) => {
+                ErrorKind::Unsupported
+            }
+            HostError::Plugin { kind, .. } => *kind,
+            HostError::Engine(e) => engine_error_kind(e),
+            HostError::Io { error, .. } => io_error_kind(error),
+            HostError::Request(_) => ErrorKind::Other,
+        }
+    }
+}
+
+/// The kind of an engine failure: local files are `Io`, content that does not check out is
+/// `Invalid`, and sources that could not give it (unreachable, gone, no description) `Network`.
+pub fn engine_error_kind(e: &EngineError) -> ErrorKind {
+    match e {
+        EngineError::Io { .. } | EngineError::Exists(_) => ErrorKind::Io,
+        EngineError::Sha256Mismatch { .. } | EngineError::Layout(_) => ErrorKind::Invalid,
+        EngineError::NoSources(_) | EngineError::AllFailed(_) | EngineError::NoTrustRoot(_) => ErrorKind::Network,
+    }
+}
+
+/// A missing file is `NotFound`; any other local I/O failure `Io`.
+pub fn io_error_kind(e: &std::io::Error) -> ErrorKind {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+        _ => ErrorKind::Io,
+    }
+}
+
+/// The kind several failures share, or `Other` when they differ (or there are none).
+fn common_kind(kinds: impl IntoIterator<Item = ErrorKind>) -> ErrorKind {
+    let mut kinds = kinds.into_iter();
+    let Some(first) = kinds.next() else { return ErrorKind::Other };
+    if kinds.all(|k| k == first) {
+        first
+    } else {
+        ErrorKind::Other
+    }
 }
 
 /// One download as asked.
@@ -174,7 +246,7 @@ impl Host {
     /// Downloads one content from every identifier in `req`.
     pub async fn get(&self, req: &GetRequest, on_event: OnEvent) -> Result<GetReport, HostError> {
         if req.identifiers.is_empty() {
-            return Err(HostError::Other("nothing to download: give at least one identifier".into()));
+            return Err(HostError::Request("nothing to download: give at least one identifier"));
         }
         let started = Instant::now();
         // Dispatch every identifier first: an unclaimed one is the user's mistake, say so.
@@ -183,7 +255,7 @@ impl Host {
         let mut seed_lists = Vec::new();
         for id in &req.identifiers {
             let entry = self.registry.route(id, req.backend.as_deref())?;
-            let handler = self.registry.handler(entry).map_err(HostError::Plugin)?;
+            let handler = self.registry.handler(entry).map_err(HostError::handler)?;
             routed.push((
                 id.clone(),
                 entry.name().unwrap_or_default().to_string(),
@@ -237,7 +309,7 @@ impl Host {
         for (entry, id) in seed_lists {
             pending.push(Box::pin(async move { Opening::WebSeeds(self.web_seeds(entry, &id).await) }));
         }
-        let mut failures: Vec<String> = Vec::new();
+        let mut failures: Vec<chiral_sdk::PluginError> = Vec::new();
         let mut streaming_only = Vec::new();
         let mut first: Option<engine::EngineSource> = None;
         // The first identifier names the result, so the same command always writes the same
@@ -281,7 +353,7 @@ impl Host {
                     streaming_only.push(id);
                 }
                 Err(e) => {
-                    failures.push(e.message.to_string());
+                    failures.push(e);
                     if id == lead {
                         lead_failed = true;
                         if !early.is_empty() {
@@ -304,11 +376,16 @@ impl Host {
                 Some((id, plugin, _, handler)) => {
                     self.whole_download(req, id, plugin, handler, on_event, started).await
                 }
-                None if failures.len() == 1 => Err(HostError::Plugin(failures.remove(0))),
-                None if !failures.is_empty() => {
-                    Err(HostError::Plugin(format!("every source failed: {}", failures.join("; "))))
+                None if failures.len() == 1 => {
+                    let e = failures.remove(0);
+                    Err(HostError::plugin(e.kind, e.message))
                 }
-                None => Err(HostError::Other("no plugin can download these identifiers".into())),
+                None if !failures.is_empty() => {
+                    let kind = common_kind(failures.iter().map(|e| e.kind));
+                    let messages: Vec<&str> = failures.iter().map(|e| e.message.as_str()).collect();
+                    Err(HostError::plugin(kind, format!("every source failed: {}", messages.join("; "))))
+                }
+                None => Err(HostError::NoPluginCan("no plugin can download these identifiers")),
             };
         };
         for f in &failures {
@@ -456,13 +533,13 @@ impl Host {
             options: RVec::new(),
         };
         let out =
-            handler.download(request, sink).await.into_result().map_err(|e| HostError::Plugin(e.message.into()))?;
+            handler.download(request, sink).await.into_result().map_err(|e| HostError::plugin(e.kind, e.message))?;
         let files: Vec<PathBuf> = out.files.iter().map(|f| PathBuf::from(f.as_str())).collect();
         if let Some(want) = req.sha256 {
             let [file] = files.as_slice() else {
-                return Err(HostError::Other("--sha256 needs a single-file download".into()));
+                return Err(HostError::Request("--sha256 needs a single-file download"));
             };
-            let got = sha256_file(file).map_err(|e| HostError::Other(format!("{}: {e}", file.display())))?;
+            let got = sha256_file(file).map_err(|error| HostError::Io { path: file.clone(), error })?;
             if got != want {
                 let _ = std::fs::remove_file(file);
                 return Err(EngineError::Sha256Mismatch { got: hex::encode(got), want: hex::encode(want) }.into());
@@ -508,23 +585,21 @@ impl Host {
         via: &[String],
         opts: &[(String, String)],
     ) -> Result<Vec<SeedLine>, HostError> {
-        let path = std::fs::canonicalize(path).map_err(|e| HostError::Other(format!("{}: {e}", path.display())))?;
+        let path = std::fs::canonicalize(path).map_err(|error| HostError::Io { path: path.to_path_buf(), error })?;
         let entries: Vec<_> = if via.is_empty() {
             self.registry.loaded().filter(|e| e.has(capability::SEED)).collect()
         } else {
             via.iter()
                 .map(|n| {
-                    self.registry.by_name(n).ok_or_else(|| {
-                        HostError::Other(format!(
-                            "no plugin named {n:?}; installed: {}",
-                            self.registry.installed_schemes()
-                        ))
+                    self.registry.by_name(n).ok_or_else(|| HostError::NoPluginNamed {
+                        name: n.clone(),
+                        installed: Some(self.registry.installed_schemes()),
                     })
                 })
                 .collect::<Result<_, _>>()?
         };
         if entries.is_empty() {
-            return Err(HostError::Other("no installed plugin can seed".into()));
+            return Err(HostError::NoPluginCan("no installed plugin can seed"));
         }
         // Plugins that make magnet links seed first, so the others (the Chiral network's
         // `info_hash_idx`) can be told the info hash and a magnet finds every seed.
@@ -559,20 +634,22 @@ impl Host {
             let handler = match self.registry.handler(e) {
                 Ok(h) => h,
                 Err(m) => {
-                    errors.push(m);
+                    errors.push((ErrorKind::Other, m.to_string()));
                     continue;
                 }
             };
             let req = SeedRequest { path: path.to_string_lossy().into_owned().into(), options: options(opts) };
             match handler.seed(req, log_sink(name.clone())).await.into_result() {
                 Ok(info) => lines.push(seed_line(&name, info)),
-                Err(err) => errors.push(format!("{name}: {err}")),
+                Err(err) => errors.push((err.kind, format!("{name}: {err}"))),
             }
         }
         if lines.is_empty() {
-            return Err(HostError::Plugin(errors.join("; ")));
+            let kind = common_kind(errors.iter().map(|e| e.0));
+            let messages: Vec<&str> = errors.iter().map(|e| e.1.as_str()).collect();
+            return Err(HostError::plugin(kind, messages.join("; ")));
         }
-        for e in errors {
+        for (_, e) in errors {
             tracing::warn!("{e}");
         }
         Ok(lines)
@@ -588,20 +665,21 @@ impl Host {
         args: &[(String, String)],
     ) -> Result<serde_json::Value, HostError> {
         let entry = match plugin {
-            Some(p) => self.registry.by_name(p).ok_or_else(|| {
-                HostError::Other(format!("no plugin named {p:?}; installed: {}", self.registry.installed_schemes()))
+            Some(p) => self.registry.by_name(p).ok_or_else(|| HostError::NoPluginNamed {
+                name: p.to_string(),
+                installed: Some(self.registry.installed_schemes()),
             })?,
             None => self.registry.route(route_hint, None)?,
         };
         let pname = entry.name().unwrap_or_default().to_string();
-        let handler = self.registry.handler(entry).map_err(HostError::Plugin)?;
+        let handler = self.registry.handler(entry).map_err(HostError::handler)?;
         let text = handler
             .command(name.into(), options(args), log_sink(pname.clone()))
             .await
             .into_result()
-            .map_err(|e| HostError::Plugin(format!("{pname}: {e}")))?;
+            .map_err(|e| HostError::plugin(e.kind, format!("{pname}: {e}")))?;
         serde_json::from_str(&text)
-            .map_err(|e| HostError::Plugin(format!("{pname} answered {name} with invalid JSON: {e}")))
+            .map_err(|e| HostError::plugin(ErrorKind::Other, format!("{pname} answered {name} with invalid JSON: {e}")))
     }
 
     /// Every seed every started plugin is running (a plugin never started has none, and is not
@@ -617,9 +695,12 @@ impl Host {
     }
 
     pub fn stop_seed(&self, plugin: &str, id: &str) -> Result<(), HostError> {
-        let e = self.registry.by_name(plugin).ok_or_else(|| HostError::Other(format!("no plugin named {plugin:?}")))?;
-        let h = self.registry.handler(e).map_err(HostError::Plugin)?;
-        h.stop_seed(id.into()).into_result().map_err(|e| HostError::Plugin(e.message.into()))
+        let e = self
+            .registry
+            .by_name(plugin)
+            .ok_or_else(|| HostError::NoPluginNamed { name: plugin.to_string(), installed: None })?;
+        let h = self.registry.handler(e).map_err(HostError::handler)?;
+        h.stop_seed(id.into()).into_result().map_err(|e| HostError::plugin(e.kind, e.message))
     }
 }
 
@@ -760,6 +841,36 @@ pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_kind_and_their_one_line_text() {
+        let e = HostError::plugin(ErrorKind::NotFound, "HTTP 404 Not Found: http://h/a");
+        assert_eq!((e.kind(), e.to_string().as_str()), (ErrorKind::NotFound, "HTTP 404 Not Found: http://h/a"));
+        let e = HostError::NoPluginNamed { name: "nope".into(), installed: Some("http: (http)".into()) };
+        assert_eq!(
+            (e.kind(), e.to_string().as_str()),
+            (ErrorKind::Unsupported, "no plugin named \"nope\"; installed: http: (http)")
+        );
+        let e = HostError::NoPluginNamed { name: "nope".into(), installed: None };
+        assert_eq!(e.to_string(), "no plugin named \"nope\"");
+        let e = HostError::Io { path: "/x/a".into(), error: std::io::Error::from(std::io::ErrorKind::NotFound) };
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(e.to_string().starts_with("/x/a: "), "{e}");
+        assert!(std::error::Error::source(&e).is_none(), "the I/O error is in the text, not repeated as a source");
+        let e = HostError::from(EngineError::Sha256Mismatch { got: "a".into(), want: "b".into() });
+        assert_eq!((e.kind(), e.to_string().as_str()), (ErrorKind::Invalid, "SHA-256 of the result is a, expected b"));
+        assert_eq!(HostError::Request("x").kind(), ErrorKind::Other);
+    }
+
+    #[test]
+    fn several_failures_keep_a_kind_only_when_they_share_it() {
+        assert_eq!(common_kind([ErrorKind::Network, ErrorKind::Network]), ErrorKind::Network);
+        assert_eq!(common_kind([ErrorKind::NotFound]), ErrorKind::NotFound);
+        assert_eq!(common_kind([ErrorKind::NotFound, ErrorKind::Network]), ErrorKind::Other);
+        assert_eq!(common_kind([]), ErrorKind::Other);
+    }
+
     #[test]
     fn passwords_never_shown() {
         use super::redact;

@@ -113,6 +113,54 @@ fn missing_file_and_dead_server_are_one_line_errors_with_no_file() {
     assert!(!out_dir.join("here.bin").exists());
 }
 
+/// Scripts tell failures apart by the exit code (docs/cli.md, "Exit codes"); the reason stays
+/// one line on stderr, and nothing is left at the final name.
+#[test]
+fn exit_codes_tell_the_failures_apart() {
+    let s = site(&[("here.bin", MIB)]);
+    let want = sha256_file(&s.dir.path().join("here.bin"));
+    let node = Chiral::new();
+    let out_dir = node.data_dir.path().join("out");
+    let out = out_dir.to_str().unwrap();
+    let get = |args: &[&str]| {
+        let o = node.run(&[&["-q", "get", "-o", out], args].concat());
+        (o.status.code(), last_error_line(&o), stderr(&o).lines().count())
+    };
+
+    // No plugin claims the identifier: 3, naming what is installed.
+    let (code, line, lines) = get(&["gopher://127.0.0.1/x.bin"]);
+    assert_eq!(code, Some(3), "{line}");
+    assert!(line.starts_with("chiral: no plugin handles") && line.contains("http"), "{line}");
+    assert_eq!(lines, 1);
+
+    // The server answers 404: 4.
+    let (code, line, lines) = get(&[&s.nginx.url("missing.bin")]);
+    assert_eq!(code, Some(4), "{line}");
+    assert!(line.contains("404"), "{line}");
+    assert_eq!(lines, 1);
+
+    // Nobody listens: 5.
+    let (code, line, _) = get(&[&format!("http://127.0.0.1:{}/x.bin", free_port())]);
+    assert_eq!(code, Some(5), "{line}");
+
+    // The bytes are not the ones asked for: 6, and no file at the final name.
+    let (code, line, _) = get(&[&s.nginx.url("here.bin"), "--sha256", &"0".repeat(64)]);
+    assert_eq!(code, Some(6), "{line}");
+    assert!(line.contains("SHA-256"), "{line}");
+    assert!(!out_dir.join("here.bin").exists());
+
+    // A --sha256 that is not one: a usage error, like clap's own.
+    let (code, line, _) = get(&[&s.nginx.url("here.bin"), "--sha256", "xyz"]);
+    assert_eq!(code, Some(2), "{line}");
+    let o = node.run(&["get", "--no-such-flag", "x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    // And 0 once it is complete and verified.
+    let (code, line, _) = get(&[&s.nginx.url("here.bin"), "--sha256", &want]);
+    assert_eq!(code, Some(0), "{line}");
+    assert_eq!(sha256_file(&out_dir.join("here.bin")), want);
+}
+
 #[test]
 fn two_mirrors_share_one_download() {
     let s = site(&[("m.bin", 256 * MIB)]);

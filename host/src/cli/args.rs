@@ -82,6 +82,23 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+impl Command {
+    /// Whether the command was asked for `--json` output (a failure is then reported on stdout
+    /// as `{"ok":false,"error":...}` too).
+    pub fn json(&self) -> bool {
+        matches!(
+            self,
+            Command::Get(GetArgs { json: true, .. })
+                | Command::Demo(DemoArgs { json: true, .. })
+                | Command::Create(CreateArgs { json: true, .. })
+                | Command::Seed(SeedArgs { json: true, .. })
+                | Command::Seeds(SeedsArgs { json: true })
+                | Command::Stop(TargetArgs { json: true, .. })
+                | Command::Remove(TargetArgs { json: true, .. })
+        )
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// File or folder to describe

@@ -214,7 +214,7 @@ mod tests {
         fn seeds(&self) -> Vec<LiveSeed> {
             self.0.lock().unwrap().clone()
         }
-        fn stop(&self, _plugin: &str, id: &str) -> Result<(), String> {
+        fn stop(&self, _plugin: &str, id: &str) -> Result<(), crate::session::HostError> {
             self.0.lock().unwrap().retain(|s| s.id != id);
             Ok(())
         }

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::session::redact;
+use crate::session::{redact, HostError};
 
 /// Longest request line accepted, newline included.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -151,8 +151,8 @@ impl LineBuffer {
 pub trait SeedControl {
     /// The seeds this process serves now.
     fn seeds(&self) -> Vec<LiveSeed>;
-    /// Stops one seed.
-    fn stop(&self, plugin: &str, id: &str) -> Result<(), String>;
+    /// Stops one seed; the error's text goes into the answer's `errors`.
+    fn stop(&self, plugin: &str, id: &str) -> Result<(), HostError>;
     /// Called after a stop, before the answer is sent, with what is left.
     fn after_stop(&self, _stopped: &[LiveSeed], _remaining: &[LiveSeed]) {}
 }
@@ -213,9 +213,9 @@ mod tests {
         fn seeds(&self) -> Vec<LiveSeed> {
             self.seeds.lock().unwrap().clone()
         }
-        fn stop(&self, plugin: &str, id: &str) -> Result<(), String> {
+        fn stop(&self, plugin: &str, id: &str) -> Result<(), HostError> {
             if id == "stuck" {
-                return Err("refused".into());
+                return Err(HostError::plugin(chiral_sdk::ErrorKind::Other, "refused"));
             }
             self.seeds.lock().unwrap().retain(|s| !(s.plugin == plugin && s.id == id));
             Ok(())

@@ -1,0 +1,73 @@
+//! What every command starts from: settings from flags, environment and the config file, and
+//! the host with its plugins found.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use chiral_host::{
+    config::{default_data_dir, ConfigFile},
+    registry::{search_dirs, Registry},
+    session::log_event,
+    Host,
+};
+use chiral_sdk::HostConfig;
+
+use super::args::Global;
+
+const DEFAULT_CONNECTIONS: u32 = 8;
+
+/// Settings from flags, environment and the config file.
+pub(super) struct Settings {
+    pub config: ConfigFile,
+    pub data_dir: PathBuf,
+    pub connections: u32,
+}
+
+pub(super) fn settings(g: &Global) -> Result<Settings> {
+    let config = match &g.config {
+        Some(p) => ConfigFile::load(p)?,
+        None => match ConfigFile::default_path().filter(|p| p.is_file()) {
+            Some(p) => ConfigFile::load(&p)?,
+            None => ConfigFile::default(),
+        },
+    };
+    let data_dir = g.data_dir.clone().or_else(|| config.data_dir.clone()).unwrap_or_else(default_data_dir);
+    let connections = config.connections.unwrap_or(DEFAULT_CONNECTIONS);
+    Ok(Settings { config, data_dir, connections })
+}
+
+/// The host over every plugin on the search path; `loopback` keeps its servers on 127.0.0.1
+/// with no public DHT (the demo).
+pub(super) fn build_host(g: &Global, s: &Settings, loopback: bool) -> Result<Host> {
+    std::fs::create_dir_all(&s.data_dir).with_context(|| format!("data dir {}", s.data_dir.display()))?;
+    let c = &s.config;
+    let listen = if loopback {
+        "127.0.0.1".to_string()
+    } else {
+        g.listen.clone().or_else(|| c.listen.clone()).unwrap_or_else(|| "0.0.0.0".into())
+    };
+    let mut bootstrap = g.bootstrap.clone();
+    bootstrap.extend(c.bootstrap.iter().cloned());
+    let host_config = HostConfig {
+        data_dir: s.data_dir.to_string_lossy().into_owned().into(),
+        listen_addr: listen.into(),
+        listen_port: g.port.or(c.port).unwrap_or(0),
+        advertise_host: g.advertise.clone().or_else(|| c.advertise.clone()).unwrap_or_default().into(),
+        connections: s.connections,
+        proxy: c.proxy.clone().map(Into::into).into(),
+        bootstrap: bootstrap.into_iter().map(Into::into).collect(),
+        // The demo stays on loopback: no public DHT.
+        no_dht: loopback || g.no_dht || c.no_dht.unwrap_or(false),
+        options: Default::default(),
+    };
+    let mut explicit = g.plugin_path.clone();
+    explicit.extend(c.plugin_path.iter().cloned());
+    let env = std::env::var("CHIRAL_PLUGIN_PATH").ok();
+    let exe = std::env::current_exe().ok();
+    let dirs = search_dirs(&explicit, env.as_deref(), exe.as_deref(), &s.data_dir);
+    let plugin_options: BTreeMap<String, Vec<(String, String)>> =
+        c.plugins.keys().map(|k| (k.clone(), c.plugin_options(k))).collect();
+    let registry =
+        Registry::discover(&dirs, host_config, c.backend.clone(), plugin_options, Arc::new(|p, e| log_event(p, &e)));
+    Ok(Host::new(registry))
+}
