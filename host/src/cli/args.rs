@@ -17,7 +17,7 @@ Identifiers print on stdout, one per line; progress and logs go to stderr; --jso
 machine-readable output on stdout. Exit code 0 only when what was asked is complete and verified.",
     after_help = "Examples:\n  chiral get https://example.org/big.iso https://mirror.example.net/big.iso -o ~/Downloads\n  chiral seed ./big.iso --via http\n  chiral plugins\n  chiral demo"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub global: Global,
     #[command(subcommand)]
@@ -25,7 +25,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct Global {
+pub(crate) struct Global {
     /// Directory searched for plugins before all others (repeatable)
     #[arg(long = "plugin-path", value_name = "DIR", global = true)]
     pub plugin_path: Vec<PathBuf>,
@@ -59,7 +59,7 @@ pub struct Global {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Download; several identifiers of the same content are sources of one download
     Get(GetArgs),
     /// Serve PATH: print each identifier first, then serve until SIGINT/SIGTERM or `chiral stop`
@@ -85,7 +85,7 @@ pub enum Command {
 impl Command {
     /// Whether the command was asked for `--json` output (a failure is then reported on stdout
     /// as `{"ok":false,"error":...}` too).
-    pub fn json(&self) -> bool {
+    pub(crate) fn json(&self) -> bool {
         matches!(
             self,
             Command::Get(GetArgs { json: true, .. })
@@ -100,7 +100,7 @@ impl Command {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateArgs {
+pub(crate) struct CreateArgs {
     /// File or folder to describe
     pub path: PathBuf,
     /// The .torrent file to write
@@ -127,7 +127,7 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct GetArgs {
+pub(crate) struct GetArgs {
     /// Identifiers: URLs, magnet links, .torrent files, chiral: ids
     #[arg(required = true, value_name = "ID")]
     pub ids: Vec<String>,
@@ -152,7 +152,7 @@ pub struct GetArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct SeedArgs {
+pub(crate) struct SeedArgs {
     /// File to serve
     #[arg(required_unless_present = "all")]
     pub path: Option<PathBuf>,
@@ -183,14 +183,14 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 #[derive(Args, Debug)]
-pub struct SeedsArgs {
+pub(crate) struct SeedsArgs {
     /// Print the seeds as one JSON object on stdout
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
-pub struct TargetArgs {
+pub(crate) struct TargetArgs {
     /// Seed id, identifier (URL, magnet link, chiral:<id>) or path of the seeded file
     pub target: String,
     /// Print what was done as one JSON object on stdout
@@ -199,14 +199,14 @@ pub struct TargetArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct PluginsArgs {
+pub(crate) struct PluginsArgs {
     /// Print JSON on stdout
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Size of the generated file in MiB
     #[arg(long, default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub size: u64,
@@ -216,7 +216,7 @@ pub struct DemoArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// Plugin that runs the node
     #[arg(long, value_name = "PLUGIN", default_value = "chiral")]
     pub via: String,
@@ -226,7 +226,7 @@ pub struct NodeArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct SearchArgs {
+pub(crate) struct SearchArgs {
     /// Word of a file name (case-insensitive)
     pub word: String,
     /// Plugin to search with

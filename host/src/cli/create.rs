@@ -11,7 +11,7 @@ use super::{
     setup::{build_host, settings},
 };
 
-pub async fn run(g: &Global, a: CreateArgs) -> Result<ExitCode> {
+pub(crate) async fn run(g: &Global, a: CreateArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let host = build_host(g, &s, false)?;
     let path = std::fs::canonicalize(&a.path).with_context(|| format!("{}", a.path.display()))?;

@@ -16,7 +16,7 @@ use super::{
     shown,
 };
 
-pub async fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
+pub(crate) async fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let host = build_host(g, &s, true)?;
     let dir = s.data_dir.join("demo");

@@ -118,7 +118,7 @@ impl From<Exit> for ExitCode {
 /// A flag's value that clap could not check (`--sha256` that is not 64 hex digits).
 #[derive(Debug, Error)]
 #[error("{0}")]
-pub struct UsageError(pub &'static str);
+pub(crate) struct UsageError(pub &'static str);
 
 #[cfg(test)]
 mod tests {

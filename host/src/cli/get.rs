@@ -14,7 +14,7 @@ use super::{
     setup::{build_host, settings},
 };
 
-pub async fn run(g: &Global, a: GetArgs) -> Result<ExitCode> {
+pub(crate) async fn run(g: &Global, a: GetArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let sha256 = a.sha256.as_deref().map(parse_sha256).transpose()?;
     let host = Arc::new(build_host(g, &s, false)?);

@@ -2,24 +2,24 @@
 //! options and its own arguments), what they share (settings and the host, downloads, serving
 //! seeds) and the exit codes.
 
-pub mod args;
-pub mod exit;
-pub mod progress;
+pub(crate) mod args;
+pub(crate) mod exit;
+pub(crate) mod progress;
 
 mod fetch;
 mod serve;
 mod setup;
 
-pub mod create;
-pub mod demo;
-pub mod get;
-pub mod node;
-pub mod plugins;
-pub mod remove;
-pub mod search;
-pub mod seed;
-pub mod seeds;
-pub mod stop;
+pub(crate) mod create;
+pub(crate) mod demo;
+pub(crate) mod get;
+pub(crate) mod node;
+pub(crate) mod plugins;
+pub(crate) mod remove;
+pub(crate) mod search;
+pub(crate) mod seed;
+pub(crate) mod seeds;
+pub(crate) mod stop;
 
 /// Resolves after SIGINT or SIGTERM.
 async fn shutdown_signal() {

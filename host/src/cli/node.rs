@@ -12,7 +12,7 @@ use super::{
     shutdown_signal,
 };
 
-pub async fn run(g: &Global, a: NodeArgs) -> Result<ExitCode> {
+pub(crate) async fn run(g: &Global, a: NodeArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let host = build_host(g, &s, false)?;
     let answer = host.command(Some(&a.via), "", "node", &[]).await?;

@@ -12,7 +12,7 @@ use super::{
     setup::{build_host, settings},
 };
 
-pub async fn run(g: &Global, a: PluginsArgs) -> Result<ExitCode> {
+pub(crate) async fn run(g: &Global, a: PluginsArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let host = build_host(g, &s, false)?;
     let reg = &host.registry;

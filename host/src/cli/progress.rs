@@ -8,7 +8,7 @@ use std::{
 use chiral_host::engine::EngineEvent;
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub struct ProgressUi {
+pub(crate) struct ProgressUi {
     bar: ProgressBar,
     /// stderr is no terminal (a log file, a pipe): notices go out as plain lines.
     plain: bool,
@@ -43,7 +43,7 @@ impl State {
 }
 
 impl ProgressUi {
-    pub fn new(quiet: bool) -> Self {
+    pub(crate) fn new(quiet: bool) -> Self {
         let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr_with_hz(8) };
         let bar = ProgressBar::with_draw_target(Some(0), target);
         bar.set_style(
@@ -68,7 +68,7 @@ impl ProgressUi {
         }
     }
 
-    pub fn on_event(&self, e: EngineEvent) {
+    pub(crate) fn on_event(&self, e: EngineEvent) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match e {
             EngineEvent::Started { name, total, resumed, sources } => {
@@ -115,7 +115,7 @@ impl ProgressUi {
         }
     }
 
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.bar.finish_and_clear();
     }
 }

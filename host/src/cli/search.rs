@@ -11,7 +11,7 @@ use super::{
     setup::{build_host, settings},
 };
 
-pub async fn run(g: &Global, a: SearchArgs) -> Result<ExitCode> {
+pub(crate) async fn run(g: &Global, a: SearchArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let host = build_host(g, &s, false)?;
     let answer = host.command(Some(&a.via), "", "search", &[("word".to_string(), a.word.clone())]).await?;

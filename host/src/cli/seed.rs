@@ -15,7 +15,7 @@ use super::{
     setup::{build_host, settings, Settings},
 };
 
-pub async fn run(g: &Global, a: SeedArgs) -> Result<ExitCode> {
+pub(crate) async fn run(g: &Global, a: SeedArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let Some(path) = a.path.as_deref().filter(|_| !a.all) else { return seed_all(g, &s, a.json).await };
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;

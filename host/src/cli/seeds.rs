@@ -13,7 +13,7 @@ use super::{
     shown,
 };
 
-pub async fn run(g: &Global, a: SeedsArgs) -> Result<ExitCode> {
+pub(crate) async fn run(g: &Global, a: SeedsArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let rows = lifecycle::list(&s.data_dir).await;
     if a.json {

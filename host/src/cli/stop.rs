@@ -12,7 +12,7 @@ use super::{
     shown,
 };
 
-pub async fn run(g: &Global, a: TargetArgs) -> Result<ExitCode> {
+pub(crate) async fn run(g: &Global, a: TargetArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let out = lifecycle::stop(&s.data_dir, &a.target).await;
     if out.stopped.is_empty() {
