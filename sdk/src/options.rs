@@ -91,6 +91,17 @@ impl Opts {
         self.0.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
     }
 
+    /// The last value of `key` exactly as given (secrets keep their spaces); `None` when absent
+    /// or empty.
+    pub fn get_raw(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
     /// Every non-empty value of `key`, trimmed, in order.
     pub fn get_all(&self, key: &str) -> Vec<String> {
         self.0
@@ -231,6 +242,8 @@ mod tests {
         assert_eq!(opts.get_port("port"), Ok(Some(2)));
         assert_eq!(opts.get_str("TRACKER"), None, "an empty last value resets");
         assert_eq!(opts.get_str("missing"), None);
+        assert_eq!(o(&[("password", " a b ")]).get_raw("PASSWORD"), Some(" a b "));
+        assert_eq!(o(&[("password", "")]).get_raw("password"), None);
         let req: Options = vec![abi_stable::std_types::Tuple2("port".into(), "3".into())].into();
         assert_eq!(opts.merged(&req).get_port("port"), Ok(Some(3)));
         assert_eq!(opts.merged_with(&o(&[("port", "4")])).get_u16("port"), Ok(Some(4)));

@@ -38,6 +38,13 @@ pub struct SeedTable<T> {
     inner: RwLock<Inner<T>>,
 }
 
+impl<T> std::fmt::Debug for SeedTable<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.inner.read().unwrap_or_else(|p| p.into_inner()).seeds.len();
+        f.debug_struct("SeedTable").field("seeds", &n).finish()
+    }
+}
+
 impl<T> Default for SeedTable<T> {
     fn default() -> Self {
         Self { inner: RwLock::new(Inner { seeds: HashMap::new(), next_seq: 0 }) }
@@ -63,15 +70,15 @@ impl<T: Seeded> SeedTable<T> {
     /// Adds a seed under a new random id (10 hex digits, unused in the table), unless a seed
     /// matching `existing` is there already: then that one is returned with `false`. Both are
     /// decided under one lock, so two seeds of one file cannot race in. `make` gets the new id
-    /// and the seeds already in the table.
+    /// and the seeds already in the table. Returns the seed's id, the seed, and whether it is new.
     pub fn insert_new(
         &self,
         existing: impl Fn(&T) -> bool,
         make: impl FnOnce(&str, &mut dyn Iterator<Item = &T>) -> T,
-    ) -> (Arc<T>, bool) {
+    ) -> (String, Arc<T>, bool) {
         let mut inner = self.write();
-        if let Some(e) = inner.seeds.values().find(|e| existing(&e.seed)) {
-            return (e.seed.clone(), false);
+        if let Some((id, e)) = inner.seeds.iter().find(|(_, e)| existing(&e.seed)) {
+            return (id.clone(), e.seed.clone(), false);
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -82,8 +89,8 @@ impl<T: Seeded> SeedTable<T> {
             }
         };
         let seed = Arc::new(make(&id, &mut inner.seeds.values().map(|e| &*e.seed)));
-        inner.seeds.insert(id, Entry { seq, seed: seed.clone() });
-        (seed, true)
+        inner.seeds.insert(id.clone(), Entry { seq, seed: seed.clone() });
+        (id, seed, true)
     }
 
     /// Adds `seed` under the plugin's own `id`; when the id is taken, the seed there and the
@@ -106,7 +113,12 @@ impl<T: Seeded> SeedTable<T> {
 
     /// The first seed (in the order added) matching `pred`.
     pub fn find(&self, pred: impl Fn(&T) -> bool) -> Option<Arc<T>> {
-        self.all().into_iter().find(|s| pred(s))
+        self.find_entry(pred).map(|(_, s)| s)
+    }
+
+    /// The first seed (in the order added) matching `pred`, with its id.
+    pub fn find_entry(&self, pred: impl Fn(&T) -> bool) -> Option<(String, Arc<T>)> {
+        self.entries().into_iter().find(|(_, s)| pred(s))
     }
 
     /// Every seed, in the order added.
@@ -229,11 +241,11 @@ mod tests {
     #[test]
     fn insert_list_remove() {
         let t = SeedTable::<S>::new();
-        let (a, new) = t.insert_new(|s| s.path == "/a", |id, _| S { path: "/a", id: id.into() });
-        assert!(new && a.id.len() == 10);
-        let (again, new) = t.insert_new(|s| s.path == "/a", |_, _| unreachable!());
-        assert!(!new && Arc::ptr_eq(&a, &again));
-        let (b, _) = t.insert_new(
+        let (id, a, new) = t.insert_new(|s| s.path == "/a", |id, _| S { path: "/a", id: id.into() });
+        assert!(new && a.id.len() == 10 && a.id == id);
+        let (id2, again, new) = t.insert_new(|s| s.path == "/a", |_, _| unreachable!());
+        assert!(!new && Arc::ptr_eq(&a, &again) && id2 == id);
+        let (_, b, _) = t.insert_new(
             |s| s.path == "/b",
             |id, others| {
                 assert_eq!(others.count(), 1);
@@ -247,6 +259,7 @@ mod tests {
         assert_eq!(listed, ["/a", "/b", "/c"], "in the order added");
         assert_eq!(t.get(&b.id).unwrap().path, "/b");
         assert_eq!(t.find(|s| s.path == "/c").unwrap().id, "ih");
+        assert_eq!(t.find_entry(|s| s.path == "/b").unwrap().0, b.id);
         assert!(t.remove(&a.id).is_ok());
         let e = t.remove(&a.id).unwrap_err();
         assert_eq!(e.kind, crate::abi::ErrorKind::NotFound);
