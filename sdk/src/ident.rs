@@ -4,7 +4,7 @@
 /// The hash an identifier names its content by.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TrustRoot {
-    /// `magnet:?xt=urn:btih:` (hex, lower-cased; base32 links are kept as given).
+    /// `magnet:?xt=urn:btih:` as 40 lower-case hex digits (base32 links are converted).
     InfoHash(String),
     /// A `.torrent` file or URL: the info hash is in the file.
     TorrentFile,
@@ -15,15 +15,8 @@ pub enum TrustRoot {
 /// The trust root `identifier` carries, if any. Plain URLs carry none.
 pub fn trust_root(identifier: &str) -> Option<TrustRoot> {
     let id = identifier.trim();
-    if let Some(q) = strip_prefix_ci(id, "magnet:?") {
-        return q.split('&').find_map(|kv| {
-            let v = strip_prefix_ci(kv, "xt=urn:btih:")?;
-            match v.len() {
-                40 if v.bytes().all(|b| b.is_ascii_hexdigit()) => Some(TrustRoot::InfoHash(v.to_ascii_lowercase())),
-                32 if v.bytes().all(|b| b.is_ascii_alphanumeric()) => Some(TrustRoot::InfoHash(v.to_string())),
-                _ => None,
-            }
-        });
+    if strip_prefix_ci(id, "magnet:").is_some() {
+        return crate::magnet::Magnet::parse(id).ok().map(|m| TrustRoot::InfoHash(m.info_hash_hex()));
     }
     if let Some(hex_root) = strip_prefix_ci(id, "chiral:") {
         let mut root = [0u8; 32];
@@ -35,10 +28,10 @@ pub fn trust_root(identifier: &str) -> Option<TrustRoot> {
     path.to_ascii_lowercase().ends_with(".torrent").then_some(TrustRoot::TorrentFile)
 }
 
-/// The 40-hex info hash of a `magnet:?xt=urn:btih:<40 hex>` link, lower-cased.
+/// The info hash of a `magnet:?xt=urn:btih:` link (hex or base32) as 40 lower-case hex digits.
 pub fn magnet_info_hash_hex(identifier: &str) -> Option<String> {
     match trust_root(identifier)? {
-        TrustRoot::InfoHash(h) if h.len() == 40 => Some(h),
+        TrustRoot::InfoHash(h) => Some(h),
         _ => None,
     }
 }
@@ -59,10 +52,10 @@ mod tests {
             trust_root(&format!("magnet:?dn=x&xt=urn:btih:{ih}&tr=u")),
             Some(TrustRoot::InfoHash("ab".repeat(20)))
         );
-        assert!(matches!(
+        assert_eq!(
             trust_root("magnet:?xt=urn:btih:CIMUQ2LKNJ2G64TJMVZGC3DVNZSXE5DF"),
-            Some(TrustRoot::InfoHash(_))
-        ));
+            Some(TrustRoot::InfoHash("121948696a6a746f72696572616c756e65727465".into()))
+        );
         assert_eq!(trust_root("magnet:?xt=urn:btih:zz"), None);
         assert_eq!(trust_root("http://h/magnet:?xt=urn:btih:00"), None);
         assert_eq!(trust_root("http://h/a.TORRENT?x=1"), Some(TrustRoot::TorrentFile));
@@ -73,7 +66,11 @@ mod tests {
         assert_eq!(trust_root("ftp://h/f.iso"), None);
         assert_eq!(trust_root("é"), None);
         assert_eq!(magnet_info_hash_hex(&format!("magnet:?xt=urn:btih:{ih}")), Some("ab".repeat(20)));
-        assert_eq!(magnet_info_hash_hex("magnet:?xt=urn:btih:CIMUQ2LKNJ2G64TJMVZGC3DVNZSXE5DF"), None);
+        assert_eq!(
+            magnet_info_hash_hex("magnet:?xt=urn:btih:cimuq2lknj2g64tjmvzgc3dvnzsxe5df").as_deref(),
+            Some("121948696a6a746f72696572616c756e65727465")
+        );
+        assert_eq!(magnet_info_hash_hex("magnet:?xt=urn:btih:CIMUQ2LKNJ2G64TJMVZGC3DVNZSXE5D1"), None);
     }
 }
 

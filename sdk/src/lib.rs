@@ -9,6 +9,9 @@
 //!   and by a plugin that runs a whole download itself;
 //! - [`bencode`]: the bounded bencode decoder and canonical encoder;
 //! - [`ident`]: what an identifier promises (the hash a download of it is checked against);
+//! - [`magnet`]: the one magnet-link parser and writer (bounded, `url` + `data-encoding`);
+//! - [`options`]: typed plugin options with one error style ([`options::OptionError`]);
+//! - [`seeds`]: the seed table every seeding plugin keeps, and seed-server helpers;
 //! - [`text`]: the sanitiser for text from the network on its way to a terminal;
 //! - [`testkit`]: conformance checks a plugin author runs against their plugin.
 //!
@@ -19,10 +22,13 @@ pub mod bencode;
 pub mod engine;
 pub mod ident;
 pub mod layout;
+pub mod magnet;
+pub mod options;
 pub mod picker;
 pub mod plugin;
 pub mod resume;
 pub mod runtime;
+pub mod seeds;
 pub mod testkit;
 pub mod text;
 pub mod verify;

@@ -2,7 +2,8 @@
 //!
 //! The native BitTorrent plugin of Chiral.
 //!
-//! - [`bencode`], [`metainfo`], [`magnet`]: parsing (bounded, sanitising) and building torrents;
+//! - [`bencode`], [`metainfo`]: parsing (bounded, sanitising) and building torrents; magnet
+//!   links through the SDK's [`magnet`];
 //! - [`peer_wire`], [`extension`]: sans-IO codecs of the peer protocol, BEP 10 / BEP 9 and the
 //!   `chiral` identification message;
 //! - [`identity`]: this node's Chiral key (its public half is the Chiral peer id), proofs of it
@@ -20,7 +21,7 @@
 //!
 //! Options (config `[plugins.bittorrent]`, then per request): `port`, `tracker`, `peer`,
 //! `web_seed`, `piece_size`, `private`, `name`, `reputation`, `wallet`, `payment_threshold`,
-//! `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes are used and the node
+//! `threads` (the runtime's workers), `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes are used and the node
 //! answers queries at once (server mode); `none` starts a new network), `dht_port`. The DHT is
 //! off with the host's `no_dht`, and binds the host's listen address when that is a specific
 //! IPv4 address (e.g. 127.0.0.1). The Chiral peer id is not an option: it is the public key of
@@ -32,7 +33,6 @@ pub mod choker;
 pub mod dht;
 pub mod extension;
 pub mod identity;
-pub mod magnet;
 pub mod metainfo;
 pub mod peer_wire;
 pub mod session;
@@ -40,6 +40,9 @@ pub mod storage;
 pub mod swarm;
 pub mod tracker;
 pub mod webseed;
+
+/// Magnet links: the SDK's one parser and writer.
+pub use chiral_sdk::magnet;
 
 use std::{
     collections::HashMap,
@@ -58,8 +61,10 @@ use chiral_sdk::{
     abi_stable::std_types::{RString, RVec},
     capability,
     engine::{self, EngineEvent},
+    options::Opts,
     plugin::BoxFut,
     runtime::PluginRuntime,
+    seeds::{SeedTable, Seeded},
     ContentInfo, DownloadOutcome, DownloadRequest, Events, FileEntry, HashKind, HostConfig, PieceSource, Plugin,
     PluginDescriptor, PluginError, SeedInfo, SeedRequest, SourceBytes,
 };
@@ -136,39 +141,21 @@ impl Shared {
     }
 }
 
-/// Plugin options: the config file's `[plugins.bittorrent]` then the request's (keys repeat).
-#[derive(Clone, Debug, Default)]
-pub struct Opts(Vec<(String, String)>);
-
-impl Opts {
-    fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-    fn all(&self, key: &str) -> Vec<String> {
-        self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).filter(|v| !v.is_empty()).collect()
-    }
-    fn last(&self, key: &str) -> Option<String> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
-    }
-    fn flag(&self, key: &str) -> bool {
-        matches!(self.last(key).as_deref(), Some("true" | "1" | "yes"))
-    }
-    fn num(&self, key: &str) -> Result<Option<u64>, PluginError> {
-        self.last(key)
-            .map(|v| v.trim().parse::<u64>().map_err(|_| PluginError::invalid(format!("{key}={v:?} is not a number"))))
-            .transpose()
-    }
-    fn merged(&self, other: &chiral_sdk::Options) -> Opts {
-        let mut v = self.0.clone();
-        v.extend(other.iter().map(|t| (t.0.to_string(), t.1.to_string())));
-        Opts(v)
-    }
-}
-
 struct SeedEntry {
     session: Arc<Session>,
     path: String,
     magnet: String,
+}
+
+impl Seeded for SeedEntry {
+    fn info(&self, id: &str) -> SeedInfo {
+        SeedInfo {
+            id: id.into(),
+            path: self.path.clone().into(),
+            identifiers: RVec::from(vec![RString::from(self.magnet.clone())]),
+            bytes_served: self.session.uploaded(),
+        }
+    }
 }
 
 /// The plugin.
@@ -177,11 +164,8 @@ pub struct BitTorrentPlugin {
     runtime: PluginRuntime,
     shared: Arc<Shared>,
     options: Opts,
-    seeds: Mutex<HashMap<String, SeedEntry>>,
-}
-
-fn worker_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
+    /// Seeds by info hash (hex).
+    seeds: SeedTable<SeedEntry>,
 }
 
 impl Plugin for BitTorrentPlugin {
@@ -201,11 +185,10 @@ impl Plugin for BitTorrentPlugin {
     }
 
     fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
-        let runtime = PluginRuntime::new("bittorrent", worker_threads())
-            .map_err(|e| PluginError::other(format!("cannot start the bittorrent plugin's runtime: {e}")))?;
-        let options = Opts(config.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect());
+        let options = Opts::from_abi(&config.options);
+        let runtime = PluginRuntime::for_plugin("bittorrent", &options)?;
         let ip: IpAddr = config.listen_addr.as_str().parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let want_port = options.num("port")?.map(|p| p as u16).unwrap_or(config.listen_port);
+        let want_port = options.get_port("port")?.unwrap_or(config.listen_port);
         let std_listener = std::net::TcpListener::bind((ip, want_port))
             .or_else(|e| {
                 if want_port != 0 {
@@ -236,9 +219,9 @@ impl Plugin for BitTorrentPlugin {
             None
         } else {
             let cfg = dht::DhtConfig::from_options(
-                &options.all("dht_bootstrap"),
+                &options.get_all("dht_bootstrap"),
                 config.listen_addr.as_str(),
-                options.num("dht_port")?,
+                options.get_port("dht_port")?.map(u64::from),
             )
             .map_err(PluginError::invalid)?;
             Some(Arc::new(dht::DhtNode::new(cfg, events.clone())))
@@ -247,7 +230,7 @@ impl Plugin for BitTorrentPlugin {
         if let Some(note) = note {
             events.warn(format!("bittorrent: {note}"));
         }
-        if options.last("chiral_peer_id").is_some() {
+        if options.contains("chiral_peer_id") {
             events.warn("bittorrent: option chiral_peer_id ignored (the Chiral peer id comes from the node key)");
         }
         let identity = Arc::new(identity);
@@ -260,9 +243,9 @@ impl Plugin for BitTorrentPlugin {
             http,
             key: random_u32(),
             identity,
-            reputation: options.num("reputation")?.map(|r| r.min(1000) as i64).unwrap_or(500),
-            wallet: options.last("wallet").filter(|w| !w.is_empty()),
-            payment_threshold: options.num("payment_threshold")?.unwrap_or(1 << 20).max(1),
+            reputation: options.get_u64_in("reputation", 0..=1000)?.map(|r| r as i64).unwrap_or(500),
+            wallet: options.get_str("wallet").map(str::to_string),
+            payment_threshold: options.get_bytes("payment_threshold")?.unwrap_or(1 << 20).max(1),
             runtime: handle.clone(),
             dht,
             sessions: Mutex::new(HashMap::new()),
@@ -273,7 +256,7 @@ impl Plugin for BitTorrentPlugin {
         };
         let weak = Arc::downgrade(&shared);
         handle.spawn(listen(listener, weak, events.clone()));
-        Ok(Self { runtime, shared, options, seeds: Mutex::new(HashMap::new()) })
+        Ok(Self { runtime, shared, options, seeds: SeedTable::new() })
     }
 
     fn runtime(&self) -> tokio::runtime::Handle {
@@ -313,20 +296,14 @@ impl Plugin for BitTorrentPlugin {
     }
 
     fn list_seeds(&self) -> Vec<SeedInfo> {
-        let seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
-        seeds.iter().map(|(id, s)| seed_info(id, s)).collect()
+        self.seeds.list()
     }
 
     fn stop_seed(&self, id: &str) -> Result<(), PluginError> {
-        let removed = self.seeds.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-        match removed {
-            Some(s) => {
-                let _entered = self.runtime.handle().enter();
-                s.session.stop();
-                Ok(())
-            }
-            None => Err(PluginError::not_found(format!("no seed {id}"))),
-        }
+        let s = self.seeds.remove(id)?;
+        let _entered = self.runtime.handle().enter();
+        s.session.stop();
+        Ok(())
     }
 
     fn command(self: Arc<Self>, name: String, args: Vec<(String, String)>, _events: Events) -> BoxFut<String> {
@@ -341,9 +318,10 @@ impl Plugin for BitTorrentPlugin {
                 "info_dict" => {
                     let want = args.iter().find(|(k, _)| k == "info_hash").map(|(_, v)| v.to_ascii_lowercase());
                     let want = want.ok_or_else(|| PluginError::invalid("info_dict needs info_hash"))?;
-                    let seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
-                    let dict = seeds
-                        .values()
+                    let dict = self
+                        .seeds
+                        .all()
+                        .into_iter()
                         .filter(|s| hex::encode(s.session.info_hash) == want)
                         .find_map(|s| s.session.meta().map(|m| hex::encode(&m.info_bytes)));
                     let dict = dict.ok_or_else(|| PluginError::not_found(format!("no seed with info hash {want}")))?;
@@ -389,30 +367,21 @@ impl Plugin for BitTorrentPlugin {
 /// Most web seeds handed to a host as sources of their own (a torrent may list hundreds).
 const MAX_HOST_WEB_SEEDS: usize = 8;
 
-fn seed_info(id: &str, s: &SeedEntry) -> SeedInfo {
-    SeedInfo {
-        id: id.into(),
-        path: s.path.clone().into(),
-        identifiers: RVec::from(vec![RString::from(s.magnet.clone())]),
-        bytes_served: s.session.uploaded(),
-    }
-}
-
 fn create_options(opts: &Opts) -> Result<CreateOptions, PluginError> {
     Ok(CreateOptions {
-        trackers: opts.all("tracker"),
-        web_seeds: opts.all("web_seed"),
-        http_seeds: opts.all("http_seed"),
-        piece_size: opts.num("piece_size")?,
-        private: opts.flag("private"),
-        name: opts.last("name").filter(|n| !n.is_empty()),
-        reuse_sibling: opts.last("reuse_torrent").is_none_or(|v| !matches!(v.as_str(), "false" | "0" | "no")),
+        trackers: opts.get_all("tracker"),
+        web_seeds: opts.get_all("web_seed"),
+        http_seeds: opts.get_all("http_seed"),
+        piece_size: opts.get_bytes("piece_size")?,
+        private: opts.flag("private")?,
+        name: opts.get_str("name").map(str::to_string),
+        reuse_sibling: opts.get_bool("reuse_torrent")?.unwrap_or(true),
     })
 }
 
 async fn create_command(opts: Opts) -> Result<String, PluginError> {
-    let path = opts.last("path").ok_or_else(|| PluginError::invalid("create needs path"))?;
-    let output = opts.last("output").ok_or_else(|| PluginError::invalid("create needs output"))?;
+    let path = opts.get_str("path").ok_or_else(|| PluginError::invalid("create needs path"))?.to_string();
+    let output = opts.get_str("output").ok_or_else(|| PluginError::invalid("create needs output"))?.to_string();
     let co = create_options(&opts)?;
     let p = PathBuf::from(&path);
     let (meta, bytes) = tokio::task::spawn_blocking(move || metainfo::build(&p, &co))
@@ -468,7 +437,7 @@ impl BitTorrentPlugin {
         }
         let lower = id.to_ascii_lowercase();
         if lower.starts_with("magnet:") {
-            return magnet::parse_magnet_uri(id).map(Torrent::Magnet).map_err(PluginError::invalid);
+            return Ok(Torrent::Magnet(magnet::Magnet::parse(id)?));
         }
         if lower.starts_with("http://") || lower.starts_with("https://") {
             let path_part = lower.split(['?', '#']).next().unwrap_or_default();
@@ -534,35 +503,46 @@ impl BitTorrentPlugin {
         web_fallback: bool,
         events: Events,
     ) -> Result<Arc<SwarmSource>, PluginError> {
-        let (info_hash, meta, mut trackers, peers, name_hint, web_seed_urls) = match torrent {
-            Torrent::File(m) => {
-                (m.info_hash, Some(Arc::new(m.clone())), m.trackers.clone(), Vec::new(), None, m.web_seeds.clone())
-            }
+        let (info_hash, meta, mut trackers, mut peers, peer_names, web_seed_urls) = match torrent {
+            Torrent::File(m) => (
+                m.info_hash,
+                Some(Arc::new(m.clone())),
+                m.trackers.clone(),
+                Vec::new(),
+                Vec::new(),
+                m.web_seeds.clone(),
+            ),
             Torrent::Magnet(mg) => (
                 mg.info_hash,
                 None,
                 mg.trackers.iter().map(|t| vec![t.clone()]).collect(),
                 mg.peers.clone(),
-                mg.name.clone(),
+                mg.peer_names.clone(),
                 mg.web_seeds.clone(),
             ),
         };
+        // `x.pe` peers given by name (at most MAX_DIRECT_PEERS): one address each.
+        for name in peer_names {
+            let found = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(name)).await;
+            if let Ok(Ok(mut addrs)) = found {
+                peers.extend(addrs.next());
+            }
+        }
         let web_seed_urls: Vec<String> = web_seed_urls
             .into_iter()
-            .chain(opts.all("web_seed"))
+            .chain(opts.get_all("web_seed"))
             .filter(|u| {
                 let l = u.to_ascii_lowercase();
                 l.starts_with("http://") || l.starts_with("https://")
             })
             .collect();
-        let _ = name_hint;
-        for t in opts.all("tracker") {
+        for t in opts.get_all("tracker") {
             trackers.push(vec![t]);
         }
         let session = Session::new(self.shared.clone(), info_hash, meta, trackers.clone(), Mode::Leech, events.clone());
         self.shared.register(&session);
         let guard = StopOnDrop(session.clone());
-        for p in peers.iter().copied().chain(opts.all("peer").iter().filter_map(|p| p.parse().ok())) {
+        for p in peers.iter().copied().chain(opts.get_all("peer").iter().filter_map(|p| p.parse().ok())) {
             session.connect(p);
         }
         if !trackers.is_empty() {
@@ -616,10 +596,10 @@ impl BitTorrentPlugin {
             .await
             .map_err(|e| PluginError::other(format!("hashing task: {e}")))??;
         let id = meta.info_hash_hex();
-        if let Some(s) = self.seeds.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
-            return Ok(seed_info(&id, s));
+        if let Some(s) = self.seeds.get(&id) {
+            return Ok(s.info(&id));
         }
-        let trackers: Vec<String> = opts.all("tracker");
+        let trackers: Vec<String> = opts.get_all("tracker");
         meta.trackers = trackers.iter().map(|t| vec![t.clone()]).collect();
         let storage = storage::Storage::open(&meta, &metainfo::disk_paths(&meta, &p))?;
         let meta = Arc::new(meta);
@@ -641,13 +621,8 @@ impl BitTorrentPlugin {
             self.shared.advertise_host.clone()
         };
         let mut magnet = meta.magnet();
-        let pe = if host.contains(':') {
-            format!("[{host}]:{}", self.shared.port)
-        } else {
-            format!("{host}:{}", self.shared.port)
-        };
         magnet.push_str("&x.pe=");
-        magnet.push_str(&magnet::percent_encode(pe.as_bytes()));
+        magnet.push_str(&magnet::percent_encode(magnet::host_port(&host, self.shared.port).as_bytes()));
         session.spawn(tokio::spawn(session.clone().tick_loop()));
         let dht = match &self.shared.dht {
             Some(dht) if !meta.private => {
@@ -671,9 +646,15 @@ impl BitTorrentPlugin {
             self.shared.port
         ));
         let entry = SeedEntry { session, path: path.to_string(), magnet };
-        let info = seed_info(&id, &entry);
-        self.seeds.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry);
-        Ok(info)
+        match self.seeds.try_insert(&id, entry) {
+            Ok(s) => Ok(s.info(&id)),
+            // The same content seeded twice at once: the first one serves.
+            Err((there, refused)) => {
+                refused.session.stop();
+                self.shared.register(&there.session);
+                Ok(there.info(&id))
+            }
+        }
     }
 
     /// The port peers reach this plugin on.

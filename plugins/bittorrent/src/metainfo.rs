@@ -114,7 +114,10 @@ impl TorrentMetadata {
     }
     /// A magnet link with `dn` and one `tr` per tracker.
     pub fn magnet(&self) -> String {
-        crate::magnet::make_magnet(&self.info_hash, Some(&self.name), &self.tracker_urls())
+        let mut m = crate::magnet::Magnet::new(self.info_hash);
+        m.name = Some(self.name.clone());
+        m.trackers = self.tracker_urls();
+        m.to_uri()
     }
 }
 

@@ -24,8 +24,12 @@ pub mod wire;
 use std::{path::Path, sync::Arc, time::Duration};
 
 use chiral_sdk::{
-    capability, engine, plugin::BoxFut, runtime::PluginRuntime, DownloadOutcome, DownloadRequest, Events, HostConfig,
-    PieceSource, Plugin, PluginDescriptor, PluginError, SeedInfo, SeedRequest, SourceBytes,
+    capability, engine,
+    options::{parse_size, Opts},
+    plugin::BoxFut,
+    runtime::PluginRuntime,
+    DownloadOutcome, DownloadRequest, Events, HostConfig, PieceSource, Plugin, PluginDescriptor, PluginError, SeedInfo,
+    SeedRequest, SourceBytes,
 };
 use serde_json::json;
 
@@ -42,10 +46,6 @@ pub struct ChiralPlugin {
     config: HostConfig,
     events: Events,
     node: tokio::sync::OnceCell<Node>,
-}
-
-fn worker_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
 }
 
 /// What an identifier names: a content id, or a magnet's info hash to resolve through
@@ -65,7 +65,7 @@ fn target_of(identifier: &str) -> Result<Target, PluginError> {
         }
     }
     Err(PluginError::unsupported(format!(
-        "not a Chiral content id (chiral:<64 hex>) nor a magnet with a hex info hash: {}",
+        "not a Chiral content id (chiral:<64 hex>) nor a magnet with a btih info hash: {}",
         identifier.chars().take(80).collect::<String>()
     )))
 }
@@ -99,27 +99,12 @@ impl ChiralPlugin {
         if !meta.is_file() {
             return Err(PluginError::invalid(format!("{}: the Chiral network seeds single files", path.display())));
         }
-        let mut info_hash = None;
-        let mut info_dict = None;
-        let mut mirrors = Vec::new();
-        let mut upload_rate = None;
-        for t in request.options.iter() {
-            match t.0.as_str() {
-                "info_hash" => {
-                    info_hash = Some(records::parse_info_hash(t.1.as_str()).ok_or_else(|| {
-                        PluginError::invalid(format!("info_hash {:?} is not 40 hex digits", t.1.as_str()))
-                    })?)
-                }
-                "info_dict" => info_dict = Some(t.1.to_string()),
-                "mirror" => mirrors.push(t.1.to_string()),
-                "upload_rate" => {
-                    upload_rate = Some(seed::parse_rate(t.1.as_str()).ok_or_else(|| {
-                        PluginError::invalid(format!("upload_rate {:?}: bytes per second, e.g. 16M", t.1.as_str()))
-                    })?)
-                }
-                _ => {}
-            }
-        }
+        let opts = Opts::from_abi(&request.options);
+        let info_hash = opts.get_with("info_hash", "40 hex digits", records::parse_info_hash)?;
+        let info_dict = opts.get_str("info_dict").map(str::to_string);
+        let mirrors = opts.get_all("mirror");
+        let upload_rate =
+            opts.get_with("upload_rate", "bytes per second, e.g. 16M", |v| parse_size(v).filter(|n| *n > 0))?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
         let hashing = path.clone();
         let (leaves, size) = tokio::task::spawn_blocking(move || seed::hash_file(&hashing))
@@ -266,8 +251,7 @@ impl Plugin for ChiralPlugin {
     }
 
     fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
-        let runtime = PluginRuntime::new("chiral", worker_threads())
-            .map_err(|e| PluginError::other(format!("cannot start the chiral plugin's runtime: {e}")))?;
+        let runtime = PluginRuntime::for_plugin("chiral", &Opts::from_abi(&config.options))?;
         Ok(Self { runtime, config, events, node: tokio::sync::OnceCell::new() })
     }
 
@@ -503,7 +487,12 @@ mod tests {
             target_of("magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567"),
             Ok(Target::InfoHash(_))
         ));
-        assert!(target_of("magnet:?xt=urn:btih:ABCDEFGHIJKLMNOPQRSTUVWXYZ234567").is_err());
+        // A base32 info hash is looked up by its hex form.
+        match target_of("magnet:?xt=urn:btih:CIMUQ2LKNJ2G64TJMVZGC3DVNZSXE5DF") {
+            Ok(Target::InfoHash(ih)) => assert_eq!(ih, "121948696a6a746f72696572616c756e65727465"),
+            _ => panic!("base32 magnet"),
+        }
+        assert!(target_of("magnet:?xt=urn:btih:ABCDEFGHIJKLMNOPQRSTUVWXYZ23456").is_err());
         assert!(target_of("http://x").is_err());
         assert!(target_of("").is_err());
     }

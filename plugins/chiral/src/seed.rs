@@ -125,18 +125,6 @@ impl Pacer {
     }
 }
 
-/// `upload_rate` values: bytes per second, with an optional K/M/G suffix (powers of 1024).
-pub fn parse_rate(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let (num, mult) = match t.char_indices().last()? {
-        (i, 'k' | 'K') => (&t[..i], 1u64 << 10),
-        (i, 'm' | 'M') => (&t[..i], 1 << 20),
-        (i, 'g' | 'G') => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    num.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).filter(|n| *n > 0)
-}
-
 impl SeedEntry {
     pub fn open(
         path: &Path,
@@ -192,13 +180,7 @@ impl SeedEntry {
 mod tests {
     #[test]
     fn rates_and_pacing() {
-        use super::{parse_rate, Pacer};
-        assert_eq!(parse_rate("1000"), Some(1000));
-        assert_eq!(parse_rate("16M"), Some(16 << 20));
-        assert_eq!(parse_rate("2k"), Some(2048));
-        assert_eq!(parse_rate("0"), None);
-        assert_eq!(parse_rate("fast"), None);
-        assert_eq!(parse_rate("99999999999G"), None);
+        use super::Pacer;
         let p = Pacer::new(1 << 20);
         assert_eq!(p.reserve(1 << 19), std::time::Duration::ZERO);
         let wait = p.reserve(1 << 19);

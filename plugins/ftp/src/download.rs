@@ -15,6 +15,7 @@ use std::{
 use chiral_sdk::{
     abi_stable::std_types::{RString, RVec},
     engine::{self, safe_name, safe_relative},
+    options::Opts,
     resume::part_path,
     DownloadOutcome, DownloadRequest, Events, PieceSource, PluginError, SourceBytes,
 };
@@ -39,8 +40,7 @@ pub async fn download(
     request: DownloadRequest,
     events: Events,
 ) -> Result<DownloadOutcome, PluginError> {
-    let options: Vec<(String, String)> = request.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
-    let target = settings.target(&request.identifier, &options)?;
+    let target = settings.target(&request.identifier, &Opts::from_abi(&request.options))?;
     let tls = settings.tls_for(&target)?;
     let out_dir = PathBuf::from(request.out_dir.as_str());
     let source = source::open(target, tls, &events).await?;

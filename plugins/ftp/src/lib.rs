@@ -14,7 +14,7 @@
 //! `user` / `password` (config `[plugins.ftp]`), else `CHIRAL_FTP_USER` / `CHIRAL_FTP_PASSWORD`,
 //! else the anonymous login. The password never appears in a message or a label ([`target`]).
 //! `ftps://` trusts the platform's roots plus the PEM file of the option `ca_file` (or
-//! `CHIRAL_FTP_CA_FILE`).
+//! `CHIRAL_FTP_CA_FILE`). The option `threads` sizes the plugin's runtime.
 //!
 //! Everything runs on the plugin's own tokio runtime; the SDK adapter spawns every future there.
 
@@ -28,8 +28,8 @@ pub mod target;
 use std::sync::Arc;
 
 use chiral_sdk::{
-    capability, plugin::BoxFut, runtime::PluginRuntime, DownloadOutcome, DownloadRequest, Events, HostConfig,
-    PieceSource, Plugin, PluginDescriptor, PluginError, SeedInfo, SeedRequest,
+    capability, options::Opts, plugin::BoxFut, runtime::PluginRuntime, DownloadOutcome, DownloadRequest, Events,
+    HostConfig, PieceSource, Plugin, PluginDescriptor, PluginError, SeedInfo, SeedRequest,
 };
 use suppaftp::tokio_rustls::rustls::ClientConfig;
 
@@ -41,7 +41,7 @@ pub const ENV_CA_FILE: &str = "CHIRAL_FTP_CA_FILE";
 /// Settings every call shares: the configured credentials and the TLS client setup.
 pub struct Settings {
     /// The plugin's options (from the host's config file).
-    options: Vec<(String, String)>,
+    options: Opts,
     env: fn(&str) -> Option<String>,
     tls: conn::TlsSettings,
 }
@@ -51,12 +51,10 @@ fn real_env(key: &str) -> Option<String> {
 }
 
 impl Settings {
-    pub fn new(options: Vec<(String, String)>, env: fn(&str) -> Option<String>) -> Self {
+    pub fn new(options: Opts, env: fn(&str) -> Option<String>) -> Self {
         let ca_file = options
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "ca_file")
-            .map(|(_, v)| v.clone())
+            .get_str("ca_file")
+            .map(str::to_string)
             .or_else(|| env(ENV_CA_FILE))
             .filter(|v| !v.trim().is_empty());
         Self { options, env, tls: conn::TlsSettings::new(ca_file) }
@@ -64,9 +62,8 @@ impl Settings {
 
     /// Parses `identifier` with the credentials of `extra` (a request's options), then the
     /// plugin's options, then the environment.
-    pub fn target(&self, identifier: &str, extra: &[(String, String)]) -> Result<Target, PluginError> {
-        let mut options = self.options.clone();
-        options.extend(extra.iter().cloned());
+    pub fn target(&self, identifier: &str, extra: &Opts) -> Result<Target, PluginError> {
+        let options = self.options.merged_with(extra);
         Target::parse(identifier, &Defaults::from_options_and_env(&options, self.env))
     }
 
@@ -89,11 +86,6 @@ pub struct FtpPlugin {
     seeder: seed::Seeder,
 }
 
-/// Worker threads of the plugin's runtime: I/O bound work, so a few are plenty.
-fn worker_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
-}
-
 impl Plugin for FtpPlugin {
     fn descriptor() -> PluginDescriptor {
         PluginDescriptor::new("ftp", env!("CARGO_PKG_VERSION"))
@@ -106,9 +98,8 @@ impl Plugin for FtpPlugin {
     }
 
     fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
-        let runtime = PluginRuntime::new("ftp", worker_threads())
-            .map_err(|e| PluginError::other(format!("cannot start the ftp plugin's runtime: {e}")))?;
-        let options = config.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
+        let options = Opts::from_abi(&config.options);
+        let runtime = PluginRuntime::for_plugin("ftp", &options)?;
         let settings = Arc::new(Settings::new(options, real_env));
         let seeder = seed::Seeder::new(&config, events);
         Ok(Self { runtime, settings, seeder })
@@ -124,8 +115,7 @@ impl Plugin for FtpPlugin {
 
     fn seed(self: Arc<Self>, request: SeedRequest, events: Events) -> BoxFut<SeedInfo> {
         Box::pin(async move {
-            let options: Vec<(String, String)> =
-                request.options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
+            let options = Opts::from_abi(&request.options);
             self.seeder.seed(&self.settings, &request.path, &options, &events).await
         })
     }
@@ -140,7 +130,7 @@ impl Plugin for FtpPlugin {
 
     fn open_source(self: Arc<Self>, identifier: String, events: Events) -> BoxFut<Arc<dyn PieceSource>> {
         Box::pin(async move {
-            let target = self.settings.target(&identifier, &[])?;
+            let target = self.settings.target(&identifier, &Opts::default())?;
             let tls = self.settings.tls_for(&target)?;
             let source = source::open(target, tls, &events).await?;
             Ok(Arc::new(source) as Arc<dyn PieceSource>)

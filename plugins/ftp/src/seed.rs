@@ -7,7 +7,6 @@
 //! server (`STOR`) and the URL it can be fetched from is returned.
 
 use std::{
-    collections::HashMap,
     fmt::Debug,
     hash::{BuildHasher as _, Hasher as _},
     io,
@@ -17,14 +16,18 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, RwLock,
+        Arc,
     },
     task::{Context, Poll},
     time::SystemTime,
 };
 
 use async_trait::async_trait;
-use chiral_sdk::{Events, HostConfig, PluginError, SeedInfo};
+use chiral_sdk::{
+    options::Opts,
+    seeds::{check_file, listen_host, url_host, SeedTable, Seeded},
+    Events, HostConfig, PluginError, SeedInfo,
+};
 use libunftp::ServerBuilder;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
@@ -52,8 +55,6 @@ const COPY_CHUNK: usize = 1 << 20;
 /// One seeded (or uploaded) file.
 struct Seed {
     id: String,
-    /// Creation order, so listings are stable.
-    seq: u64,
     path: PathBuf,
     /// Where it is served in the virtual folder: `name`, or `<id>/name` when another seed has
     /// the name already. `None` for an upload (served elsewhere).
@@ -66,18 +67,16 @@ struct Seed {
     bytes_served: AtomicU64,
 }
 
-impl Seed {
-    fn info(&self) -> SeedInfo {
+impl Seeded for Seed {
+    fn info(&self, id: &str) -> SeedInfo {
         SeedInfo {
-            id: self.id.as_str().into(),
+            id: id.into(),
             path: self.path.to_string_lossy().into_owned().into(),
             identifiers: vec![self.url.as_str().into()].into(),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
         }
     }
 }
-
-type SeedTable = RwLock<HashMap<String, Arc<Seed>>>;
 
 /// Where the server listens and how its URLs are written.
 struct Bound {
@@ -90,9 +89,8 @@ pub struct Seeder {
     listen_addr: String,
     listen_port: u16,
     advertise_host: String,
-    seeds: Arc<SeedTable>,
+    seeds: Arc<SeedTable<Seed>>,
     server: OnceCell<Bound>,
-    next_seq: AtomicU64,
     events: Events,
 }
 
@@ -102,9 +100,8 @@ impl Seeder {
             listen_addr: config.listen_addr.trim().to_string(),
             listen_port: config.listen_port,
             advertise_host: config.advertise_host.trim().to_string(),
-            seeds: Arc::new(RwLock::new(HashMap::new())),
+            seeds: Arc::new(SeedTable::new()),
             server: OnceCell::new(),
-            next_seq: AtomicU64::new(0),
             events,
         }
     }
@@ -115,46 +112,40 @@ impl Seeder {
         &self,
         settings: &Settings,
         path: &str,
-        options: &[(String, String)],
+        options: &Opts,
         events: &Events,
     ) -> Result<SeedInfo, PluginError> {
         let path = check_file(path).await?;
-        if let Some((_, dest)) = options.iter().rev().find(|(k, _)| k == "ftp_upload") {
+        if let Some(dest) = options.get_str("ftp_upload") {
             return self.upload(settings, &path, dest, options, events).await;
         }
-        if let Some(existing) = self.find_served(&path) {
-            return Ok(existing.info());
+        let served = |s: &Seed| s.path == path && s.vpath.is_some();
+        if let Some((id, existing)) = self.seeds.find_entry(served) {
+            return Ok(existing.info(&id));
         }
         let bound = self.server.get_or_try_init(|| self.start()).await?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
         let fs = Filesystem::new(&dir).map_err(|e| PluginError::io(format!("{}: {e}", dir.display())))?;
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let seed = {
-            let mut seeds = self.seeds.write().unwrap_or_else(|p| p.into_inner());
-            // Checked again under the write lock: two seeds of one path may race here.
-            if let Some(existing) = seeds.values().find(|s| s.path == path && s.vpath.is_some()) {
-                return Ok(existing.info());
-            }
-            let id = unique_id(&seeds, seq);
-            let taken = seeds.values().any(|s| s.vpath.as_deref() == Some(name.as_str()) || s.id == name);
+        // Checked again under the table's lock: two seeds of one path may race here.
+        let (id, seed, new) = self.seeds.insert_new(served, |id, others| {
+            let taken = Iterator::any(&mut &mut *others, |s| s.vpath.as_deref() == Some(name.as_str()) || s.id == name);
             let vpath = if taken { format!("{id}/{name}") } else { name.clone() };
             let url = format!("ftp://{}/{}", bound.authority, encode_path(&vpath));
-            let seed = Arc::new(Seed {
-                id: id.clone(),
-                seq,
-                path,
+            Seed {
+                id: id.to_string(),
+                path: path.clone(),
                 vpath: Some(vpath),
                 disk_name: name,
                 fs: Some(Arc::new(fs)),
                 url,
                 bytes_served: AtomicU64::new(0),
-            });
-            seeds.insert(id, seed.clone());
-            seed
-        };
-        events.info(format!("seeding {} at {}", seed.path.display(), seed.url));
-        Ok(seed.info())
+            }
+        });
+        if new {
+            events.info(format!("seeding {} at {}", seed.path.display(), seed.url));
+        }
+        Ok(seed.info(&id))
     }
 
     /// `STOR`s `path` into the folder (or as the file) `dest` names; the seed records where.
@@ -163,7 +154,7 @@ impl Seeder {
         settings: &Settings,
         path: &Path,
         dest: &str,
-        options: &[(String, String)],
+        options: &Opts,
         events: &Events,
     ) -> Result<SeedInfo, PluginError> {
         let target = settings.target(dest, options)?;
@@ -178,66 +169,38 @@ impl Seeder {
         let sent = conn.store(path, &remote).await?;
         conn.quit().await;
         let url = upload_url(&target, &remote);
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let seed = {
-            let mut seeds = self.seeds.write().unwrap_or_else(|p| p.into_inner());
-            let id = unique_id(&seeds, seq);
-            let seed = Arc::new(Seed {
-                id: id.clone(),
-                seq,
+        let (id, seed, _) = self.seeds.insert_new(
+            |_| false,
+            |id, _| Seed {
+                id: id.to_string(),
                 path: path.to_path_buf(),
                 vpath: None,
                 disk_name: name,
                 fs: None,
                 url,
                 bytes_served: AtomicU64::new(sent),
-            });
-            seeds.insert(id, seed.clone());
-            seed
-        };
+            },
+        );
         events.info(format!("uploaded {} ({sent} bytes) to {}", seed.path.display(), seed.url));
-        Ok(seed.info())
+        Ok(seed.info(&id))
     }
 
     pub fn list(&self) -> Vec<SeedInfo> {
-        let seeds = self.seeds.read().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<&Arc<Seed>> = seeds.values().collect();
-        all.sort_by_key(|s| s.seq);
-        all.into_iter().map(|s| s.info()).collect()
+        self.seeds.list()
     }
 
     /// Stops serving seed `id`: its URL answers 550 from now on (transfers already under way
     /// finish).
     pub fn stop(&self, id: &str) -> Result<(), PluginError> {
-        let removed = self.seeds.write().unwrap_or_else(|p| p.into_inner()).remove(id);
-        match removed {
-            Some(seed) => {
-                self.events.info(format!("stopped seeding {}", seed.path.display()));
-                Ok(())
-            }
-            None => Err(PluginError::not_found(format!(
-                "no seed {}",
-                id.chars().filter(|c| !c.is_control()).take(80).collect::<String>()
-            ))),
-        }
-    }
-
-    fn find_served(&self, path: &Path) -> Option<Arc<Seed>> {
-        self.seeds
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .find(|s| s.path == path && s.vpath.is_some())
-            .cloned()
+        let seed = self.seeds.remove(id)?;
+        self.events.info(format!("stopped seeding {}", seed.path.display()));
+        Ok(())
     }
 
     /// Binds the control port and spawns the accept loop (on the runtime this is called from:
     /// the plugin's own).
     async fn start(&self) -> Result<Bound, PluginError> {
-        let host = match self.listen_addr.trim_start_matches('[').trim_end_matches(']') {
-            "" => "0.0.0.0",
-            h => h,
-        };
+        let host = listen_host(&self.listen_addr);
         let listener = TcpListener::bind((host, self.listen_port))
             .await
             .map_err(|e| PluginError::io(format!("cannot listen on {host} port {}: {e}", self.listen_port)))?;
@@ -276,57 +239,12 @@ fn upload_url(target: &Target, remote: &str) -> String {
     }
 }
 
-/// The path as an absolute path to an existing regular file.
-async fn check_file(path: &str) -> Result<PathBuf, PluginError> {
-    if path.is_empty() {
-        return Err(PluginError::invalid("no file given to seed"));
-    }
-    let meta = tokio::fs::metadata(path).await.map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => PluginError::not_found(format!("no such file: {path}")),
-        _ => PluginError::io(format!("{path}: {e}")),
-    })?;
-    if !meta.is_file() {
-        return Err(PluginError::invalid(format!("{path} is not a regular file")));
-    }
-    std::path::absolute(path).map_err(|e| PluginError::io(format!("{path}: {e}")))
-}
-
-/// The host part of seed URLs: the advertised name, else the bound address, else loopback when
-/// bound to every address (which has no single address to print).
-pub fn url_host(advertise: &str, bound: IpAddr) -> String {
-    let host = if !advertise.is_empty() {
-        advertise.to_string()
-    } else if bound.is_unspecified() {
-        match bound {
-            IpAddr::V4(_) => "127.0.0.1".to_string(),
-            IpAddr::V6(_) => "::1".to_string(),
-        }
-    } else {
-        bound.to_string()
-    };
-    if host.parse::<std::net::Ipv6Addr>().is_ok() {
-        format!("[{host}]")
-    } else {
-        host
-    }
-}
-
 fn random_u64(seed: u64) -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(seed);
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     h.write_u128(nanos);
     h.finish()
-}
-
-/// A short id that is hard to guess and unused in `seeds`.
-fn unique_id(seeds: &HashMap<String, Arc<Seed>>, seq: u64) -> String {
-    loop {
-        let id = format!("{:010x}", random_u64(seq) & 0xff_ffff_ffff);
-        if !seeds.contains_key(&id) {
-            return id;
-        }
-    }
 }
 
 /// `width` consecutive ports that are free on `ip` right now, for passive data connections
@@ -342,7 +260,7 @@ pub fn free_port_range(ip: IpAddr, width: u16) -> RangeInclusive<u16> {
     49_152..=65_535
 }
 
-async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable>, passive: RangeInclusive<u16>, events: Events) {
+async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable<Seed>>, passive: RangeInclusive<u16>, events: Events) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
@@ -375,7 +293,7 @@ async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable>, passive: Rang
 /// The virtual folder of seeded files, read-only.
 #[derive(Debug)]
 pub struct SeedFs {
-    seeds: Arc<SeedTable>,
+    seeds: Arc<SeedTable<Seed>>,
 }
 
 impl Debug for Seed {
@@ -453,8 +371,8 @@ fn read_only() -> StorageError {
 impl SeedFs {
     fn resolve(&self, path: &Path) -> Option<Node> {
         let parts = components(path);
-        let seeds = self.seeds.read().unwrap_or_else(|p| p.into_inner());
-        let served = || seeds.values().filter(|s| s.vpath.is_some());
+        let seeds = self.seeds.all();
+        let served = || seeds.iter().filter(|s| s.vpath.is_some());
         match parts.as_slice() {
             [] => Some(Node::Root),
             [one] => served()
@@ -526,24 +444,23 @@ impl StorageBackend<DefaultUser> for SeedFs {
         let node = self
             .resolve(path.as_ref())
             .ok_or_else(|| StorageError::from(StorageErrorKind::PermanentDirectoryNotAvailable))?;
-        let mut listed: Vec<(u64, String, Option<Arc<Seed>>)> = Vec::new();
+        // In the order the seeds were added.
+        let mut listed: Vec<(String, Option<Arc<Seed>>)> = Vec::new();
         match node {
             Node::Root => {
-                let seeds = self.seeds.read().unwrap_or_else(|p| p.into_inner());
-                for s in seeds.values() {
+                for s in self.seeds.all() {
                     match s.vpath.as_deref() {
-                        Some(v) if v.contains('/') => listed.push((s.seq, s.id.clone(), None)),
-                        Some(v) => listed.push((s.seq, v.to_string(), Some(s.clone()))),
+                        Some(v) if v.contains('/') => listed.push((s.id.clone(), None)),
+                        Some(v) => listed.push((v.to_string(), Some(s.clone()))),
                         None => {}
                     }
                 }
             }
-            Node::IdDir(s) => listed.push((s.seq, s.disk_name.clone(), Some(s.clone()))),
-            Node::File(s) => listed.push((s.seq, s.disk_name.clone(), Some(s.clone()))),
+            Node::IdDir(s) => listed.push((s.disk_name.clone(), Some(s.clone()))),
+            Node::File(s) => listed.push((s.disk_name.clone(), Some(s.clone()))),
         }
-        listed.sort_by_key(|l| l.0);
         let mut out = Vec::with_capacity(listed.len());
-        for (_, name, seed) in listed {
+        for (name, seed) in listed {
             let metadata = match seed {
                 Some(s) => match Self::file_meta(&s).await {
                     Ok(m) => m,
@@ -670,15 +587,6 @@ impl AsyncRead for Counting {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_hosts() {
-        assert_eq!(url_host("", "0.0.0.0".parse().unwrap()), "127.0.0.1");
-        assert_eq!(url_host("", "::".parse().unwrap()), "[::1]");
-        assert_eq!(url_host("", "192.168.1.5".parse().unwrap()), "192.168.1.5");
-        assert_eq!(url_host("seed.example", "0.0.0.0".parse().unwrap()), "seed.example");
-        assert_eq!(url_host("fe80::1", "0.0.0.0".parse().unwrap()), "[fe80::1]");
-    }
 
     #[test]
     fn client_paths_cannot_climb() {

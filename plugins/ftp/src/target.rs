@@ -4,7 +4,7 @@
 //! Paths follow curl's reading of RFC 1738: `ftp://host/a/b.bin` is `a/b.bin` relative to the
 //! login folder; `ftp://host//srv/b.bin` (or `%2F`) is the absolute `/srv/b.bin`.
 
-use chiral_sdk::{engine::safe_name, PluginError};
+use chiral_sdk::{engine::safe_name, options::Opts, PluginError};
 use percent_encoding::percent_decode_str;
 use url::Url;
 
@@ -37,15 +37,8 @@ impl std::fmt::Debug for Defaults {
 impl Defaults {
     /// Options (`user`, `password`) win over the environment (`CHIRAL_FTP_USER`,
     /// `CHIRAL_FTP_PASSWORD`); empty values count as absent.
-    pub fn from_options_and_env(options: &[(String, String)], env: impl Fn(&str) -> Option<String>) -> Self {
-        let opt = |key: &str| {
-            options
-                .iter()
-                .rev()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v.clone())
-                .filter(|v| !v.is_empty())
-        };
+    pub fn from_options_and_env(options: &Opts, env: impl Fn(&str) -> Option<String>) -> Self {
+        let opt = |key: &str| options.get_raw(key).map(str::to_string);
         Self {
             user: opt("user").or_else(|| env(ENV_USER).filter(|v| !v.is_empty())),
             password: opt("password").or_else(|| env(ENV_PASSWORD).filter(|v| !v.is_empty())),
@@ -327,12 +320,12 @@ mod tests {
             ENV_PASSWORD => Some("envpw".to_string()),
             _ => None,
         };
-        let d = Defaults::from_options_and_env(&[], env);
+        let d = Defaults::from_options_and_env(&Opts::default(), env);
         assert_eq!(d.user.as_deref(), Some("envuser"));
         let t = Target::parse("ftp://h/x", &d).unwrap();
         assert_eq!((t.user.as_str(), t.password.as_str()), ("envuser", "envpw"));
 
-        let opts = vec![("user".to_string(), "optuser".to_string()), ("password".to_string(), "optpw".to_string())];
+        let opts = Opts::from_pairs([("user", "optuser"), ("password", "optpw")]);
         let d = Defaults::from_options_and_env(&opts, env);
         assert_eq!((d.user.as_deref(), d.password.as_deref()), (Some("optuser"), Some("optpw")));
         assert!(!format!("{d:?}").contains("optpw"));

@@ -8,6 +8,9 @@
 //! - as a **seeder** (`seed`), it serves files from one built-in HTTP/1.1 server with byte
 //!   ranges, at `http://<host>:<port>/<seed-id>/<name>` ([`server`]).
 //!
+//! Options (config `[plugins.http]`): `threads` (the runtime's workers, see
+//! [`chiral_sdk::runtime::PluginRuntime::for_plugin`]).
+//!
 //! Everything runs on the plugin's own tokio runtime; the SDK adapter spawns every future there.
 
 pub mod client;
@@ -19,8 +22,8 @@ pub mod server;
 use std::sync::Arc;
 
 use chiral_sdk::{
-    capability, plugin::BoxFut, runtime::PluginRuntime, DownloadOutcome, DownloadRequest, Events, HostConfig,
-    PieceSource, Plugin, PluginDescriptor, PluginError, SeedInfo, SeedRequest,
+    capability, options::Opts, plugin::BoxFut, runtime::PluginRuntime, DownloadOutcome, DownloadRequest, Events,
+    HostConfig, PieceSource, Plugin, PluginDescriptor, PluginError, SeedInfo, SeedRequest,
 };
 
 /// The plugin: a runtime, one pooled HTTP client and the seed server.
@@ -30,11 +33,6 @@ pub struct HttpPlugin {
     runtime: PluginRuntime,
     client: reqwest::Client,
     seeder: server::Seeder,
-}
-
-/// Worker threads of the plugin's runtime: I/O bound work, so a few are plenty.
-fn worker_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
 }
 
 impl Plugin for HttpPlugin {
@@ -47,8 +45,7 @@ impl Plugin for HttpPlugin {
     }
 
     fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
-        let runtime = PluginRuntime::new("http", worker_threads())
-            .map_err(|e| PluginError::other(format!("cannot start the http plugin's runtime: {e}")))?;
+        let runtime = PluginRuntime::for_plugin("http", &Opts::from_abi(&config.options))?;
         // Anything the client builder sets up belongs to this runtime, not the caller's.
         let client = {
             let _entered = runtime.handle().enter();

@@ -5,26 +5,26 @@
 //! read-ahead, so a body never sits in memory whole and disk reads overlap socket writes.
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     fs::File,
     future::Future as _,
-    hash::{BuildHasher as _, Hasher as _},
     io,
-    net::IpAddr,
     os::unix::fs::FileExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, RwLock,
+        Arc,
     },
     task::{ready, Context, Poll},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use bytes::Bytes;
-use chiral_sdk::{Events, HostConfig, PluginError, SeedInfo};
+use chiral_sdk::{
+    seeds::{check_file, listen_host, url_host, SeedTable, Seeded},
+    Events, HostConfig, PluginError, SeedInfo,
+};
 use http_body_util::{Either, Empty, Full};
 use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
@@ -49,9 +49,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One seeded file.
 struct Seed {
-    id: String,
-    /// Creation order, so listings are stable.
-    seq: u64,
     path: PathBuf,
     /// The file name as served (decoded form of the URL's last segment).
     name: String,
@@ -59,18 +56,16 @@ struct Seed {
     bytes_served: AtomicU64,
 }
 
-impl Seed {
-    fn info(&self) -> SeedInfo {
+impl Seeded for Seed {
+    fn info(&self, id: &str) -> SeedInfo {
         SeedInfo {
-            id: self.id.as_str().into(),
+            id: id.into(),
             path: self.path.to_string_lossy().into_owned().into(),
             identifiers: vec![self.url.as_str().into()].into(),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
         }
     }
 }
-
-type SeedTable = RwLock<HashMap<String, Arc<Seed>>>;
 
 /// Where the server listens and how its URLs are written.
 struct Bound {
@@ -83,9 +78,8 @@ pub struct Seeder {
     listen_addr: String,
     listen_port: u16,
     advertise_host: String,
-    seeds: Arc<SeedTable>,
+    seeds: Arc<SeedTable<Seed>>,
     server: OnceCell<Bound>,
-    next_seq: AtomicU64,
     events: Events,
 }
 
@@ -95,9 +89,8 @@ impl Seeder {
             listen_addr: config.listen_addr.trim().to_string(),
             listen_port: config.listen_port,
             advertise_host: config.advertise_host.trim().to_string(),
-            seeds: Arc::new(RwLock::new(HashMap::new())),
+            seeds: Arc::new(SeedTable::new()),
             server: OnceCell::new(),
-            next_seq: AtomicU64::new(0),
             events,
         }
     }
@@ -105,62 +98,41 @@ impl Seeder {
     /// Starts serving `path` (a regular file); seeding the same path again returns the same seed.
     pub async fn seed(&self, path: &str, events: &Events) -> Result<SeedInfo, PluginError> {
         let path = check_file(path).await?;
-        if let Some(existing) = self.find_by_path(&path) {
-            return Ok(existing.info());
+        if let Some((id, existing)) = self.seeds.find_entry(|s| s.path == path) {
+            return Ok(existing.info(&id));
         }
         let bound = self.server.get_or_try_init(|| self.start()).await?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let seed = {
-            let mut seeds = self.seeds.write().unwrap_or_else(|p| p.into_inner());
-            // Checked again under the write lock: two seeds of one path may race here.
-            if let Some(existing) = seeds.values().find(|s| s.path == path) {
-                return Ok(existing.info());
-            }
-            let mut id = new_id(seq);
-            while seeds.contains_key(&id) {
-                id = new_id(seq);
-            }
-            let url = format!("http://{}/{}/{}", bound.authority, id, encode_segment(&name));
-            let seed = Arc::new(Seed { id: id.clone(), seq, path, name, url, bytes_served: AtomicU64::new(0) });
-            seeds.insert(id, seed.clone());
-            seed
-        };
-        events.info(format!("seeding {} at {}", seed.path.display(), seed.url));
-        Ok(seed.info())
+        // Checked again under the table's lock: two seeds of one path may race here.
+        let (id, seed, new) = self.seeds.insert_new(
+            |s| s.path == path,
+            |id, _| {
+                let url = format!("http://{}/{}/{}", bound.authority, id, encode_segment(&name));
+                Seed { path: path.clone(), name, url, bytes_served: AtomicU64::new(0) }
+            },
+        );
+        if new {
+            events.info(format!("seeding {} at {}", seed.path.display(), seed.url));
+        }
+        Ok(seed.info(&id))
     }
 
     pub fn list(&self) -> Vec<SeedInfo> {
-        let seeds = self.seeds.read().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<&Arc<Seed>> = seeds.values().collect();
-        all.sort_by_key(|s| s.seq);
-        all.into_iter().map(|s| s.info()).collect()
+        self.seeds.list()
     }
 
     /// Stops serving seed `id`; its URL answers 404 from now on (transfers already under way
     /// finish).
     pub fn stop(&self, id: &str) -> Result<(), PluginError> {
-        let removed = self.seeds.write().unwrap_or_else(|p| p.into_inner()).remove(id);
-        match removed {
-            Some(seed) => {
-                self.events.info(format!("stopped seeding {}", seed.path.display()));
-                Ok(())
-            }
-            None => Err(PluginError::not_found(format!("no seed {}", crate::names::shorten(id)))),
-        }
-    }
-
-    fn find_by_path(&self, path: &Path) -> Option<Arc<Seed>> {
-        self.seeds.read().unwrap_or_else(|p| p.into_inner()).values().find(|s| s.path == path).cloned()
+        let seed = self.seeds.remove(id)?;
+        self.events.info(format!("stopped seeding {}", seed.path.display()));
+        Ok(())
     }
 
     /// Binds the listener and spawns the accept loop (on the runtime this is called from: the
     /// plugin's own, as every plugin future runs there).
     async fn start(&self) -> Result<Bound, PluginError> {
-        let host = match self.listen_addr.trim_start_matches('[').trim_end_matches(']') {
-            "" => "0.0.0.0",
-            h => h,
-        };
+        let host = listen_host(&self.listen_addr);
         let listener = TcpListener::bind((host, self.listen_port))
             .await
             .map_err(|e| PluginError::io(format!("cannot listen on {host} port {}: {e}", self.listen_port)))?;
@@ -172,53 +144,7 @@ impl Seeder {
     }
 }
 
-/// The path as an absolute path to an existing regular file (symlinks are followed when read,
-/// not resolved, so the served name is the one the user gave).
-async fn check_file(path: &str) -> Result<PathBuf, PluginError> {
-    if path.is_empty() {
-        return Err(PluginError::invalid("no file given to seed"));
-    }
-    let meta = tokio::fs::metadata(path).await.map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => PluginError::not_found(format!("no such file: {path}")),
-        _ => PluginError::io(format!("{path}: {e}")),
-    })?;
-    if !meta.is_file() {
-        return Err(PluginError::invalid(format!("{path} is not a regular file")));
-    }
-    std::path::absolute(path).map_err(|e| PluginError::io(format!("{path}: {e}")))
-}
-
-/// The host part of seed URLs: the advertised name, else the bound address, else loopback when
-/// bound to every address (which has no single address to print).
-fn url_host(advertise: &str, bound: IpAddr) -> String {
-    let host = if !advertise.is_empty() {
-        advertise.to_string()
-    } else if bound.is_unspecified() {
-        match bound {
-            IpAddr::V4(_) => "127.0.0.1".to_string(),
-            IpAddr::V6(_) => "::1".to_string(),
-        }
-    } else {
-        bound.to_string()
-    };
-    if host.parse::<std::net::Ipv6Addr>().is_ok() {
-        format!("[{host}]")
-    } else {
-        host
-    }
-}
-
-/// A short token that is hard to guess (so a stopped seed's URL is not reused by another file
-/// by accident): 40 bits from the std randomly-keyed hasher over a counter and the clock.
-fn new_id(seq: u64) -> String {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(seq);
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    h.write_u128(nanos);
-    format!("{:010x}", h.finish() & 0xff_ffff_ffff)
-}
-
-async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable>, events: Events) {
+async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable<Seed>>, events: Events) {
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -258,14 +184,13 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
 
 /// The seed a request path names: `/<id>/<name>`, the name compared after percent-decoding so
 /// any equivalent spelling of it works.
-fn lookup(path: &str, seeds: &SeedTable) -> Option<Arc<Seed>> {
+fn lookup(path: &str, seeds: &SeedTable<Seed>) -> Option<Arc<Seed>> {
     let (id, name) = path.strip_prefix('/')?.split_once('/')?;
-    let seeds = seeds.read().unwrap_or_else(|p| p.into_inner());
     let seed = seeds.get(id)?;
-    (decode_segment(name) == seed.name).then(|| seed.clone())
+    (decode_segment(name) == seed.name).then_some(seed)
 }
 
-async fn respond(req: &Request<Incoming>, seeds: &SeedTable) -> Response<ResponseBody> {
+async fn respond(req: &Request<Incoming>, seeds: &SeedTable<Seed>) -> Response<ResponseBody> {
     let head = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
@@ -403,28 +328,5 @@ impl Body for FileBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.left)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_hosts() {
-        assert_eq!(url_host("", "0.0.0.0".parse().unwrap()), "127.0.0.1");
-        assert_eq!(url_host("", "::".parse().unwrap()), "[::1]");
-        assert_eq!(url_host("", "192.168.1.5".parse().unwrap()), "192.168.1.5");
-        assert_eq!(url_host("seed.example", "0.0.0.0".parse().unwrap()), "seed.example");
-        assert_eq!(url_host("fe80::1", "0.0.0.0".parse().unwrap()), "[fe80::1]");
-    }
-
-    #[test]
-    fn ids_are_short_and_distinct() {
-        let a = new_id(1);
-        let b = new_id(1);
-        assert_eq!(a.len(), 10);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
     }
 }

@@ -70,9 +70,9 @@ pub async fn run(
     if out_dir.as_os_str().is_empty() {
         return Err(PluginError::invalid("no output folder"));
     }
-    let trackers = opts.all("tracker");
+    let trackers = opts.get_all("tracker");
     let mut peers: Vec<std::net::SocketAddr> = Vec::new();
-    for p in opts.all("peer") {
+    for p in opts.get_all("peer") {
         match tokio::net::lookup_host(p.as_str()).await {
             Ok(mut a) => peers.extend(a.next()),
             Err(e) => events.warn(format!("rqbit: peer {p} ignored: {e}")),
@@ -82,9 +82,12 @@ pub async fn run(
 
     // Everything as torrent bytes or a magnet, with its info hash (for the temp folder).
     let (add, info_hash) = match ident {
-        Ident::Magnet { uri, info_hash, peers: pe } => {
-            peers.extend(pe);
-            (AddTorrent::from_url(ident::magnet_with_trackers(&uri, &trackers)), info_hash)
+        Ident::Magnet(mut magnet) => {
+            peers.extend(magnet.peers.iter().copied());
+            for t in &trackers {
+                magnet.add_tracker(t);
+            }
+            (AddTorrent::from_url(magnet.to_uri()), magnet.info_hash_hex())
         }
         Ident::File(path) => {
             let bytes = tokio::fs::read(&path).await.map_err(|e| PluginError::io(format!("{path}: {e}")))?;

@@ -3,11 +3,10 @@
 //! A second BitTorrent backend for Chiral, built on [librqbit](https://crates.io/crates/librqbit):
 //! the same identifiers as the native `bittorrent` plugin (scheme `magnet`, suffix `.torrent`,
 //! `.torrent` URLs) and the same options (`tracker`, `peer`, `port`, `payment_threshold`,
-//! `wallet`), at a lower priority so the native plugin stays the default. Pick it with
+//! `wallet`, `threads`), at a lower priority so the native plugin stays the default. Pick it with
 //! `--backend rqbit` or the config's `[backend] magnet = "rqbit"`.
 //!
-//! - [`opts`]: plugin options;
-//! - [`ident`]: identifiers and magnet links;
+//! - [`ident`]: identifiers (magnet links through the SDK's [`chiral_sdk::magnet`]);
 //! - [`ledger`]: per-peer transfer accounting behind `PaymentRequired`;
 //! - [`download`]: a whole download into a temporary folder, renamed when complete;
 //! - [`create`]: building `.torrent` files (not librqbit's `create_torrent`, see there);
@@ -22,23 +21,24 @@ pub mod create;
 pub mod download;
 pub mod ident;
 pub mod ledger;
-pub mod opts;
 pub mod seed;
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex},
 };
 
 use chiral_sdk::{
-    abi_stable::std_types::ROption, capability, plugin::BoxFut, runtime::PluginRuntime, DownloadOutcome,
-    DownloadRequest, Events, HostConfig, Plugin, PluginDescriptor, PluginError, SeedInfo, SeedRequest,
+    abi_stable::std_types::ROption,
+    capability,
+    options::Opts,
+    plugin::BoxFut,
+    runtime::{self, PluginRuntime},
+    seeds::SeedTable,
+    DownloadOutcome, DownloadRequest, Events, HostConfig, Plugin, PluginDescriptor, PluginError, SeedInfo, SeedRequest,
 };
 use librqbit::{DhtSessionConfig, ListenerMode, ListenerOptions, Session, SessionOptions};
-
-use crate::opts::Opts;
 
 /// The plugin's name, also its `--backend` / `--via` name.
 pub const NAME: &str = "rqbit";
@@ -70,11 +70,8 @@ pub struct RqbitPlugin {
     session: tokio::sync::OnceCell<Arc<Session>>,
     /// The port the session listens on (set when it starts).
     port: Mutex<Option<u16>>,
-    pub(crate) seeds: Mutex<HashMap<String, seed::SeedEntry>>,
-}
-
-fn worker_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
+    /// Seeds by info hash (hex).
+    pub(crate) seeds: SeedTable<seed::SeedEntry>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,15 +96,10 @@ impl Plugin for RqbitPlugin {
     }
 
     fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
-        let runtime = PluginRuntime::new(NAME, worker_threads())
-            .map_err(|e| PluginError::other(format!("cannot start the rqbit plugin's runtime: {e}")))?;
         let options = Opts::from_abi(&config.options);
+        let runtime = PluginRuntime::for_plugin(NAME, &options)?;
         let listen_ip: IpAddr = config.listen_addr.as_str().trim().parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let want_port = match options.num("port")? {
-            Some(p) if p > u16::MAX as u64 => return Err(PluginError::invalid(format!("port={p} is not a port"))),
-            Some(p) => p as u16,
-            None => config.listen_port,
-        };
+        let want_port = options.get_port("port")?.unwrap_or(config.listen_port);
         let settings = Settings {
             data_dir: PathBuf::from(config.data_dir.as_str()),
             listen_ip,
@@ -118,8 +110,8 @@ impl Plugin for RqbitPlugin {
                 ROption::RSome(p) => Some(p.to_string()),
                 ROption::RNone => None,
             },
-            payment_threshold: options.num("payment_threshold")?.unwrap_or(DEFAULT_PAYMENT_THRESHOLD).max(1),
-            wallet: options.last("wallet").filter(|w| !w.trim().is_empty()),
+            payment_threshold: options.get_bytes("payment_threshold")?.unwrap_or(DEFAULT_PAYMENT_THRESHOLD).max(1),
+            wallet: options.get_str("wallet").map(str::to_string),
         };
         Ok(Self {
             runtime,
@@ -128,7 +120,7 @@ impl Plugin for RqbitPlugin {
             events,
             session: tokio::sync::OnceCell::new(),
             port: Mutex::new(None),
-            seeds: Mutex::new(HashMap::new()),
+            seeds: SeedTable::new(),
         })
     }
 
@@ -203,9 +195,8 @@ impl RqbitPlugin {
         // librqbit announces no port for a loopback listener and cannot report the port it
         // picked before it starts, so the port is chosen here and announced explicitly.
         let port = pick_port(ip, s.want_port, &self.events)?;
-        let bootstrap = self.options.all("dht_bootstrap");
-        let lan_discovery =
-            !s.no_dht && !self.options.last("lsd").is_some_and(|v| matches!(v.trim(), "false" | "0" | "no"));
+        let bootstrap = self.options.get_all("dht_bootstrap");
+        let lan_discovery = !s.no_dht && self.options.get_bool("lsd")?.unwrap_or(true);
         let proxy_url = s.proxy.as_ref().and_then(|p| {
             if p.to_ascii_lowercase().starts_with("socks5") {
                 Some(p.clone())
@@ -216,7 +207,7 @@ impl RqbitPlugin {
         });
         // Chunk requests in flight per peer: librqbit's default (128, never above the peer's
         // reqq) unless the `request_window` option says otherwise.
-        let window = self.options.num("request_window")?.map(|w| w.clamp(1, 4096) as usize);
+        let window = self.options.get_u64_in("request_window", 1..=4096)?.map(|w| w as usize);
         let connect = Some(librqbit::ConnectionOptions {
             proxy_url,
             peer_opts: Some(librqbit::PeerConnectionOptions { max_request_window: window, ..Default::default() }),
@@ -245,7 +236,7 @@ impl RqbitPlugin {
             }),
             connect,
             ipv4_only: ip.is_ipv4(),
-            runtime_worker_threads: Some(worker_threads()),
+            runtime_worker_threads: Some(runtime::worker_threads(&self.options)?),
             ..Default::default()
         };
         let default_out = s.data_dir.join("downloads");

@@ -7,17 +7,17 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use chiral_sdk::{
     abi_stable::std_types::{ROption, RString, RVec},
+    magnet::{self, Magnet},
+    options::Opts,
+    seeds::Seeded,
     Event, Events, PluginError, SeedInfo,
 };
 use librqbit::{AddTorrent, AddTorrentOptions, AddTorrentResponse, ManagedTorrent, Session};
 
 use crate::{
     create::{self, CreateOptions},
-    ident,
     ledger::Ledger,
-    lock, one_line,
-    opts::Opts,
-    RqbitPlugin, NAME,
+    one_line, RqbitPlugin, NAME,
 };
 
 pub struct SeedEntry {
@@ -27,22 +27,40 @@ pub struct SeedEntry {
     monitor: tokio::task::JoinHandle<()>,
 }
 
-fn seed_info(id: &str, s: &SeedEntry) -> SeedInfo {
-    SeedInfo {
-        id: id.into(),
-        path: s.path.clone().into(),
-        identifiers: RVec::from(vec![RString::from(s.magnet.clone())]),
-        bytes_served: s.handle.stats().uploaded_bytes,
+impl Seeded for SeedEntry {
+    fn info(&self, id: &str) -> SeedInfo {
+        SeedInfo {
+            id: id.into(),
+            path: self.path.clone().into(),
+            identifiers: RVec::from(vec![RString::from(self.magnet.clone())]),
+            bytes_served: self.handle.stats().uploaded_bytes,
+        }
     }
+}
+
+/// A magnet link: `xt`, `dn`, one `tr` per tracker, and `x.pe` for this node when given.
+pub(crate) fn build_magnet(
+    info_hash_hex: &str,
+    name: &str,
+    trackers: &[String],
+    peer: Option<&str>,
+) -> Result<String, PluginError> {
+    let mut m = Magnet::from_info_hash(info_hash_hex)?;
+    m.name = Some(name.to_string()).filter(|n| !n.is_empty());
+    m.trackers = trackers.to_vec();
+    if let Some(p) = peer {
+        m.add_peer(p);
+    }
+    Ok(m.to_uri())
 }
 
 fn create_options(opts: &Opts) -> Result<CreateOptions, PluginError> {
     Ok(CreateOptions {
-        trackers: opts.all("tracker"),
-        web_seeds: opts.all("web_seed"),
-        piece_length: opts.num("piece_size")?,
-        private: opts.flag("private"),
-        name: opts.last("name").filter(|n| !n.is_empty()),
+        trackers: opts.get_all("tracker"),
+        web_seeds: opts.get_all("web_seed"),
+        piece_length: opts.get_bytes("piece_size")?,
+        private: opts.flag("private")?,
+        name: opts.get_str("name").map(str::to_string),
     })
 }
 
@@ -69,8 +87,8 @@ pub async fn start(
     let session = plugin.session().await?;
     let built = build(p.clone(), co).await?;
     let id = built.info_hash_hex.clone();
-    if let Some(s) = lock(&plugin.seeds).get(&id) {
-        return Ok(seed_info(&id, s));
+    if let Some(s) = plugin.seeds.get(&id) {
+        return Ok(s.info(&id));
     }
     let added = session
         .add_torrent(
@@ -96,20 +114,19 @@ pub async fn start(
         .map_err(|e| PluginError::io(format!("{path}: {}", one_line(format!("{e:#}")))))?;
     let name = built.name.clone();
     let port = plugin.port().unwrap_or(0);
-    let pe = ident::host_port(&plugin.advertise_host(), port);
-    let magnet = ident::build_magnet(&id, &name, &trackers, Some(&pe));
+    let pe = magnet::host_port(&plugin.advertise_host(), port);
+    let magnet = build_magnet(&id, &name, &trackers, Some(&pe))?;
     let total = handle.stats().total_bytes;
     events.info(format!("rqbit: seeding {name} ({total} bytes) on port {port}"));
     let monitor = tokio::spawn(account_uploads(handle.clone(), plugin.settings.payment_threshold, events));
     let entry = SeedEntry { path: path.to_string(), magnet, handle, monitor };
-    let info = seed_info(&id, &entry);
-    let mut seeds = lock(&plugin.seeds);
-    if let Some(s) = seeds.get(&id) {
-        entry.monitor.abort();
-        return Ok(seed_info(&id, s));
+    match plugin.seeds.try_insert(&id, entry) {
+        Ok(s) => Ok(s.info(&id)),
+        Err((there, refused)) => {
+            refused.monitor.abort();
+            Ok(there.info(&id))
+        }
     }
-    seeds.insert(id, entry);
-    Ok(info)
 }
 
 /// Emits `PaymentRequired` for the peers of a seed as their traffic crosses the threshold.
@@ -132,14 +149,11 @@ async fn account_uploads(handle: Arc<ManagedTorrent>, threshold: u64, events: Ev
 }
 
 pub fn list(plugin: &RqbitPlugin) -> Vec<SeedInfo> {
-    lock(&plugin.seeds).iter().map(|(id, s)| seed_info(id, s)).collect()
+    plugin.seeds.list()
 }
 
 pub fn stop(plugin: &RqbitPlugin, id: &str) -> Result<(), PluginError> {
-    let removed = lock(&plugin.seeds).remove(id);
-    let Some(s) = removed else {
-        return Err(PluginError::not_found(format!("no seed {id}")));
-    };
+    let s = plugin.seeds.remove(id)?;
     s.monitor.abort();
     let torrent_id = s.handle.id();
     let rt = plugin.runtime_handle();
@@ -153,9 +167,8 @@ pub fn stop(plugin: &RqbitPlugin, id: &str) -> Result<(), PluginError> {
 }
 
 pub async fn create_command(opts: Opts) -> Result<String, PluginError> {
-    let path = opts.last("path").filter(|p| !p.is_empty()).ok_or_else(|| PluginError::invalid("create needs path"))?;
-    let output =
-        opts.last("output").filter(|p| !p.is_empty()).ok_or_else(|| PluginError::invalid("create needs output"))?;
+    let path = opts.get_str("path").ok_or_else(|| PluginError::invalid("create needs path"))?.to_string();
+    let output = opts.get_str("output").ok_or_else(|| PluginError::invalid("create needs output"))?.to_string();
     let p = PathBuf::from(&path);
     if tokio::fs::symlink_metadata(&p).await.is_err() {
         return Err(PluginError::not_found(format!("{path}: no such file or folder")));
@@ -167,7 +180,7 @@ pub async fn create_command(opts: Opts) -> Result<String, PluginError> {
     Ok(serde_json::json!({
         "torrent": output,
         "info_hash": built.info_hash_hex,
-        "magnet": ident::build_magnet(&built.info_hash_hex, &built.name, &trackers, None),
+        "magnet": build_magnet(&built.info_hash_hex, &built.name, &trackers, None)?,
         "name": built.name,
         "length": built.length,
         "piece_length": built.piece_length,

@@ -27,9 +27,9 @@ fn descriptor_claims_what_the_native_plugin_claims_below_its_priority() {
 fn identifiers() {
     let ih = "c9e15763f722f23e98a29decdfae341b98d53056";
     match ident::classify(&format!("magnet:?xt=urn:btih:{ih}&x.pe=127.0.0.1%3A6881&x.pe=bad")).unwrap() {
-        Ident::Magnet { info_hash, peers, .. } => {
-            assert_eq!(info_hash, ih);
-            assert_eq!(peers, vec!["127.0.0.1:6881".parse::<SocketAddr>().unwrap()]);
+        Ident::Magnet(m) => {
+            assert_eq!(m.info_hash_hex(), ih);
+            assert_eq!(m.peers, vec!["127.0.0.1:6881".parse::<SocketAddr>().unwrap()]);
         }
         other => panic!("{other:?}"),
     }
@@ -46,19 +46,27 @@ fn identifiers() {
 
 #[test]
 fn magnets_carry_one_tr_per_tracker_and_the_peer() {
-    let m =
-        ident::build_magnet("ab", "a b.bin", &["http://t1/announce".into(), "udp://t2:80".into()], Some("127.0.0.1:5"));
+    let ih = "ab".repeat(20);
+    let m = crate::seed::build_magnet(
+        &ih,
+        "a b.bin",
+        &["http://t1/announce".into(), "udp://t2:80".into()],
+        Some(&chiral_sdk::magnet::host_port("127.0.0.1", 5)),
+    )
+    .unwrap();
     assert_eq!(
         m,
-        "magnet:?xt=urn:btih:ab&dn=a%20b.bin&tr=http%3A%2F%2Ft1%2Fannounce&tr=udp%3A%2F%2Ft2%3A80&x.pe=127.0.0.1%3A5"
+        format!(
+            "magnet:?xt=urn:btih:{ih}&dn=a%20b.bin&tr=http%3A%2F%2Ft1%2Fannounce&tr=udp%3A%2F%2Ft2%3A80&x.pe=127.0.0.1%3A5"
+        )
     );
-    assert_eq!(ident::magnet_peers(&m), vec!["127.0.0.1:5".parse::<SocketAddr>().unwrap()]);
-    let with = ident::magnet_with_trackers(
-        "magnet:?xt=urn:btih:ab&tr=http%3A%2F%2Ft1%2Fannounce",
-        &["http://t1/announce".into(), "http://t3/a".into()],
-    );
-    assert_eq!(with.matches("tr=").count(), 2, "{with}");
-    assert_eq!(ident::host_port("::1", 7), "[::1]:7");
+    let Ident::Magnet(mut parsed) = ident::classify(&m).unwrap() else { panic!("{m}") };
+    assert_eq!(parsed.peers, vec!["127.0.0.1:5".parse::<SocketAddr>().unwrap()]);
+    // What a download adds: the option's trackers, each once.
+    parsed.add_tracker("http://t1/announce");
+    parsed.add_tracker("http://t3/a");
+    assert_eq!(parsed.to_uri().matches("tr=").count(), 3, "{}", parsed.to_uri());
+    assert!(crate::seed::build_magnet("ab", "x", &[], None).is_err());
 }
 
 #[test]
