@@ -186,6 +186,13 @@ impl PieceSource for HttpSource {
         let request = self.client.get(self.url.clone());
         let shown = self.shown.clone();
         let total = self.info.length_known.then_some(self.info.length);
+        // A range outside the known content is the caller's mistake: no request for it.
+        if let Some(total) = total {
+            if offset.checked_add(length).is_none_or(|end| end > total) {
+                let e = PluginError::invalid(format!("range {offset}+{length} is outside {total} bytes: {shown}"));
+                return Box::pin(async move { Err(e) });
+            }
+        }
         let work = async move { fetch_range(request, &shown, total, offset, length).await };
         let Some(runtime) = &self.runtime else { return Box::pin(work) };
         let mut task = AbortOnDrop(runtime.spawn(work));
