@@ -34,7 +34,7 @@ pub mod text;
 pub mod verify;
 
 pub use abi::*;
-pub use plugin::{Events, PieceSource, Plugin};
+pub use plugin::{BoxFut, Events, PieceSource, Plugin};
 
 /// Re-exported so `export_plugin!` works in crates that depend on `chiral-sdk` alone.
 #[doc(hidden)]

@@ -43,8 +43,14 @@ pub trait PieceSource: Send + Sync + 'static {
     fn availability(&self, _piece_length: u64) -> Vec<u32> {
         Vec::new()
     }
-    /// Exactly `length` bytes at `offset`.
-    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>>;
+    /// Exactly `length` bytes at `offset`, as a plain `Vec` (the SDK converts it for the ABI).
+    ///
+    /// A range that does not lie inside the content (`offset + length` past `info().length`,
+    /// or overflowing) is an [`ErrorKind::Invalid`] error, never a panic or a short answer. A
+    /// zero-length range inside the content is `Ok(vec![])`. The engine asks for one piece at a
+    /// time: `info().piece_length` when the source sets it, else pieces it chooses of 256 KiB to
+    /// 4 MiB; nothing larger than [`crate::layout::MAX_PIECE_LENGTH`] (512 MiB) is ever asked.
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<Vec<u8>>;
     /// Per-peer totals for reports (a swarm's peers, a network's providers); none by default.
     fn peers(&self) -> Vec<PeerStat> {
         Vec::new()
@@ -130,6 +136,147 @@ impl PluginDescriptor {
         self.description = text.into();
         self
     }
+}
+
+impl ContentInfo {
+    /// A content of `length` bytes named `name`: length known, any byte range servable, no
+    /// pieces of its own (the engine chooses), no hashes, one file, labelled by its name.
+    /// Refine it with the builder methods below.
+    pub fn new(name: impl Into<String>, length: u64) -> Self {
+        let name: String = name.into();
+        Self {
+            label: name.as_str().into(),
+            name: name.into(),
+            length,
+            length_known: true,
+            random_access: true,
+            piece_length: 0,
+            hash_kind: HashKind::None,
+            piece_hashes: RVec::new(),
+            root: RVec::new(),
+            files: RVec::new(),
+        }
+    }
+    /// The length is not known before the end (a stream): the host cannot run the multi-source
+    /// engine on such a source and asks the plugin's `download` instead.
+    pub fn unknown_length(mut self) -> Self {
+        self.length_known = false;
+        self.length = 0;
+        self
+    }
+    /// `fetch` only works front to back (no random access): the host asks the plugin's
+    /// `download` instead of fetching pieces.
+    pub fn sequential(mut self) -> Self {
+        self.random_access = false;
+        self
+    }
+    /// The protocol's own piece length (the engine then asks for exactly these pieces).
+    pub fn piece_length(mut self, piece_length: u64) -> Self {
+        self.piece_length = piece_length;
+        self
+    }
+    /// BitTorrent-style pieces: `piece_length` bytes each, `hashes` the concatenated 20-byte
+    /// SHA-1 of every piece in order. The host checks every piece against them.
+    pub fn sha1_pieces(mut self, piece_length: u64, hashes: impl Into<Vec<u8>>) -> Self {
+        self.piece_length = piece_length;
+        self.hash_kind = HashKind::Sha1Pieces;
+        self.piece_hashes = hashes.into().into();
+        self.root = RVec::new();
+        self
+    }
+    /// Chiral-style SHA-256 Merkle tree over `chunk_length`-byte chunks: `leaves` the
+    /// concatenated 32-byte leaf hashes, `root` the 32-byte root.
+    pub fn sha256_merkle(mut self, chunk_length: u64, leaves: impl Into<Vec<u8>>, root: [u8; 32]) -> Self {
+        self.piece_length = chunk_length;
+        self.hash_kind = HashKind::Sha256Merkle;
+        self.piece_hashes = leaves.into().into();
+        self.root = root.to_vec().into();
+        self
+    }
+    /// One more file inside the content (multi-file contents); `path` is relative, with `/`.
+    pub fn file(mut self, path: impl Into<String>, offset: u64, length: u64) -> Self {
+        self.files.push(FileEntry::new(path, offset, length));
+        self
+    }
+    /// What progress and reports call this source (`http://mirror:8080`, a peer id).
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into().into();
+        self
+    }
+}
+
+impl FileEntry {
+    pub fn new(path: impl Into<String>, offset: u64, length: u64) -> Self {
+        Self { path: path.into().into(), offset, length }
+    }
+}
+
+impl DownloadRequest {
+    /// A request for `identifier` into `out_dir`, plugin defaults for the rest.
+    pub fn new(identifier: impl Into<String>, out_dir: impl Into<String>) -> Self {
+        Self {
+            identifier: identifier.into().into(),
+            out_dir: out_dir.into().into(),
+            connections: 0,
+            options: RVec::new(),
+        }
+    }
+    /// The request's options as plain pairs (keys may repeat).
+    pub fn option_pairs(&self) -> Vec<(String, String)> {
+        pairs(&self.options)
+    }
+}
+
+impl DownloadOutcome {
+    /// A finished download that wrote `files` (paths) holding `bytes` content bytes.
+    pub fn new<S: Into<String>>(files: impl IntoIterator<Item = S>, bytes: u64) -> Self {
+        Self {
+            files: files.into_iter().map(|f| RString::from(f.into())).collect(),
+            bytes,
+            resumed_bytes: 0,
+            per_source: RVec::new(),
+        }
+    }
+    /// Bytes that were already on disk before this run.
+    pub fn resumed(mut self, bytes: u64) -> Self {
+        self.resumed_bytes = bytes;
+        self
+    }
+    /// Bytes one source (by its label) delivered.
+    pub fn source(mut self, label: impl Into<String>, bytes: u64) -> Self {
+        self.per_source.push(SourceBytes { label: label.into().into(), bytes });
+        self
+    }
+}
+
+impl SeedRequest {
+    pub fn new(path: impl Into<String>) -> Self {
+        Self { path: path.into().into(), options: RVec::new() }
+    }
+    /// The request's options as plain pairs (keys may repeat).
+    pub fn option_pairs(&self) -> Vec<(String, String)> {
+        pairs(&self.options)
+    }
+}
+
+impl SeedInfo {
+    /// A running seed: `id` for `stop_seed`, the `path` served, the identifiers to share.
+    pub fn new<S: Into<String>>(
+        id: impl Into<String>,
+        path: impl Into<String>,
+        identifiers: impl IntoIterator<Item = S>,
+    ) -> Self {
+        Self {
+            id: id.into().into(),
+            path: path.into().into(),
+            identifiers: identifiers.into_iter().map(|i| RString::from(i.into())).collect(),
+            bytes_served: 0,
+        }
+    }
+}
+
+fn pairs(options: &Options) -> Vec<(String, String)> {
+    options.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect()
 }
 
 /// Where a plugin sends events; cheap to clone, a no-op when the host gave no sink.
@@ -365,7 +512,10 @@ impl Source for SourceAdapter {
 
     fn fetch(&self, offset: u64, length: u64) -> FfiFuture<RResult<RVec<u8>, PluginError>> {
         let inner = self.inner.clone();
-        bridge(&self.rt, move || inner.fetch(offset, length))
+        bridge(&self.rt, move || {
+            let fetching = inner.fetch(offset, length);
+            Box::pin(async move { fetching.await.map(RVec::from) })
+        })
     }
 
     fn peers(&self) -> RVec<PeerStat> {
@@ -404,9 +554,10 @@ impl PieceSource for AbiSource {
     fn availability(&self, piece_length: u64) -> Vec<u32> {
         self.inner.availability(piece_length).into_vec()
     }
-    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<Vec<u8>> {
         let f = self.inner.fetch(offset, length);
-        Box::pin(async move { f.await.into_result() })
+        // No copy when the plugin's allocation is compatible with ours (abi_stable checks).
+        Box::pin(async move { f.await.into_result().map(RVec::into_vec) })
     }
     fn peers(&self) -> Vec<PeerStat> {
         self.inner.peers().into_vec()

@@ -736,7 +736,7 @@ impl PieceSource for SwarmSource {
         true
     }
 
-    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<Vec<u8>> {
         let session = self.session.0.clone();
         let meta = self.meta.clone();
         let web = self.web.clone();
@@ -761,13 +761,12 @@ impl PieceSource for SwarmSource {
                 PluginError::invalid(format!("range {offset}+{length} is outside the {} bytes", meta.length))
             })?;
             if length == 0 {
-                return Ok(RVec::new());
+                return Ok(Vec::new());
             }
             let first = (offset / meta.piece_length) as u32;
             let last = ((end - 1) / meta.piece_length) as u32;
             if first == last && offset.is_multiple_of(meta.piece_length) && length == meta.piece_len(first) {
-                let piece = get_piece(first).await?;
-                return Ok(piece.into());
+                return get_piece(first).await;
             }
             let mut out = Vec::with_capacity(length as usize);
             for i in first..=last {
@@ -777,7 +776,7 @@ impl PieceSource for SwarmSource {
                 let e = end.min(pstart + piece.len() as u64) - pstart;
                 out.extend_from_slice(&piece[s as usize..e as usize]);
             }
-            Ok(out.into())
+            Ok(out)
         })
     }
 }

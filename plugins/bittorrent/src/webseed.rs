@@ -215,9 +215,9 @@ impl PieceSource for WebSeedSource {
         self.info.clone()
     }
 
-    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<Vec<u8>> {
         let me = self.clone();
-        Box::pin(async move { me.read(offset, length).await.map(RVec::from) })
+        Box::pin(async move { me.read(offset, length).await })
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 use chiral_sdk::ident::TorrentInfo;
 use chiral_sdk::{
     abi::PeerStat,
-    abi_stable::std_types::{ROption, RVec},
+    abi_stable::std_types::ROption,
     plugin::BoxFut,
     verify::{leaf_hash, merkle_root, verify_proof, Hash32, CHUNK_SIZE},
     ContentInfo, Events, HashKind, PieceSource, PluginError,
@@ -325,7 +325,7 @@ impl PieceSource for ChiralSource {
         }
     }
 
-    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<Vec<u8>> {
         let this = self.inner.clone();
         Box::pin(async move {
             let end = offset.checked_add(length).filter(|e| *e <= this.size).ok_or_else(|| {
@@ -344,7 +344,7 @@ impl PieceSource for ChiralSource {
                 let to = end.min(base + data.len() as u64) - base;
                 out.extend_from_slice(&data[from as usize..to as usize]);
             }
-            Ok(out.into())
+            Ok(out)
         })
     }
 

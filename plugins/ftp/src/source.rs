@@ -360,9 +360,9 @@ impl PieceSource for FtpSource {
         self.inner.info.clone()
     }
 
-    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<Vec<u8>> {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.fetch(offset, length).await.map(RVec::from) })
+        Box::pin(async move { inner.fetch(offset, length).await })
     }
 }
 

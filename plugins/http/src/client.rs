@@ -182,11 +182,18 @@ impl PieceSource for HttpSource {
     /// Each fetch is its own task: a caller that polls many fetches from one task (the engine
     /// does) still gets the body reads and copies of N connections spread over every worker
     /// thread, instead of all on the thread running that one task.
-    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<Vec<u8>> {
         let request = self.client.get(self.url.clone());
         let shown = self.shown.clone();
         let total = self.info.length_known.then_some(self.info.length);
-        let work = async move { fetch_range(request, &shown, total, offset, length).await.map(RVec::from) };
+        // A range outside the known content is the caller's mistake: no request for it.
+        if let Some(total) = total {
+            if offset.checked_add(length).is_none_or(|end| end > total) {
+                let e = PluginError::invalid(format!("range {offset}+{length} is outside {total} bytes: {shown}"));
+                return Box::pin(async move { Err(e) });
+            }
+        }
+        let work = async move { fetch_range(request, &shown, total, offset, length).await };
         let Some(runtime) = &self.runtime else { return Box::pin(work) };
         let mut task = AbortOnDrop(runtime.spawn(work));
         Box::pin(async move {

@@ -28,7 +28,7 @@ impl PieceSource for MemSource {
     fn availability(&self, _: u64) -> Vec<u32> {
         self.has.clone().unwrap_or_default()
     }
-    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<Vec<u8>> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let mut chunk = self.data[offset as usize..(offset + length) as usize].to_vec();
         let fail = self.fail_after.is_some_and(|k| n >= k);
@@ -39,7 +39,7 @@ impl PieceSource for MemSource {
             if fail {
                 Err(PluginError::network("connection reset"))
             } else {
-                Ok(chunk.into())
+                Ok(chunk)
             }
         })
     }
@@ -532,14 +532,14 @@ impl PieceSource for Broken {
     fn info(&self) -> ContentInfo {
         self.info.clone()
     }
-    fn fetch(&self, offset: u64, length: u64) -> BoxFut<RVec<u8>> {
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<Vec<u8>> {
         let mut v = self.data[offset as usize..(offset + length) as usize].to_vec();
         match self.how {
             0 => v.truncate(v.len() / 2),
             1 => v.extend_from_slice(&[0; 4096]),
             _ => v.iter_mut().for_each(|b| *b = !*b),
         }
-        Box::pin(async move { Ok(v.into()) })
+        Box::pin(async move { Ok(v) })
     }
 }
 
