@@ -143,7 +143,7 @@ fn third_party_plugin_garbage_and_mismatched_sdk() {
         .out_dir(&kit_out)
         .run();
     assert!(checks.iter().all(|c| c.passed), "{checks:?}");
-    assert_eq!(checks.len(), 4);
+    assert!(checks.len() >= 10, "the kit ran its checks: {checks:?}");
 }
 
 /// The oldest supported SDK: the fixture plugin and `sdk/` as released at this commit (0.1.0),

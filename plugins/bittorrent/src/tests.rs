@@ -17,7 +17,13 @@ fn handler(dir: &Path) -> HandlerBox {
 #[test]
 fn conformance() {
     let dir = tempfile::tempdir().unwrap();
-    testkit::Kit::new(handler(dir.path())).out_dir(&dir.path().join("out")).assert_all();
+    testkit::Kit::new(handler(dir.path()))
+        .out_dir(&dir.path().join("out"))
+        .skip_seed(
+            "one instance downloading what it seeds dials itself, which the swarm refuses (same peer id); \
+             seed-to-get between processes is tests/tests/bittorrent.rs",
+        )
+        .assert_all();
 }
 
 fn no_events() -> chiral_sdk::EventSinkBox {
