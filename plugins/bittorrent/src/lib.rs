@@ -150,10 +150,8 @@ struct SeedEntry {
 impl Seeded for SeedEntry {
     fn info(&self, id: &str) -> SeedInfo {
         SeedInfo {
-            id: id.into(),
-            path: self.path.clone().into(),
-            identifiers: RVec::from(vec![RString::from(self.magnet.clone())]),
             bytes_served: self.session.uploaded(),
+            ..SeedInfo::new(id, self.path.as_str(), [self.magnet.as_str()])
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use chiral_sdk::{
-    abi_stable::std_types::{ROption, RString, RVec},
+    abi_stable::std_types::{ROption, RString},
     magnet::{self, Magnet},
     options::Opts,
     seeds::Seeded,
@@ -30,10 +30,8 @@ pub struct SeedEntry {
 impl Seeded for SeedEntry {
     fn info(&self, id: &str) -> SeedInfo {
         SeedInfo {
-            id: id.into(),
-            path: self.path.clone().into(),
-            identifiers: RVec::from(vec![RString::from(self.magnet.clone())]),
             bytes_served: self.handle.stats().uploaded_bytes,
+            ..SeedInfo::new(id, self.path.as_str(), [self.magnet.as_str()])
         }
     }
 }
