@@ -18,7 +18,7 @@ use std::{
 use abi_stable::{
     prefix_type::PrefixTypeTrait,
     sabi_trait::TD_Opaque,
-    std_types::{RErr, ROk, RResult, RString, RVec},
+    std_types::{RErr, ROk, ROption, RResult, RString, RVec},
 };
 use async_ffi::{FfiFuture, FutureExt as _};
 use futures::{
@@ -203,6 +203,54 @@ impl ContentInfo {
         self.label = label.into().into();
         self
     }
+    /// No hashes of its own (a mirror of content whose hashes come from elsewhere); the piece
+    /// length stays.
+    pub fn without_hashes(mut self) -> Self {
+        self.hash_kind = HashKind::None;
+        self.piece_hashes = RVec::new();
+        self.root = RVec::new();
+        self
+    }
+}
+
+impl PeerStat {
+    /// A peer known by `id` (the protocol's id for it, or its address), nothing transferred yet.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self { id: id.into().into(), ..Self::default() }
+    }
+    /// Where it was reached (`127.0.0.1:6881`, a multiaddr).
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = address.into().into();
+        self
+    }
+    /// Verified content bytes received from it, and bytes sent to it.
+    pub fn bytes(mut self, downloaded: u64, uploaded: u64) -> Self {
+        self.downloaded = downloaded;
+        self.uploaded = uploaded;
+        self
+    }
+    /// It proved to be the Chiral client with this peer id.
+    pub fn chiral_peer(mut self, peer_id: impl Into<String>) -> Self {
+        self.chiral_peer_id = peer_id.into().into();
+        self
+    }
+    /// Its reputation, per mille (clamped to 0..=1000).
+    pub fn reputation(mut self, per_mille: i64) -> Self {
+        self.reputation = ROption::RSome(per_mille.clamp(0, 1000));
+        self
+    }
+    /// Dropped or banned for bad data or repeated failures.
+    pub fn banned(mut self, banned: bool) -> Self {
+        self.banned = banned;
+        self
+    }
+}
+
+impl HostConfig {
+    /// The proxy URL outgoing connections must use, if the user set one.
+    pub fn proxy_url(&self) -> Option<&str> {
+        self.proxy.as_ref().map(|p| p.as_str()).into_option()
+    }
 }
 
 impl FileEntry {
@@ -313,6 +361,11 @@ impl Events {
     }
     pub fn progress(&self, done: u64, total: u64, peers: u32) {
         self.emit(Event::Progress { done, total, peers });
+    }
+    /// `peer` (by its protocol id) crossed the payment threshold with `bytes`; `wallet` is its
+    /// announced address when it has one.
+    pub fn payment_required(&self, peer: impl Into<String>, wallet: Option<String>, bytes: u64) {
+        self.emit(Event::PaymentRequired { peer: peer.into().into(), wallet: wallet.map(RString::from).into(), bytes });
     }
 }
 

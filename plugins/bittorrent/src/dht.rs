@@ -19,6 +19,26 @@ use std::{
 use chiral_sdk::Events;
 use futures::StreamExt as _;
 use mainline::{async_dht::AsyncDht, Dht, Id};
+use thiserror::Error;
+
+/// Why a DHT node could not be configured, started or used.
+#[derive(Debug, Error)]
+pub enum DhtError {
+    #[error("dht_bootstrap {0:?} is not host:port")]
+    NotHostPort(String),
+    #[error("dht_port={0} is not a port")]
+    BadPort(u64),
+    #[error("dht_bootstrap {node}: {source}")]
+    Resolve { node: String, source: std::io::Error },
+    #[error("dht_bootstrap {0:?}: no IPv4 address (the DHT is IPv4 only)")]
+    NoIpv4(Vec<String>),
+    #[error("cannot start the DHT node: {0}")]
+    Start(std::io::Error),
+    #[error("the DHT is not running")]
+    NotRunning,
+    #[error("DHT announce failed: {0}")]
+    Announce(Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// How a node is built.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,7 +56,7 @@ pub struct DhtConfig {
 
 impl DhtConfig {
     /// From the `dht_bootstrap` option values, the host's listen address and `dht_port`.
-    pub fn from_options(bootstrap: &[String], listen_addr: &str, port: Option<u64>) -> Result<Self, String> {
+    pub fn from_options(bootstrap: &[String], listen_addr: &str, port: Option<u64>) -> Result<Self, DhtError> {
         let bootstrap = if bootstrap.is_empty() {
             None
         } else {
@@ -58,14 +78,14 @@ impl DhtConfig {
         let port = match port {
             None => None,
             Some(p) if p <= u16::MAX as u64 => Some(p as u16),
-            Some(p) => return Err(format!("dht_port={p} is not a port")),
+            Some(p) => return Err(DhtError::BadPort(p)),
         };
         let server_mode = bootstrap.is_some();
         Ok(Self { bootstrap, bind, port, server_mode })
     }
 
     /// Builds and starts the node (blocking: binds, resolves the bootstrap names).
-    fn build(&self) -> Result<Dht, String> {
+    fn build(&self) -> Result<Dht, DhtError> {
         let mut b = Dht::builder();
         match &self.bootstrap {
             None => {}
@@ -75,14 +95,15 @@ impl DhtConfig {
             Some(nodes) => {
                 let mut addrs: Vec<SocketAddrV4> = Vec::new();
                 for n in nodes {
-                    let resolved = n.to_socket_addrs().map_err(|e| format!("dht_bootstrap {n}: {e}"))?;
+                    let resolved =
+                        n.to_socket_addrs().map_err(|source| DhtError::Resolve { node: n.clone(), source })?;
                     addrs.extend(resolved.filter_map(|a| match a {
                         SocketAddr::V4(v4) => Some(v4),
                         SocketAddr::V6(_) => None,
                     }));
                 }
                 if addrs.is_empty() {
-                    return Err(format!("dht_bootstrap {nodes:?}: no IPv4 address (the DHT is IPv4 only)"));
+                    return Err(DhtError::NoIpv4(nodes.clone()));
                 }
                 b.bootstrap(&addrs);
             }
@@ -96,15 +117,16 @@ impl DhtConfig {
         if self.server_mode {
             b.server_mode();
         }
-        b.build().map_err(|e| format!("cannot start the DHT node: {e}"))
+        b.build().map_err(DhtError::Start)
     }
 }
 
 /// `host:port` with a port number (an IPv6 literal in brackets is accepted, and later ignored).
-pub fn check_host_port(s: &str) -> Result<(), String> {
-    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("dht_bootstrap {s:?} is not host:port"))?;
+pub fn check_host_port(s: &str) -> Result<(), DhtError> {
+    let bad = || DhtError::NotHostPort(s.to_string());
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(format!("dht_bootstrap {s:?} is not host:port"));
+        return Err(bad());
     }
     Ok(())
 }
@@ -177,10 +199,10 @@ impl DhtNode {
     }
 
     /// Announces that this node serves `info_hash` on TCP `port`.
-    pub async fn announce(&self, info_hash: [u8; 20], port: u16) -> Result<(), String> {
-        let dht = self.get().await.ok_or("the DHT is not running")?;
-        let id = Id::from_bytes(info_hash).map_err(|e| e.to_string())?;
-        dht.announce_peer(id, Some(port)).await.map(|_| ()).map_err(|e| e.to_string())
+    pub async fn announce(&self, info_hash: [u8; 20], port: u16) -> Result<(), DhtError> {
+        let dht = self.get().await.ok_or(DhtError::NotRunning)?;
+        let id = Id::from_bytes(info_hash).map_err(|e| DhtError::Announce(e.into()))?;
+        dht.announce_peer(id, Some(port)).await.map(|_| ()).map_err(|e| DhtError::Announce(e.into()))
     }
 }
 

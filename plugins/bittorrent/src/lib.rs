@@ -53,20 +53,18 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, Weak,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chiral_sdk::{
     abi::PeerStat,
-    abi_stable::std_types::{RString, RVec},
-    capability,
-    engine::{self, EngineEvent},
+    capability, engine,
     options::Opts,
     plugin::BoxFut,
     runtime::PluginRuntime,
     seeds::{SeedTable, Seeded},
-    ContentInfo, DownloadOutcome, DownloadRequest, Events, FileEntry, HashKind, HostConfig, PieceSource, Plugin,
-    PluginDescriptor, PluginError, SeedInfo, SeedRequest, SourceBytes,
+    ContentInfo, DownloadOutcome, DownloadRequest, Events, HostConfig, PieceSource, Plugin, PluginDescriptor,
+    PluginError, SeedInfo, SeedRequest,
 };
 use tokio::io::AsyncReadExt as _;
 
@@ -206,8 +204,8 @@ impl Plugin for BitTorrentPlugin {
                 .connect_timeout(Duration::from_secs(10))
                 .user_agent(concat!("chiral-bittorrent/", env!("CARGO_PKG_VERSION")))
                 .redirect(reqwest::redirect::Policy::limited(5));
-            if let chiral_sdk::abi_stable::std_types::ROption::RSome(p) = &config.proxy {
-                if let Ok(px) = reqwest::Proxy::all(p.as_str()) {
+            if let Some(p) = config.proxy_url() {
+                if let Ok(px) = reqwest::Proxy::all(p) {
                     b = b.proxy(px);
                 }
             }
@@ -221,7 +219,7 @@ impl Plugin for BitTorrentPlugin {
                 config.listen_addr.as_str(),
                 options.get_port("dht_port")?.map(u64::from),
             )
-            .map_err(PluginError::invalid)?;
+            .map_err(|e| PluginError::invalid(e.to_string()))?;
             Some(Arc::new(dht::DhtNode::new(cfg, events.clone())))
         };
         let (identity, note) = identity::Identity::load_or_create(Path::new(config.data_dir.as_str()));
@@ -662,25 +660,15 @@ impl BitTorrentPlugin {
 }
 
 pub fn content_info(meta: &TorrentMetadata, label: &str) -> ContentInfo {
-    ContentInfo {
-        name: meta.name.clone().into(),
-        length: meta.length,
-        length_known: true,
-        random_access: true,
-        piece_length: meta.piece_length,
-        hash_kind: HashKind::Sha1Pieces,
-        piece_hashes: meta.pieces.clone().into(),
-        root: RVec::new(),
-        files: if meta.multi_file {
-            meta.files
-                .iter()
-                .map(|f| FileEntry { path: f.joined().into(), offset: f.offset, length: f.length })
-                .collect()
-        } else {
-            RVec::new()
-        },
-        label: label.into(),
+    let mut info = ContentInfo::new(meta.name.clone(), meta.length)
+        .sha1_pieces(meta.piece_length, meta.pieces.clone())
+        .label(label);
+    if meta.multi_file {
+        for f in &meta.files {
+            info = info.file(f.joined(), f.offset, f.length);
+        }
     }
+    info
 }
 
 struct StopOnDrop(Arc<Session>);
@@ -798,7 +786,9 @@ async fn piece_from_web_seeds(
     None
 }
 
-/// A whole download through the SDK engine over the swarm source and the web seeds.
+/// A whole download through the SDK engine over the swarm source and the web seeds: progress
+/// carries the swarm's live peer count (at most ten events a second), and the outcome has one
+/// line per peer that delivered, then the web seeds'.
 async fn run_engine(
     source: Arc<SwarmSource>,
     web: Vec<Arc<webseed::WebSeedSource>>,
@@ -812,56 +802,24 @@ async fn run_engine(
     // A swarm recovers by itself (other peers, bans): give it room before the engine gives up.
     opts.max_failures = 5;
     opts.max_bad_pieces = 1000;
-    let done = AtomicU64::new(0);
-    let total = AtomicU64::new(0);
-    let last = Mutex::new(Instant::now() - Duration::from_secs(1));
-    let on_event = |event: EngineEvent| match event {
-        EngineEvent::Started { total: t, resumed, .. } => {
-            total.store(t, Ordering::Relaxed);
-            done.store(resumed, Ordering::Relaxed);
-            events.progress(resumed, t, session.peer_count() as u32);
+    let peers = || session.peer_count() as u32;
+    let per_source = |outcome: &engine::Outcome| {
+        let mut lines: Vec<(String, u64)> =
+            session.peer_bytes().into_iter().filter(|(_, d, _)| *d > 0).map(|(l, d, _)| (l, d)).collect();
+        // The web seeds' own lines (the swarm's is split per peer above).
+        lines.extend(outcome.sources.iter().skip(1).filter(|s| s.bytes > 0).map(|s| (s.label.clone(), s.bytes)));
+        if lines.is_empty() {
+            lines = outcome.sources.iter().map(|s| (s.label.clone(), s.bytes)).collect();
         }
-        EngineEvent::Piece { bytes, .. } => {
-            let now = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-            let t = total.load(Ordering::Relaxed);
-            let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
-            if now == t || l.elapsed() >= Duration::from_millis(100) {
-                *l = Instant::now();
-                events.progress(now, t, session.peer_count() as u32);
-            }
-        }
-        EngineEvent::SourceDropped { label, reason } => events.warn(format!("{label}: {reason}")),
-        _ => {}
+        lines
     };
-    let mut sources: Vec<Arc<dyn PieceSource>> = vec![source.clone()];
+    let report = engine::PluginReport::default()
+        .peers(&peers)
+        .progress_every(Duration::from_millis(100))
+        .per_source(&per_source);
+    let mut sources: Vec<Arc<dyn PieceSource>> = vec![source];
     sources.extend(web.into_iter().map(|w| w as Arc<dyn PieceSource>));
-    let outcome = engine::run(sources, &opts, &on_event).await?;
-    let mut per_source: Vec<SourceBytes> = session
-        .peer_bytes()
-        .into_iter()
-        .filter(|(_, d, _)| *d > 0)
-        .map(|(l, d, _)| SourceBytes { label: l.into(), bytes: d })
-        .collect();
-    // The web seeds' own lines (the swarm's is split per peer above).
-    per_source.extend(
-        outcome
-            .sources
-            .iter()
-            .skip(1)
-            .filter(|s| s.bytes > 0)
-            .map(|s| SourceBytes { label: s.label.clone().into(), bytes: s.bytes }),
-    );
-    if per_source.is_empty() {
-        per_source =
-            outcome.sources.iter().map(|s| SourceBytes { label: s.label.clone().into(), bytes: s.bytes }).collect();
-    }
-    drop(source);
-    Ok(DownloadOutcome {
-        files: outcome.files.iter().map(|p| RString::from(p.to_string_lossy().into_owned())).collect(),
-        bytes: outcome.length,
-        resumed_bytes: outcome.resumed_bytes,
-        per_source: per_source.into(),
-    })
+    engine::download_for_plugin_with(sources, &opts, events, &report).await
 }
 
 chiral_sdk::export_plugin!(BitTorrentPlugin);

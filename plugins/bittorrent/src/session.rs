@@ -15,7 +15,7 @@ use std::{
 };
 
 use bytes::{Buf as _, BytesMut};
-use chiral_sdk::{abi::PeerStat, abi_stable::std_types::ROption, Event, Events, PluginError};
+use chiral_sdk::{abi::PeerStat, Events, PluginError};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{tcp::OwnedWriteHalf, TcpStream},
@@ -226,14 +226,7 @@ impl Session {
             Action::Log(Level::Debug, m) => self.events.debug(m),
             Action::Log(Level::Info, m) => self.events.info(m),
             Action::Log(Level::Warn, m) => self.events.warn(m),
-            Action::Payment { peer, wallet, bytes } => self.events.emit(Event::PaymentRequired {
-                peer: peer.into(),
-                wallet: match wallet {
-                    Some(w) => ROption::RSome(w.into()),
-                    None => ROption::RNone,
-                },
-                bytes,
-            }),
+            Action::Payment { peer, wallet, bytes } => self.events.payment_required(peer, wallet, bytes),
         }
     }
 

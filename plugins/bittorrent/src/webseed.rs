@@ -13,7 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chiral_sdk::{abi_stable::std_types::RVec, plugin::BoxFut, ContentInfo, HashKind, PieceSource, PluginError};
+use chiral_sdk::{plugin::BoxFut, ContentInfo, PieceSource, PluginError};
 
 use crate::{magnet::percent_encode, metainfo::TorrentMetadata};
 
@@ -42,11 +42,11 @@ pub fn file_url(base: &str, meta: &TorrentMetadata, path: &[String]) -> String {
 }
 
 /// The requests serving `length` bytes at `offset` of the content from web seed `base`.
-pub fn plan(base: &str, meta: &TorrentMetadata, offset: u64, length: u64) -> Result<Vec<Part>, String> {
+pub fn plan(base: &str, meta: &TorrentMetadata, offset: u64, length: u64) -> Result<Vec<Part>, PluginError> {
     let end = offset
         .checked_add(length)
         .filter(|e| *e <= meta.length)
-        .ok_or_else(|| format!("range {offset}+{length} is outside the content"))?;
+        .ok_or_else(|| PluginError::invalid(format!("range {offset}+{length} is outside the content")))?;
     if length == 0 {
         return Ok(Vec::new());
     }
@@ -111,9 +111,7 @@ impl WebSeedSource {
             Style::UrlList => "webseed",
             Style::Hoffman => "httpseed",
         };
-        let mut info = crate::content_info(&meta, &format!("{kind}:{url}"));
-        info.hash_kind = HashKind::None;
-        info.piece_hashes = RVec::new();
+        let info = crate::content_info(&meta, &format!("{kind}:{url}")).without_hashes();
         Self { http, url, meta, info, style }
     }
 
@@ -126,7 +124,7 @@ impl WebSeedSource {
         if self.style == Style::Hoffman {
             return self.read_by_piece(offset, length).await;
         }
-        let parts = plan(&self.url, &self.meta, offset, length).map_err(PluginError::invalid)?;
+        let parts = plan(&self.url, &self.meta, offset, length)?;
         let mut out = Vec::with_capacity(length as usize);
         for (url, start, len) in parts {
             get_range(&self.http, &url, start, len, &mut out).await?;

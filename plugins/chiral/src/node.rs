@@ -48,15 +48,31 @@ struct Behaviour {
 }
 
 type Reply<T> = oneshot::Sender<T>;
+
+/// Why the swarm task could not do what a caller asked (the caller turns it into a network
+/// error for the host).
+#[derive(Debug, thiserror::Error)]
+enum NodeError {
+    #[error("cannot store the record locally: {0}")]
+    Store(kad::store::Error),
+    #[error("cannot provide: {0}")]
+    Provide(kad::store::Error),
+    #[error("{0}")]
+    Put(kad::PutRecordError),
+    #[error("{0}")]
+    AddProvider(kad::AddProviderError),
+    #[error("{peer}: {error}")]
+    Request { peer: PeerId, error: request_response::OutboundFailure },
+}
 /// Copies of a record found: who sent it (None = this node) and its value.
 type Found = Vec<(Option<PeerId>, Vec<u8>)>;
 
 enum Cmd {
     GetRecord(Vec<u8>, Reply<Found>),
-    PutRecord(Vec<u8>, Vec<u8>, Reply<Result<(), String>>),
-    Provide(Vec<u8>, Reply<Result<(), String>>),
+    PutRecord(Vec<u8>, Vec<u8>, Reply<Result<(), NodeError>>),
+    Provide(Vec<u8>, Reply<Result<(), NodeError>>),
     GetProviders(Vec<u8>, Reply<HashSet<PeerId>>),
-    Request(PeerId, Vec<Multiaddr>, Request, Reply<Result<Response, String>>),
+    Request(PeerId, Vec<Multiaddr>, Request, Reply<Result<Response, NodeError>>),
     Bootstrap(Reply<()>),
 }
 
@@ -330,7 +346,7 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::PutRecord(key, value, tx))?;
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(r)) => r.map_err(PluginError::network),
+            Ok(Ok(r)) => r.map_err(|e| PluginError::network(e.to_string())),
             _ => Err(PluginError::network("put timed out")),
         }
     }
@@ -339,7 +355,7 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Provide(key, tx))?;
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(r)) => r.map_err(PluginError::network),
+            Ok(Ok(r)) => r.map_err(|e| PluginError::network(e.to_string())),
             _ => Err(PluginError::network("providing timed out")),
         }
     }
@@ -366,7 +382,7 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Request(peer, addrs, req, tx))?;
         match tokio::time::timeout(Duration::from_secs(40), rx).await {
-            Ok(Ok(r)) => r.map_err(PluginError::network),
+            Ok(Ok(r)) => r.map_err(|e| PluginError::network(e.to_string())),
             Ok(Err(_)) => Err(PluginError::other("the chiral node stopped")),
             Err(_) => Err(PluginError::network(format!("{peer} did not answer in 40 s"))),
         }
@@ -405,8 +421,8 @@ struct Task {
     routable: watch::Sender<usize>,
     get_records: HashMap<kad::QueryId, (Found, Reply<Found>)>,
     get_providers: HashMap<kad::QueryId, (HashSet<PeerId>, Reply<HashSet<PeerId>>)>,
-    puts: HashMap<kad::QueryId, Reply<Result<(), String>>>,
-    requests: HashMap<request_response::OutboundRequestId, Reply<Result<Response, String>>>,
+    puts: HashMap<kad::QueryId, Reply<Result<(), NodeError>>>,
+    requests: HashMap<request_response::OutboundRequestId, Reply<Result<Response, NodeError>>>,
     bootstraps: Vec<Reply<()>>,
     bootstrap_query: Option<kad::QueryId>,
     served: (mpsc::UnboundedSender<Served>, mpsc::UnboundedReceiver<Served>),
@@ -451,7 +467,7 @@ impl Task {
                         self.puts.insert(id, reply);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(format!("cannot store the record locally: {e}")));
+                        let _ = reply.send(Err(NodeError::Store(e)));
                     }
                 }
             }
@@ -460,7 +476,7 @@ impl Task {
                     self.puts.insert(id, reply);
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(format!("cannot provide: {e}")));
+                    let _ = reply.send(Err(NodeError::Provide(e)));
                 }
             },
             Cmd::GetProviders(key, reply) => {
@@ -593,12 +609,12 @@ impl Task {
                 }
                 QueryResult::PutRecord(r) => {
                     if let Some(reply) = self.puts.remove(&id) {
-                        let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                        let _ = reply.send(r.map(|_| ()).map_err(NodeError::Put));
                     }
                 }
                 QueryResult::StartProviding(r) => {
                     if let Some(reply) = self.puts.remove(&id) {
-                        let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                        let _ = reply.send(r.map(|_| ()).map_err(NodeError::AddProvider));
                     }
                 }
                 QueryResult::Bootstrap(_) if step.last && self.bootstrap_query == Some(id) => {
@@ -648,7 +664,7 @@ impl Task {
             },
             request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
                 if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Err(format!("{peer}: {error}")));
+                    let _ = reply.send(Err(NodeError::Request { peer, error }));
                 }
             }
             _ => {}

@@ -12,7 +12,6 @@ use std::{
 use chiral_sdk::ident::TorrentInfo;
 use chiral_sdk::{
     abi::PeerStat,
-    abi_stable::std_types::ROption,
     plugin::BoxFut,
     verify::{leaf_hash, merkle_root, verify_proof, Hash32, CHUNK_SIZE},
     ContentInfo, Events, HashKind, PieceSource, PluginError,
@@ -60,13 +59,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What is wrong with a manifest or a chunk a provider sent.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("{leaves} leaves for {size} bytes")]
+    LeafCount { leaves: usize, size: u64 },
+    #[error("the leaves do not add up to the root")]
+    Root,
+    #[error("no chunk {0}")]
+    NoChunk(u32),
+    #[error("chunk {index} has {got} bytes, expected {want}")]
+    Length { index: u32, got: usize, want: u64 },
+    #[error("chunk {0} does not match its leaf hash")]
+    Leaf(u32),
+    #[error("chunk {0} came with a wrong Merkle proof")]
+    Proof(u32),
+}
+
 /// Checks a manifest against the root it was asked for.
-pub fn check_manifest(root: &Hash32, size: u64, leaves: &[Hash32]) -> Result<(), String> {
+pub fn check_manifest(root: &Hash32, size: u64, leaves: &[Hash32]) -> Result<(), ChunkError> {
     if leaves.len() as u64 != chunk_count(size) {
-        return Err(format!("{} leaves for {size} bytes", leaves.len()));
+        return Err(ChunkError::LeafCount { leaves: leaves.len(), size });
     }
     if &merkle_root(leaves) != root {
-        return Err("the leaves do not add up to the root".into());
+        return Err(ChunkError::Root);
     }
     Ok(())
 }
@@ -79,19 +95,19 @@ pub fn check_chunk(
     index: u32,
     data: &[u8],
     proof: &[Hash32],
-) -> Result<(), String> {
+) -> Result<(), ChunkError> {
     let i = index as usize;
-    let Some(expect) = leaves.get(i) else { return Err(format!("no chunk {index}")) };
-    let want_len = size.saturating_sub(index as u64 * CHUNK_SIZE).min(CHUNK_SIZE);
-    if data.len() as u64 != want_len {
-        return Err(format!("chunk {index} has {} bytes, expected {want_len}", data.len()));
+    let Some(expect) = leaves.get(i) else { return Err(ChunkError::NoChunk(index)) };
+    let want = size.saturating_sub(index as u64 * CHUNK_SIZE).min(CHUNK_SIZE);
+    if data.len() as u64 != want {
+        return Err(ChunkError::Length { index, got: data.len(), want });
     }
     let leaf = leaf_hash(data);
     if &leaf != expect {
-        return Err(format!("chunk {index} does not match its leaf hash"));
+        return Err(ChunkError::Leaf(index));
     }
     if !verify_proof(root, i, leaves.len(), &leaf, proof) {
-        return Err(format!("chunk {index} came with a wrong Merkle proof"));
+        return Err(ChunkError::Proof(index));
     }
     Ok(())
 }
@@ -242,7 +258,7 @@ impl Inner {
                             drop(provs);
                             self.node.update_metrics(peer, |m| m.bad_data());
                             self.events.warn(format!("{peer} sent bad data, dropped: {e}"));
-                            e
+                            e.to_string()
                         }
                     }
                 }
@@ -357,14 +373,12 @@ impl PieceSource for ChiralSource {
         let provs = lock(&self.inner.providers);
         provs
             .iter()
-            .map(|(p, s)| PeerStat {
-                id: p.to_string().into(),
-                address: String::new().into(),
-                downloaded: s.bytes,
-                uploaded: 0,
-                chiral_peer_id: p.to_string().into(),
-                reputation: ROption::RSome(reputation::per_mille(self.inner.node.metrics_of(p).score)),
-                banned: s.banned,
+            .map(|(p, s)| {
+                PeerStat::new(p.to_string())
+                    .bytes(s.bytes, 0)
+                    .chiral_peer(p.to_string())
+                    .reputation(reputation::per_mille(self.inner.node.metrics_of(p).score))
+                    .banned(s.banned)
             })
             .collect()
     }
@@ -382,8 +396,8 @@ mod tests {
         let root = merkle_root(&leaves);
         let size = data.len() as u64;
         assert!(check_manifest(&root, size, &leaves).is_ok());
-        assert!(check_manifest(&root, size + CHUNK_SIZE, &leaves).unwrap_err().contains("leaves"));
-        assert!(check_manifest(&[0; 32], size, &leaves).unwrap_err().contains("root"));
+        assert!(matches!(check_manifest(&root, size + CHUNK_SIZE, &leaves), Err(ChunkError::LeafCount { .. })));
+        assert_eq!(check_manifest(&[0; 32], size, &leaves), Err(ChunkError::Root));
         let c = CHUNK_SIZE as usize;
         for i in 0..3 {
             let chunk = &data[i * c..((i + 1) * c).min(data.len())];
@@ -393,9 +407,12 @@ mod tests {
         let proof0 = merkle_proof(&leaves, 0).unwrap();
         let mut bad = data[..c].to_vec();
         bad[5] ^= 1;
-        assert!(check_chunk(&root, &leaves, size, 0, &bad, &proof0).unwrap_err().contains("leaf"));
-        assert!(check_chunk(&root, &leaves, size, 0, &data[..c - 1], &proof0).unwrap_err().contains("bytes"));
-        assert!(check_chunk(&root, &leaves, size, 0, &data[..c], &proof0[1..]).unwrap_err().contains("proof"));
+        assert_eq!(check_chunk(&root, &leaves, size, 0, &bad, &proof0), Err(ChunkError::Leaf(0)));
+        assert!(matches!(
+            check_chunk(&root, &leaves, size, 0, &data[..c - 1], &proof0),
+            Err(ChunkError::Length { .. })
+        ));
+        assert_eq!(check_chunk(&root, &leaves, size, 0, &data[..c], &proof0[1..]), Err(ChunkError::Proof(0)));
         assert!(check_chunk(&root, &leaves, size, 3, &[], &[]).is_err());
     }
 }

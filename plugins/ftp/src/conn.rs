@@ -58,7 +58,7 @@ pub const EOF_WAIT: Duration = Duration::from_secs(5);
 pub struct TlsSettings {
     /// Extra trusted roots (PEM), from the `ca_file` option or `CHIRAL_FTP_CA_FILE`.
     ca_file: Option<String>,
-    config: std::sync::OnceLock<Result<Arc<ClientConfig>, String>>,
+    config: std::sync::OnceLock<Result<Arc<ClientConfig>, Arc<TlsSetupError>>>,
 }
 
 impl TlsSettings {
@@ -69,29 +69,43 @@ impl TlsSettings {
     /// The client config: the platform's roots plus `ca_file`'s, TLS 1.2 and 1.3 (aws-lc-rs).
     pub fn config(&self) -> Result<Arc<ClientConfig>, PluginError> {
         self.config
-            .get_or_init(|| build_tls_config(self.ca_file.as_deref()).map(Arc::new))
+            .get_or_init(|| build_tls_config(self.ca_file.as_deref()).map(Arc::new).map_err(Arc::new))
             .clone()
-            .map_err(PluginError::other)
+            .map_err(|e| PluginError::other(e.to_string()))
     }
 }
 
-fn build_tls_config(ca_file: Option<&str>) -> Result<ClientConfig, String> {
+/// Why the TLS client settings could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("ca_file {path}: {source}")]
+    CaFile { path: String, source: rustls::pki_types::pem::Error },
+    #[error("ca_file {0}: no certificate in it")]
+    NoCertificate(String),
+    #[error("cannot set up TLS certificate checks: {0}")]
+    Verifier(rustls::Error),
+    #[error("cannot set up TLS: {0}")]
+    Protocols(rustls::Error),
+}
+
+fn build_tls_config(ca_file: Option<&str>) -> Result<ClientConfig, TlsSetupError> {
     use rustls::pki_types::{pem::PemObject as _, CertificateDer};
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut extra = Vec::new();
     if let Some(path) = ca_file {
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("ca_file {path}: {e}"))? {
-            extra.push(cert.map_err(|e| format!("ca_file {path}: {e}"))?);
+        let bad = |source| TlsSetupError::CaFile { path: path.to_string(), source };
+        for cert in CertificateDer::pem_file_iter(path).map_err(bad)? {
+            extra.push(cert.map_err(bad)?);
         }
         if extra.is_empty() {
-            return Err(format!("ca_file {path}: no certificate in it"));
+            return Err(TlsSetupError::NoCertificate(path.to_string()));
         }
     }
     let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-        .map_err(|e| format!("cannot set up TLS certificate checks: {e}"))?;
+        .map_err(TlsSetupError::Verifier)?;
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .map_err(TlsSetupError::Protocols)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();

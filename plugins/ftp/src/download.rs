@@ -13,11 +13,10 @@ use std::{
 };
 
 use chiral_sdk::{
-    abi_stable::std_types::{RString, RVec},
     engine::{self, safe_name, safe_relative},
     options::Opts,
     resume::part_path,
-    DownloadOutcome, DownloadRequest, Events, PieceSource, PluginError, SourceBytes,
+    DownloadOutcome, DownloadRequest, Events, PieceSource, PluginError,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -135,12 +134,7 @@ async fn stream_all(source: &FtpSource, out_dir: &Path, events: &Events) -> Resu
     pool.give(conn);
     let total = resumed + delivered;
     events.progress(total, total, 1);
-    Ok(DownloadOutcome {
-        files: RVec::from(written),
-        bytes: total,
-        resumed_bytes: resumed,
-        per_source: RVec::from(vec![SourceBytes { label: info.label.clone(), bytes: delivered }]),
-    })
+    Ok(DownloadOutcome::new(written, total).resumed(resumed).source(info.label.as_str(), delivered))
 }
 
 /// One whole file into `<final>.part`, renamed to `final_path` when complete.
@@ -216,8 +210,8 @@ async fn stream_file(
     Ok(got)
 }
 
-fn path_string(path: &Path) -> RString {
-    path.to_string_lossy().into_owned().into()
+fn path_string(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> PluginError {

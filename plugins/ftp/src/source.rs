@@ -16,10 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chiral_sdk::{
-    abi_stable::std_types::RVec, layout::MAX_PIECE_LENGTH, plugin::BoxFut, ContentInfo, Events, FileEntry, HashKind,
-    PieceSource, PluginError,
-};
+use chiral_sdk::{layout::MAX_PIECE_LENGTH, plugin::BoxFut, ContentInfo, Events, PieceSource, PluginError};
 use suppaftp::tokio_rustls::rustls::ClientConfig;
 use tokio::sync::Notify;
 
@@ -190,23 +187,14 @@ pub async fn probe(target: Target, tls: Option<Arc<ClientConfig>>, events: &Even
     let random_access = conn.supports_rest().await?;
     pool.give(conn);
     let length: u64 = files.iter().map(|f| f.length).sum();
-    let entries = if is_dir {
-        files.iter().map(|f| FileEntry { path: f.rel.as_str().into(), offset: f.offset, length: f.length }).collect()
-    } else {
-        RVec::new()
-    };
-    let info = ContentInfo {
-        name: t.name().into(),
-        length,
-        length_known,
-        random_access,
-        piece_length: 0,
-        hash_kind: HashKind::None,
-        piece_hashes: RVec::new(),
-        root: RVec::new(),
-        files: entries,
-        label: t.label.as_str().into(),
-    };
+    let mut info = ContentInfo::new(t.name(), length).label(t.label.as_str());
+    info.length_known = length_known;
+    info.random_access = random_access;
+    if is_dir {
+        for f in &files {
+            info = info.file(f.rel.as_str(), f.offset, f.length);
+        }
+    }
     Ok(Probe { info, files, pool })
 }
 

@@ -4,8 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chiral_sdk::{
-    abi_stable::std_types::RVec, layout::MAX_PIECE_LENGTH, plugin::BoxFut, ContentInfo, ErrorKind, HashKind,
-    HostConfig, PieceSource, PluginError,
+    layout::MAX_PIECE_LENGTH, plugin::BoxFut, ContentInfo, ErrorKind, HostConfig, PieceSource, PluginError,
 };
 use reqwest::{
     header::{HeaderMap, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, RANGE},
@@ -82,18 +81,7 @@ pub async fn probe(client: &Client, url: &Url) -> Result<Probe, PluginError> {
     let final_url = resp.url().clone();
     let headers = resp.headers().clone();
     let name = names::file_name(url, headers.get(CONTENT_DISPOSITION).map(|v| v.as_bytes()));
-    let mut info = ContentInfo {
-        name: name.into(),
-        length: 0,
-        length_known: false,
-        random_access: false,
-        piece_length: 0,
-        hash_kind: HashKind::None,
-        piece_hashes: RVec::new(),
-        root: RVec::new(),
-        files: RVec::new(),
-        label: names::label(url).into(),
-    };
+    let mut info = ContentInfo::new(name, 0).unknown_length().sequential().label(names::label(url));
     match status {
         StatusCode::PARTIAL_CONTENT => {
             // A 206 for some other range is a server not to trust with ranges; a plain GET of

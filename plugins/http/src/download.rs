@@ -12,10 +12,9 @@ use std::{
 };
 
 use chiral_sdk::{
-    abi_stable::std_types::{RString, RVec},
     engine::{self, RemoveOnDrop},
     resume::part_path,
-    DownloadOutcome, DownloadRequest, Events, PieceSource, PluginError, SourceBytes,
+    DownloadOutcome, DownloadRequest, Events, PieceSource, PluginError,
 };
 use reqwest::{header::CONTENT_LENGTH, Client, StatusCode};
 use tokio::io::AsyncWriteExt as _;
@@ -138,16 +137,7 @@ async fn stream_whole(
 }
 
 fn outcome(path: &Path, bytes: u64, resumed: u64, label: String, delivered: u64) -> DownloadOutcome {
-    DownloadOutcome {
-        files: RVec::from(vec![path_string(path)]),
-        bytes,
-        resumed_bytes: resumed,
-        per_source: RVec::from(vec![SourceBytes { label: label.into(), bytes: delivered }]),
-    }
-}
-
-fn path_string(path: &Path) -> RString {
-    path.to_string_lossy().into_owned().into()
+    DownloadOutcome::new([path.to_string_lossy()], bytes).resumed(resumed).source(label, delivered)
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> PluginError {

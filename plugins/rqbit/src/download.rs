@@ -12,11 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chiral_sdk::{
-    abi_stable::std_types::{ROption, RString, RVec},
-    engine::safe_name,
-    DownloadOutcome, DownloadRequest, Event, Events, PluginError, SourceBytes,
-};
+use chiral_sdk::{engine::safe_name, DownloadOutcome, DownloadRequest, Events, PluginError};
 use librqbit::{AddTorrent, AddTorrentOptions, AddTorrentResponse, Session};
 
 use crate::{
@@ -186,11 +182,7 @@ pub async fn run(
             let snapshot = live.per_peer_stats_snapshot(serde_json::from_str(r#"{"state":"all"}"#).unwrap_or_default());
             for (peer, ps) in snapshot.peers.iter() {
                 if let Some(bytes) = ledger.update(peer, ps.counters.fetched_bytes, ps.counters.uploaded_bytes) {
-                    events.emit(Event::PaymentRequired {
-                        peer: RString::from(peer.as_str()),
-                        wallet: ROption::RNone,
-                        bytes,
-                    });
+                    events.payment_required(peer.as_str(), None, bytes);
                 }
             }
         }
@@ -224,19 +216,14 @@ pub async fn run(
     drop(handle);
     let finals = finish(&tmp, &out_dir, &name, multi, &files).await?;
     events.progress(total, total, 0);
-    let mut per_source: Vec<SourceBytes> =
-        ledger.downloaded().into_iter().map(|(l, b)| SourceBytes { label: l.into(), bytes: b }).collect();
+    let mut per_source: Vec<(String, u64)> = ledger.downloaded().into_iter().map(|(l, b)| (l.to_string(), b)).collect();
     if per_source.is_empty() && total > resumed {
         // Peers librqbit dropped between two samples take their counters with them.
-        per_source.push(SourceBytes { label: "rqbit swarm".into(), bytes: total - resumed });
+        per_source.push(("rqbit swarm".into(), total - resumed));
     }
     events.debug(format!("{label}: {total} bytes in {:.2}s", t0.elapsed().as_secs_f64()));
-    Ok(DownloadOutcome {
-        files: finals.iter().map(|p| RString::from(p.to_string_lossy().into_owned())).collect::<RVec<_>>(),
-        bytes: total,
-        resumed_bytes: resumed,
-        per_source: per_source.into(),
-    })
+    let outcome = DownloadOutcome::new(finals.iter().map(|p| p.to_string_lossy()), total).resumed(resumed);
+    Ok(per_source.into_iter().fold(outcome, |o, (label, bytes)| o.source(label, bytes)))
 }
 
 /// Moves the complete content from `tmp` to its final name(s) in `out_dir`.
@@ -305,9 +292,14 @@ async fn same_content(a: &Path, b: &Path) -> bool {
     .unwrap_or(false)
 }
 
+/// A file that does not parse as a `.torrent`.
+#[derive(Debug, thiserror::Error)]
+#[error("not a torrent file: {0}")]
+pub struct NotATorrent(anyhow::Error);
+
 /// The BTv1 info hash (hex) of a `.torrent`.
-pub fn info_hash_of(bytes: &[u8]) -> Result<String, String> {
-    librqbit::torrent_from_bytes(bytes).map(|t| t.info_hash.as_string()).map_err(|e| format!("not a torrent file: {e}"))
+pub fn info_hash_of(bytes: &[u8]) -> Result<String, NotATorrent> {
+    librqbit::torrent_from_bytes(bytes).map(|t| t.info_hash.as_string()).map_err(|e| NotATorrent(e.into()))
 }
 
 fn add_error(label: &str, e: anyhow::Error) -> PluginError {

@@ -30,7 +30,6 @@ use std::{
 };
 
 use chiral_sdk::{
-    abi_stable::std_types::ROption,
     capability,
     options::Opts,
     plugin::BoxFut,
@@ -106,10 +105,7 @@ impl Plugin for RqbitPlugin {
             want_port,
             advertise_host: config.advertise_host.to_string(),
             no_dht: config.no_dht,
-            proxy: match &config.proxy {
-                ROption::RSome(p) => Some(p.to_string()),
-                ROption::RNone => None,
-            },
+            proxy: config.proxy_url().map(str::to_string),
             payment_threshold: options.get_bytes("payment_threshold")?.unwrap_or(DEFAULT_PAYMENT_THRESHOLD).max(1),
             wallet: options.get_str("wallet").map(str::to_string),
         };

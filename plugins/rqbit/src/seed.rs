@@ -6,11 +6,10 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use chiral_sdk::{
-    abi_stable::std_types::{ROption, RString},
     magnet::{self, Magnet},
     options::Opts,
     seeds::Seeded,
-    Event, Events, PluginError, SeedInfo,
+    Events, PluginError, SeedInfo,
 };
 use librqbit::{AddTorrent, AddTorrentOptions, AddTorrentResponse, ManagedTorrent, Session};
 
@@ -136,11 +135,7 @@ async fn account_uploads(handle: Arc<ManagedTorrent>, threshold: u64, events: Ev
         let snapshot = live.per_peer_stats_snapshot(serde_json::from_str(r#"{"state":"all"}"#).unwrap_or_default());
         for (peer, ps) in snapshot.peers.iter() {
             if let Some(bytes) = ledger.update(peer, ps.counters.fetched_bytes, ps.counters.uploaded_bytes) {
-                events.emit(Event::PaymentRequired {
-                    peer: RString::from(peer.as_str()),
-                    wallet: ROption::RNone,
-                    bytes,
-                });
+                events.payment_required(peer.as_str(), None, bytes);
             }
         }
     }

@@ -1104,6 +1104,45 @@ impl Driver<'_> {
     }
 }
 
+/// How [`download_for_plugin_with`] reports to the host beyond the defaults: a live peer count,
+/// a floor on the time between progress events, and a per-source breakdown of its own (a swarm
+/// that is one engine source but many peers).
+pub struct PluginReport<'a> {
+    peers: Option<&'a (dyn Fn() -> u32 + Send + Sync)>,
+    progress_every: Duration,
+    per_source: Option<&'a PerSourceLines<'a>>,
+}
+
+/// Per-source lines (label, bytes) of an outcome, for [`PluginReport::per_source`].
+pub type PerSourceLines<'a> = dyn Fn(&Outcome) -> Vec<(String, u64)> + Send + Sync + 'a;
+
+impl Default for PluginReport<'_> {
+    fn default() -> Self {
+        PluginReport { peers: None, progress_every: Duration::ZERO, per_source: None }
+    }
+}
+
+impl<'a> PluginReport<'a> {
+    /// The peer count each progress event carries (default: the number of engine sources).
+    pub fn peers(mut self, count: &'a (dyn Fn() -> u32 + Send + Sync)) -> Self {
+        self.peers = Some(count);
+        self
+    }
+
+    /// At most one progress event per `every` (the first and the last always go out).
+    pub fn progress_every(mut self, every: Duration) -> Self {
+        self.progress_every = every;
+        self
+    }
+
+    /// The outcome's per-source lines (label, bytes) from the engine's outcome, instead of one
+    /// line per engine source.
+    pub fn per_source(mut self, lines: &'a PerSourceLines<'a>) -> Self {
+        self.per_source = Some(lines);
+        self
+    }
+}
+
 /// A plugin's whole download (`Plugin::download`) through the engine: progress goes out as
 /// plugin events (`Events::progress`, dropped sources as warnings) and the outcome is the
 /// ABI's [`DownloadOutcome`](crate::abi::DownloadOutcome).
@@ -1112,33 +1151,58 @@ pub async fn download_for_plugin(
     options: &Options,
     events: &crate::plugin::Events,
 ) -> Result<crate::abi::DownloadOutcome, PluginError> {
+    download_for_plugin_with(sources, options, events, &PluginReport::default()).await
+}
+
+/// [`download_for_plugin`] with the reporting of `report`.
+pub async fn download_for_plugin_with(
+    sources: Vec<Arc<dyn PieceSource>>,
+    options: &Options,
+    events: &crate::plugin::Events,
+    report: &PluginReport<'_>,
+) -> Result<crate::abi::DownloadOutcome, PluginError> {
     use std::sync::atomic::{AtomicU64, Ordering};
     let done = AtomicU64::new(0);
     let total = AtomicU64::new(0);
-    let peers = sources.len() as u32;
+    let n_sources = sources.len() as u32;
+    let peers = || report.peers.map_or(n_sources, |f| f());
+    // When the last progress event went out (None: none yet).
+    let last = std::sync::Mutex::new(None::<Instant>);
+    let progress = |now: u64, force: bool| {
+        let t = total.load(Ordering::Relaxed);
+        let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
+        if force || now >= t || l.is_none_or(|at| at.elapsed() >= report.progress_every) {
+            *l = Some(Instant::now());
+            drop(l);
+            events.progress(now, t, peers());
+        }
+    };
     let on_event = |event: EngineEvent| match event {
         EngineEvent::Started { total: t, resumed, .. } => {
             total.store(t, Ordering::Relaxed);
             done.store(resumed, Ordering::Relaxed);
-            events.progress(resumed, t, peers);
+            progress(resumed, true);
         }
-        EngineEvent::Piece { bytes, .. } => {
-            let now = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-            events.progress(now, total.load(Ordering::Relaxed), peers);
+        EngineEvent::Piece { bytes, .. } => progress(done.fetch_add(bytes, Ordering::Relaxed) + bytes, false),
+        EngineEvent::Adopted { done: d, .. } => {
+            done.store(d, Ordering::Relaxed);
+            progress(d, true);
         }
-        EngineEvent::Adopted { done: d, .. } => done.store(d, Ordering::Relaxed),
         EngineEvent::SourceDropped { label, reason } => events.warn(format!("{label}: {reason}")),
         _ => {}
     };
     let out = run(sources, options, &on_event).await?;
+    let lines: Vec<(String, u64)> = match report.per_source {
+        Some(f) => f(&out),
+        None => out.sources.iter().map(|s| (s.label.clone(), s.bytes)).collect(),
+    };
     Ok(crate::abi::DownloadOutcome {
         files: out.files.iter().map(|p| p.to_string_lossy().into_owned().into()).collect(),
         bytes: out.length,
         resumed_bytes: out.resumed_bytes,
-        per_source: out
-            .sources
+        per_source: lines
             .into_iter()
-            .map(|s| crate::abi::SourceBytes { label: s.label.into(), bytes: s.bytes })
+            .map(|(label, bytes)| crate::abi::SourceBytes { label: label.into(), bytes })
             .collect(),
     })
 }

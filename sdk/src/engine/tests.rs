@@ -576,3 +576,49 @@ fn a_swarm_keeps_enough_bytes_requested_a_mirror_one_request_per_connection() {
     assert_eq!(slots_for(false, 512 << 20, 8), 1);
     assert_eq!(slots_for(true, 512 << 20, 8), 1);
 }
+
+/// `download_for_plugin_with`: the live peer count rides on every progress event, a floor on
+/// their spacing keeps the first and the last, and the per-source lines come from the caller.
+#[test]
+fn a_plugin_report_carries_peers_throttles_progress_and_splits_sources() {
+    use crate::abi::Event;
+    let data = content(2 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let a: Arc<dyn PieceSource> = Arc::new(src(&data, info_for(&data, 64 << 10, true, "swarm")));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let events = crate::plugin::Events::from_box(crate::plugin::Events::sink_from_fn(move |e| {
+        if let Event::Progress { done, total, peers } = e {
+            sink.lock().unwrap().push((done, total, peers));
+        }
+    }));
+    let peers = || 7;
+    let lines = |o: &Outcome| vec![("peer 1".to_string(), o.length - 5), ("peer 2".to_string(), 5)];
+    let report = PluginReport::default().peers(&peers).progress_every(Duration::from_secs(3600)).per_source(&lines);
+    let out =
+        futures::executor::block_on(download_for_plugin_with(vec![a], &Options::new(dir.path()), &events, &report))
+            .unwrap();
+    assert_eq!(std::fs::read(dir.path().join("file.bin")).unwrap(), *data);
+    let seen = seen.lock().unwrap().clone();
+    let total = data.len() as u64;
+    // 32 pieces, one hour apart at most: the start and the end only.
+    assert_eq!(seen, vec![(0, total, 7), (total, total, 7)]);
+    let split: Vec<(String, u64)> = out.per_source.iter().map(|s| (s.label.to_string(), s.bytes)).collect();
+    assert_eq!(split, vec![("peer 1".to_string(), total - 5), ("peer 2".to_string(), 5)]);
+
+    // The defaults: one event per piece after the start, the source count as peers, one line
+    // per engine source.
+    let dir = tempfile::tempdir().unwrap();
+    let a: Arc<dyn PieceSource> = Arc::new(src(&data, info_for(&data, 64 << 10, true, "swarm")));
+    let count = Arc::new(Mutex::new(Vec::new()));
+    let sink = count.clone();
+    let events = crate::plugin::Events::from_box(crate::plugin::Events::sink_from_fn(move |e| {
+        if let Event::Progress { peers, .. } = e {
+            sink.lock().unwrap().push(peers);
+        }
+    }));
+    let out = futures::executor::block_on(download_for_plugin(vec![a], &Options::new(dir.path()), &events)).unwrap();
+    assert_eq!(*count.lock().unwrap(), vec![1; 33]);
+    assert_eq!(out.per_source.len(), 1);
+    assert_eq!(out.per_source[0].bytes, total);
+}
