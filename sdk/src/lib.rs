@@ -51,7 +51,7 @@ pub const SDK_VERSION_NUL: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
 /// The compatibility rule between a host and a plugin's SDK versions (see `docs/abi.md`):
 /// same major (same minor while the major is 0), any patch release on either side. Within a
 /// series the ABI only grows by appending (methods after a prefix answer their defaults for an
-/// older plugin), so a plugin built against 0.1.0 loads in a 0.1.3 host and the other way round;
+/// older plugin), so a plugin built against 0.1.0 loads in a 0.1.4 host and the other way round;
 /// abi_stable's layout check still guards every type. Returns a one-line reason on a mismatch.
 pub fn check_compatible(host: &str, plugin: &str) -> Result<(), SdkMismatch> {
     fn parse(v: &str) -> Option<(u64, u64, u64)> {
