@@ -517,13 +517,7 @@ impl BitTorrentPlugin {
                 mg.web_seeds.clone(),
             ),
         };
-        // `x.pe` peers given by name (at most MAX_DIRECT_PEERS): one address each.
-        for name in peer_names {
-            let found = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(name)).await;
-            if let Ok(Ok(mut addrs)) = found {
-                peers.extend(addrs.next());
-            }
-        }
+        peers.extend(resolve_peer_names(peer_names, Duration::from_secs(5)).await);
         let web_seed_urls: Vec<String> = web_seed_urls
             .into_iter()
             .chain(opts.get_all("web_seed"))
@@ -765,6 +759,18 @@ impl PieceSource for SwarmSource {
             Ok(out)
         })
     }
+}
+
+/// `x.pe` peers given by name (the magnet parser bounds how many): one address each, all
+/// looked up at once, each within `limit`; names that do not resolve are left out.
+async fn resolve_peer_names(names: Vec<String>, limit: Duration) -> Vec<SocketAddr> {
+    let lookups = names.into_iter().map(|name| async move {
+        match tokio::time::timeout(limit, tokio::net::lookup_host(name)).await {
+            Ok(Ok(mut addrs)) => addrs.next(),
+            _ => None,
+        }
+    });
+    futures::future::join_all(lookups).await.into_iter().flatten().collect()
 }
 
 /// Piece `i` from the first web seed (round robin from `start`) whose bytes match its hash.

@@ -1,6 +1,6 @@
 //! In-process tests through the same ABI adapters the host uses.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use chiral_sdk::{
     abi_stable::std_types::{RString, RVec, Tuple2},
@@ -413,4 +413,17 @@ fn the_swarm_reads_ahead_only_when_it_is_the_only_source() {
     block_on(s.fetch(0, piece)).into_result().unwrap();
     block_on(s.fetch(40 * piece, piece)).into_result().unwrap();
     assert!(got(&s) > 2 * piece, "read ahead while alone: {} bytes", got(&s));
+}
+
+/// `x.pe` names are looked up together: a name that resolves gives one address, one that
+/// cannot (an invalid name, a port out of range) is left out, and none holds up the others.
+#[test]
+fn x_pe_names_resolve_together_and_bad_ones_are_left_out() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let names =
+        vec!["localhost:6881".to_string(), "no such host .invalid:1".to_string(), "localhost:99999".to_string()];
+    let found = rt.block_on(crate::resolve_peer_names(names, Duration::from_secs(5)));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].ip().is_loopback() && found[0].port() == 6881, "{found:?}");
+    assert!(rt.block_on(crate::resolve_peer_names(Vec::new(), Duration::from_secs(5))).is_empty());
 }
