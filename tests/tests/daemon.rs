@@ -302,6 +302,22 @@ fn api_downloads_seeds_security_and_a_restart_after_kill_9() {
         "the download to crash never reached 1 MiB: {}",
         d.download(&id_c)
     );
+    // Killed once the state file has the progress (it is written at most a second late).
+    let state_file = node.data_dir.path().join("daemon.json");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let saved: Value = std::fs::read_to_string(&state_file)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            saved["downloads"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["id"] == id_c.as_str() && x["bytes_done"].as_u64() >= Some(MIB))
+        }),
+        "daemon.json never recorded the progress"
+    );
     let Daemon { mut proc, .. } = d;
     proc.child.kill().expect("kill -9");
     proc.child.wait().expect("wait");
