@@ -5,7 +5,8 @@ set -euo pipefail
 need=()
 for pair in nginx:nginx-light aria2c:aria2 curl:curl nm:binutils vsftpd:vsftpd openssl:openssl \
             transmission-cli:transmission-cli transmission-show:transmission-cli \
-            transmission-daemon:transmission-daemon mktorrent:mktorrent; do
+            transmission-daemon:transmission-daemon mktorrent:mktorrent \
+            chromium:chromium node:nodejs npm:npm; do
     prog="${pair%%:*}"; pkg="${pair#*:}"
     command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || need+=("$pkg")
 done
@@ -41,4 +42,12 @@ if [ "$pure_ftpd" -eq 1 ]; then
         echo "pure-ftpd is missing the libraries above: install them with apt-get" >&2
         exit 1
     fi
+fi
+# playwright-core (drives Chromium in tests/tests/daemon.rs's page test) from npm, under
+# target/test-tools/pw: the browser itself is Debian's chromium, nothing is downloaded by it.
+pw="$tools/pw"
+if [ ! -f "$pw/node_modules/playwright-core/package.json" ]; then
+    echo "installing playwright-core into $pw" >&2
+    mkdir -p "$pw"
+    npm install --prefix "$pw" --no-audit --no-fund --loglevel=error playwright-core@1 >&2
 fi

@@ -43,6 +43,21 @@ pub struct ConfigFile {
     /// `[plugins.<name>]` tables, passed to that plugin as string options.
     #[serde(default)]
     pub plugins: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    /// `[daemon]`: how `chiral daemon` runs.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+/// The `[daemon]` table.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Address and port of the HTTP API and page (default `127.0.0.1:7878`).
+    pub http: Option<String>,
+    /// Downloads transferring at once (default 5); the others wait in the queue.
+    pub max_active: Option<usize>,
+    /// Where downloads go when no folder is given (default `<data dir>/downloads`).
+    pub download_dir: Option<PathBuf>,
 }
 
 impl ConfigFile {

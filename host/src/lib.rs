@@ -6,11 +6,13 @@
 //! - [`session`]: downloads over one or more sources through the SDK's multi-source engine,
 //!   whole downloads by a plugin, and seeding;
 //! - [`config`]: the TOML config file and default directories;
+//! - [`daemon`]: the long-lived node of `chiral daemon`, its HTTP API and web page;
 //! - [`lifecycle`]: seeds listed, stopped and forgotten across processes, through each serving
 //!   process's [`control`] socket and the [`seedbook`] (`seeds.json`).
 
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod lifecycle;
 pub mod loader;
 pub mod registry;

@@ -69,5 +69,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Node(a) => cli::node::run(g, a).await,
         Command::Search(a) => cli::search::run(g, a).await,
         Command::Demo(a) => cli::demo::run(g, a).await,
+        Command::Daemon(a) => cli::daemon::run(g, a).await,
     }
 }

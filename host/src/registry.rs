@@ -176,6 +176,34 @@ impl Registry {
         &self.config
     }
 
+    /// Every plugin found, as `chiral plugins --json` and the daemon's API list them: name,
+    /// version, claims, capabilities, file, and whether it loaded (or why not).
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let d = e.descriptor.as_ref();
+                let (status, reason) = match &e.status {
+                    Status::Loaded => ("loaded", None),
+                    Status::Skipped(r) => ("skipped", Some(r.clone())),
+                };
+                serde_json::json!({
+                    "name": d.map(|d| d.name.to_string()),
+                    "version": d.map(|d| d.version.to_string()),
+                    "sdk_version": e.sdk_version,
+                    "schemes": d.map(|d| d.schemes.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+                    "suffixes": d.map(|d| d.suffixes.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+                    "capabilities": d.map(|d| Registry::capability_names(d.capabilities)).unwrap_or_default(),
+                    "priority": d.map(|d| d.priority),
+                    "description": d.map(|d| d.description.to_string()),
+                    "file": e.path.display().to_string(),
+                    "status": status,
+                    "reason": reason,
+                })
+            })
+            .collect()
+    }
+
     pub fn loaded(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter().filter(|e| e.is_loaded())
     }

@@ -217,18 +217,23 @@ impl SeedBook {
 
     fn save(&self, records: &[SeedRecord]) -> Result<(), BookError> {
         let tmp = self.path.with_extension(format!("json.tmp.{}", std::process::id()));
-        let io = self.io(&tmp);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-            f.write_all(render(records).as_bytes())?;
-            f.sync_all()
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(e));
-        }
-        std::fs::rename(&tmp, &self.path).map_err(self.io(&self.path))
+        replace_file(&self.path, &tmp, render(records).as_bytes()).map_err(self.io(&self.path))
     }
+}
+
+/// Replaces `path` with `bytes` atomically: written to `tmp` (mode 0600) and synced first,
+/// then renamed over it; `tmp` is removed when the write fails.
+pub(crate) fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    std::fs::rename(tmp, path)
 }
 
 #[cfg(test)]

@@ -80,6 +80,8 @@ pub(crate) enum Command {
     Search(SearchArgs),
     /// Seed a generated file on loopback and download it through the plugins, with progress
     Demo(DemoArgs),
+    /// Run the node as a service: many downloads and seeds, an HTTP API and the web page
+    Daemon(DaemonArgs),
 }
 
 impl Command {
@@ -235,4 +237,18 @@ pub(crate) struct SearchArgs {
     /// Print the plugin's JSON answer
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DaemonArgs {
+    /// Address and port of the API and page [default: 127.0.0.1:7878, or the config's];
+    /// port 0 picks a free one. The first line on stdout is the page's URL with its token
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<String>,
+    /// Downloads transferring at once [default: 5, or the config's]
+    #[arg(long = "max-active", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_active: Option<u64>,
+    /// Where downloads go when no folder is given [default: <data dir>/downloads]
+    #[arg(long = "download-dir", value_name = "DIR")]
+    pub download_dir: Option<PathBuf>,
 }

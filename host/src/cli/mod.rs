@@ -11,6 +11,7 @@ mod serve;
 mod setup;
 
 pub(crate) mod create;
+pub(crate) mod daemon;
 pub(crate) mod demo;
 pub(crate) mod get;
 pub(crate) mod node;

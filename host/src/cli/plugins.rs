@@ -4,7 +4,6 @@
 use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Result;
-use chiral_host::registry::{Registry, Status};
 use serde_json::json;
 
 use super::{
@@ -16,30 +15,7 @@ pub(crate) async fn run(g: &Global, a: PluginsArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let host = build_host(g, &s, false)?;
     let reg = &host.registry;
-    let rows: Vec<serde_json::Value> = reg
-        .entries()
-        .iter()
-        .map(|e| {
-            let d = e.descriptor.as_ref();
-            let (status, reason) = match &e.status {
-                Status::Loaded => ("loaded", None),
-                Status::Skipped(r) => ("skipped", Some(r.clone())),
-            };
-            json!({
-                "name": d.map(|d| d.name.to_string()),
-                "version": d.map(|d| d.version.to_string()),
-                "sdk_version": e.sdk_version,
-                "schemes": d.map(|d| d.schemes.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
-                "suffixes": d.map(|d| d.suffixes.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
-                "capabilities": d.map(|d| Registry::capability_names(d.capabilities)).unwrap_or_default(),
-                "priority": d.map(|d| d.priority),
-                "description": d.map(|d| d.description.to_string()),
-                "file": e.path.display().to_string(),
-                "status": status,
-                "reason": reason,
-            })
-        })
-        .collect();
+    let rows = reg.describe();
     let winners = reg.scheme_winners();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&json!({ "plugins": rows, "schemes": winners }))?);

@@ -1,0 +1,204 @@
+//! `<data dir>/daemon.json`: the daemon's downloads and seeds, so that ids, folders, progress
+//! and states survive a restart (or a `kill -9`). Replaced atomically (temporary file, fsync,
+//! rename), mode 0600 (identifiers may carry credentials); a corrupt file is set aside as
+//! `daemon.json.bad` and the daemon starts empty.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a download stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownloadState {
+    Queued,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+}
+
+impl DownloadState {
+    /// Waiting for a slot or transferring: what a restart resumes.
+    pub fn is_active(self) -> bool {
+        matches!(self, DownloadState::Queued | DownloadState::Running)
+    }
+}
+
+/// One source of a download as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceView {
+    pub plugin: String,
+    pub identifier: String,
+    pub bytes: u64,
+    /// Bytes per second.
+    pub speed: u64,
+    #[serde(default)]
+    pub peers: Vec<PeerView>,
+    /// Why the source was dropped, if it was.
+    #[serde(default)]
+    pub dropped: Option<String>,
+}
+
+/// One remote peer behind a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub address: String,
+    pub chiral_peer_id: Option<String>,
+    pub reputation: Option<i64>,
+    pub bytes: u64,
+}
+
+/// A download as remembered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadRecord {
+    pub id: String,
+    /// As given (they may carry credentials: the API shows them redacted).
+    pub identifiers: Vec<String>,
+    pub out_dir: PathBuf,
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// For display: from the identifiers first, then the content's own name.
+    pub name: String,
+    /// The name the engine writes under `out_dir` (set once the content is described).
+    #[serde(default)]
+    pub disk_name: Option<String>,
+    pub state: DownloadState,
+    #[serde(default)]
+    pub bytes_total: u64,
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The sources of a finished download, with their totals.
+    #[serde(default)]
+    pub sources: Vec<SourceView>,
+    /// A `.torrent` uploaded to the daemon, kept in the data dir while the download exists.
+    #[serde(default)]
+    pub torrent_file: Option<PathBuf>,
+    #[serde(default)]
+    pub added_at: u64,
+    #[serde(default)]
+    pub completed_at: Option<u64>,
+}
+
+/// A seed as remembered: one path through one plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedEntry {
+    pub id: String,
+    /// Canonical path.
+    pub path: String,
+    pub plugin: String,
+    #[serde(default)]
+    pub options: Vec<(String, String)>,
+    /// Served again after a restart.
+    pub running: bool,
+    /// The identifiers it had when last served (a restart may change them).
+    #[serde(default)]
+    pub identifiers: Vec<String>,
+    #[serde(default)]
+    pub added_at: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    #[serde(default)]
+    pub next_id: u64,
+    #[serde(default)]
+    pub downloads: Vec<DownloadRecord>,
+    #[serde(default)]
+    pub seeds: Vec<SeedEntry>,
+}
+
+/// The state file of one data dir.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn new(data_dir: &Path) -> Self {
+        Self { path: data_dir.join("daemon.json") }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What was saved; nothing for a missing file, nothing (and the file set aside) for a
+    /// corrupt one.
+    pub fn load(&self) -> Saved {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                let bad = self.path.with_extension("json.bad");
+                tracing::warn!(
+                    "{} is not a valid daemon state ({e}); starting empty, the old file is kept as {}",
+                    self.path.display(),
+                    bad.display()
+                );
+                let _ = std::fs::rename(&self.path, &bad);
+                Saved::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}; starting empty", self.path.display());
+                Saved::default()
+            }
+        }
+    }
+
+    /// Replaces the file with `text` atomically.
+    pub fn save_text(&self, text: &str) -> std::io::Result<()> {
+        crate::seedbook::replace_file(&self.path, &self.path.with_extension("json.tmp"), text.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_sets_a_corrupt_file_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        assert_eq!(store.load(), Saved::default());
+        let saved = Saved {
+            next_id: 3,
+            downloads: vec![DownloadRecord {
+                id: "d1".into(),
+                identifiers: vec!["http://h/a.bin".into()],
+                out_dir: "/o".into(),
+                backend: None,
+                name: "a.bin".into(),
+                disk_name: Some("a.bin".into()),
+                state: DownloadState::Running,
+                bytes_total: 10,
+                bytes_done: 4,
+                files: vec![],
+                error: None,
+                sources: vec![],
+                torrent_file: None,
+                added_at: 1,
+                completed_at: None,
+            }],
+            seeds: vec![SeedEntry {
+                id: "s2".into(),
+                path: "/f".into(),
+                plugin: "http".into(),
+                options: vec![],
+                running: true,
+                identifiers: vec!["http://127.0.0.1:1/x/f".into()],
+                added_at: 2,
+            }],
+        };
+        store.save_text(&serde_json::to_string(&saved).unwrap()).unwrap();
+        assert_eq!(store.load(), saved);
+        let mode = std::fs::metadata(store.path()).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        std::fs::write(store.path(), "{oops").unwrap();
+        assert_eq!(store.load(), Saved::default());
+        assert!(dir.path().join("daemon.json.bad").exists());
+    }
+}
