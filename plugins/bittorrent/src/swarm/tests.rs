@@ -625,3 +625,36 @@ fn at_most_max_peers_and_no_self_connection() {
     let mut u = T::leech(PIECE as usize);
     assert!(u.s.connected(addr(1), local().peer_id, false, vec![], u.now).is_err());
 }
+
+#[test]
+fn blocks_in_any_order_and_borrowed_make_the_piece() {
+    // A piece's buffer grows as blocks arrive (not zeroed first): blocks answered last first,
+    // some borrowed from a read buffer (`received_block`), must still give the exact piece.
+    let mut t = T::leech(4 * PIECE as usize);
+    let a = t.unchoked(1);
+    t.want(1, 1);
+    let mut reqs = t.requests(a);
+    assert_eq!(reqs.len(), BLOCKS as usize);
+    reqs.reverse();
+    for (n, &(i, b)) in reqs.iter().enumerate() {
+        let at = (i as u64 * PIECE) as usize + b as usize;
+        let bytes = t.data[at..at + BLOCK as usize].to_vec();
+        if n % 2 == 0 {
+            t.s.received_block(a, i, b, &bytes, t.now);
+            t.run();
+        } else {
+            t.recv(a, Message::Piece { index: i, begin: b, data: bytes });
+        }
+    }
+    assert_eq!(t.verify.len(), 1);
+    assert_eq!(t.verify[0].1, &t.data[PIECE as usize..2 * PIECE as usize]);
+    t.verify_all();
+    assert_eq!(t.delivered, vec![(1, vec![1])]);
+    assert_eq!(t.s.totals().wasted, 0);
+    // A block nobody asked for, borrowed or not, is waste and changes nothing.
+    let extra = t.data[..BLOCK as usize].to_vec();
+    t.s.received_block(a, 0, 0, &extra, t.now);
+    t.run();
+    assert_eq!(t.s.totals().wasted, BLOCK as u64);
+    assert!(t.verify.is_empty());
+}
