@@ -117,6 +117,14 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// One decoded frame: a block (`piece` message) borrowed from the read buffer, so it is copied
+/// once, into its piece; anything else as a [`Message`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Block { index: u32, begin: u32, data: &'a [u8] },
+    Message(Message),
+}
+
 /// Decodes one frame from the start of `buf`: `Ok(None)` if incomplete, else the message and
 /// the bytes it used. `bitfield_len` (when the piece count is known) is the exact bitfield size.
 pub fn decode(
@@ -124,6 +132,18 @@ pub fn decode(
     max_frame: usize,
     bitfield_len: Option<usize>,
 ) -> Result<Option<(Message, usize)>, WireError> {
+    Ok(decode_frame(buf, max_frame, bitfield_len)?.map(|(f, used)| match f {
+        Frame::Block { index, begin, data } => (Message::Piece { index, begin, data: data.to_vec() }, used),
+        Frame::Message(m) => (m, used),
+    }))
+}
+
+/// [`decode`] with a `piece` message's block left in `buf`.
+pub fn decode_frame(
+    buf: &[u8],
+    max_frame: usize,
+    bitfield_len: Option<usize>,
+) -> Result<Option<(Frame<'_>, usize)>, WireError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -132,7 +152,7 @@ pub fn decode(
         return Err(WireError(format!("frame of {len} bytes is over the {max_frame} limit")));
     }
     if len == 0 {
-        return Ok(Some((Message::KeepAlive, 4)));
+        return Ok(Some((Frame::Message(Message::KeepAlive), 4)));
     }
     if buf.len() < 4 + len {
         return Ok(None);
@@ -178,7 +198,7 @@ pub fn decode(
             if p.len() < 8 || p.len() - 8 > MAX_BLOCK as usize {
                 return Err(WireError(format!("piece message of {} bytes", p.len())));
             }
-            Message::Piece { index: u32_at(p, 0), begin: u32_at(p, 4), data: p[8..].to_vec() }
+            return Ok(Some((Frame::Block { index: u32_at(p, 0), begin: u32_at(p, 4), data: &p[8..] }, 4 + len)));
         }
         9 => {
             exact(2)?;
@@ -194,7 +214,7 @@ pub fn decode(
         }
         other => Message::Unknown(other),
     };
-    Ok(Some((msg, 4 + len)))
+    Ok(Some((Frame::Message(msg), 4 + len)))
 }
 
 fn frame(out: &mut Vec<u8>, id: u8, payload_len: usize) {
@@ -303,6 +323,19 @@ mod tests {
         ] {
             rt(m);
         }
+    }
+
+    #[test]
+    fn a_block_is_borrowed_from_the_buffer() {
+        let mut b = Vec::new();
+        encode(&Message::Piece { index: 2, begin: 16384, data: vec![7; 100] }, &mut b);
+        encode(&Message::Have(1), &mut b);
+        let (f, used) = decode_frame(&b, max_frame(Some(10)), None).unwrap().unwrap();
+        assert_eq!(f, Frame::Block { index: 2, begin: 16384, data: &b[13..113] });
+        assert_eq!(used, 113);
+        let (f, _) = decode_frame(&b[used..], max_frame(Some(10)), None).unwrap().unwrap();
+        assert_eq!(f, Frame::Message(Message::Have(1)));
+        assert_eq!(decode_frame(&b[..50], max_frame(Some(10)), None).unwrap(), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::{
 use crate::{
     identity::Identity,
     metainfo::TorrentMetadata,
-    peer_wire::{self, Handshake},
+    peer_wire::{self, Frame, Handshake},
     storage::Storage,
     swarm::{Action, Level, Local, PeerKey, Refused, Swarm, Want, WantError},
     tracker, Shared,
@@ -447,7 +447,6 @@ impl Session {
         let _guard = Guard(self, key, writer.abort_handle());
         self.events.debug(format!("{}: connected to {addr}", self.label));
         let mut buf = BytesMut::with_capacity(256 << 10);
-        let mut msgs = Vec::new();
         loop {
             tokio::select! {
                 r = rd.read_buf(&mut buf) => {
@@ -457,26 +456,24 @@ impl Session {
                     let count = self.meta().map(|m| m.piece_count());
                     let max = peer_wire::max_frame(count);
                     let bitfield_len = count.map(|c| (c as usize).div_ceil(8));
-                    let mut bad = None;
-                    loop {
-                        match peer_wire::decode(&buf, max, bitfield_len) {
-                            Ok(Some((msg, used))) => {
-                                buf.advance(used);
-                                msgs.push(msg);
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                bad = Some(e);
-                                break;
-                            }
-                        }
-                    }
+                    // Every whole frame in one step of the swarm; blocks go from `buf` straight
+                    // into their piece.
                     let now = Instant::now();
-                    self.with(|s| {
-                        for m in msgs.drain(..) {
-                            s.received(key, m, now);
+                    let mut used = 0;
+                    let bad = self.with(|s| loop {
+                        match peer_wire::decode_frame(&buf[used..], max, bitfield_len) {
+                            Ok(Some((frame, n))) => {
+                                used += n;
+                                match frame {
+                                    Frame::Block { index, begin, data } => s.received_block(key, index, begin, data, now),
+                                    Frame::Message(m) => s.received(key, m, now),
+                                }
+                            }
+                            Ok(None) => break None,
+                            Err(e) => break Some(e),
                         }
                     });
+                    buf.advance(used);
                     if let Some(e) = bad {
                         return Err(e.into());
                     }

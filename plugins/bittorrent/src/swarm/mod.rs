@@ -69,6 +69,12 @@ const MAX_KNOWN: usize = 4096;
 const MAX_PAST_PEERS: usize = 4096;
 /// Blocks read from disk in one action.
 const READ_BATCH: usize = 64;
+/// Blocks of one piece asked of a proven Chiral peer in one request (128 KiB, the largest
+/// request any peer of ours serves): an eighth of the messages, frames and disk reads.
+pub const CHIRAL_SPAN: usize = (MAX_BLOCK / BLOCK) as usize;
+/// A proven Chiral peer's pipeline is topped up once this many blocks of it are free, not
+/// block by block.
+pub const CHIRAL_REFILL: usize = 4 * CHIRAL_SPAN;
 
 /// Why a connection is not taken into the swarm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -670,7 +676,7 @@ impl<W> Swarm<W> {
     /// them (a block that arrives anyway counts as wasted).
     fn abandon(&mut self, index: u32, now: Instant) {
         let Some(job) = self.pieces.jobs.remove(&index) else { return };
-        let len = job.data.len() as u64;
+        let len = job.len;
         for (b, s) in job.blocks.iter().enumerate() {
             let BlockState::Requested { peer, dup, .. } = *s else { continue };
             let begin = b as u32 * BLOCK;
@@ -770,6 +776,9 @@ impl<W> Swarm<W> {
             return;
         }
         let mut room = p.depth() - p.requests.len();
+        if p.chiral.is_some() && !p.requests.is_empty() && room < CHIRAL_REFILL {
+            return;
+        }
         let mut reqs: Vec<(u32, u32)> = Vec::new();
         // 1. Missing blocks of pieces already wanted (engine's first, then read ahead).
         let wanted: Vec<u32> = self.pieces.jobs.iter().filter(|(_, j)| j.wanted()).map(|(i, _)| *i).collect();
@@ -862,11 +871,24 @@ impl<W> Swarm<W> {
             return;
         }
         let p = self.peers.get_mut(&key).expect("present");
-        for (index, b) in reqs {
-            p.requests.insert((index, b));
-            let begin = b * BLOCK;
-            let length = Job::<W>::block_len(meta.piece_len(index), b as usize);
-            p.send(&Message::Request { index, begin, length }, now);
+        // One request per block, or per run of up to CHIRAL_SPAN blocks of a piece for a proven
+        // Chiral peer (each block is still tracked, answered and timed out on its own).
+        let span = if p.chiral.is_some() { CHIRAL_SPAN } else { 1 };
+        let mut k = 0;
+        while k < reqs.len() {
+            let (index, first) = reqs[k];
+            let mut n = 1;
+            while n < span && reqs.get(k + n) == Some(&(index, first + n as u32)) {
+                n += 1;
+            }
+            let piece_len = meta.piece_len(index);
+            let mut length = 0;
+            for b in first..first + n as u32 {
+                p.requests.insert((index, b));
+                length += Job::<W>::block_len(piece_len, b as usize);
+            }
+            p.send(&Message::Request { index, begin: first * BLOCK, length }, now);
+            k += n;
         }
     }
 
@@ -895,8 +917,24 @@ impl<W> Swarm<W> {
         }
     }
 
-    /// A block arrived from `key`.
-    fn on_block(&mut self, key: PeerKey, index: u32, begin: u32, data: Vec<u8>, now: Instant) {
+    /// Data for piece `index` at `begin` arrived from `key`: one block, or a run of blocks (a
+    /// Chiral peer answers a span with one message), each taken as a block of its own.
+    fn on_block(&mut self, key: PeerKey, index: u32, begin: u32, data: &[u8], now: Instant) {
+        if data.len() <= BLOCK as usize {
+            self.take_block(key, index, begin, data, now);
+        } else {
+            for (c, chunk) in data.chunks(BLOCK as usize).enumerate() {
+                match begin.checked_add(c as u32 * BLOCK) {
+                    Some(at) => self.take_block(key, index, at, chunk, now),
+                    None => self.totals.wasted += chunk.len() as u64,
+                }
+            }
+        }
+        self.pump(key, now);
+    }
+
+    /// One block from `key`: kept if it answers a request of ours, else counted as waste.
+    fn take_block(&mut self, key: PeerKey, index: u32, begin: u32, data: &[u8], now: Instant) {
         let Some(meta) = self.meta.clone() else { return };
         let n = data.len() as u64;
         self.totals.downloaded += n;
@@ -907,7 +945,6 @@ impl<W> Swarm<W> {
         self.account(key);
         let Some(job) = self.pieces.jobs.get_mut(&index).filter(|_| asked) else {
             self.totals.wasted += n;
-            self.pump(key, now);
             return;
         };
         let expected = Job::<W>::block_len(meta.piece_len(index), b as usize) as u64;
@@ -921,12 +958,10 @@ impl<W> Swarm<W> {
             }
             _ => {
                 self.totals.wasted += n;
-                self.pump(key, now);
                 return;
             }
         };
-        let at = b as usize * BLOCK as usize;
-        job.data[at..at + data.len()].copy_from_slice(&data);
+        job.put(b as usize * BLOCK as usize, data);
         job.blocks[b as usize] = BlockState::Have;
         job.from[b as usize] = key;
         job.left -= 1;
@@ -943,7 +978,6 @@ impl<W> Swarm<W> {
             let data = std::mem::take(&mut job.data);
             self.actions.push_back(Action::Verify { index, data });
         }
-        self.pump(key, now);
     }
 
     // ---------- uploading ----------
@@ -1044,11 +1078,20 @@ impl<W> Swarm<W> {
         }
     }
 
+    /// A block (the payload of a `piece` message) from `key`, borrowed from the shell's read
+    /// buffer: the same as `received` with [`Message::Piece`], with one copy fewer.
+    pub fn received_block(&mut self, key: PeerKey, index: u32, begin: u32, data: &[u8], now: Instant) {
+        self.now = Some(now);
+        let Some(p) = self.peers.get_mut(&key) else { return };
+        p.last_seen = now;
+        self.on_block(key, index, begin, data, now);
+    }
+
     fn handle(&mut self, key: PeerKey, msg: Message, now: Instant) -> Result<(), Violation> {
         let count = self.meta.as_ref().map(|m| m.piece_count());
         let p = self.peers.get_mut(&key).expect("checked by the caller");
         match msg {
-            Message::Piece { index, begin, data } => self.on_block(key, index, begin, data, now),
+            Message::Piece { index, begin, data } => self.on_block(key, index, begin, &data, now),
             Message::Extended { id, payload } => self.on_extended(key, id, &payload, now)?,
             Message::KeepAlive | Message::Unknown(_) | Message::Port(_) | Message::HaveNone => {}
             Message::Choke => {

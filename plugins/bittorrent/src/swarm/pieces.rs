@@ -33,7 +33,11 @@ pub(super) struct Job<W> {
     pub blocks: Vec<BlockState>,
     /// Which peer sent each block (for blaming on a hash failure).
     pub from: Vec<PeerKey>,
+    /// The piece's bytes so far: grown as blocks arrive (never zeroed first, unless a block
+    /// arrives ahead of a gap), `len` once every block is in.
     pub data: Vec<u8>,
+    /// The piece's length.
+    pub len: u64,
     /// Blocks not yet received.
     pub left: usize,
     /// Blocks in state `Missing` (a job with none has nothing to request).
@@ -51,12 +55,23 @@ impl<W> Job<W> {
         Self {
             blocks: vec![BlockState::Missing; n],
             from: vec![0; n],
-            data: vec![0; len as usize],
+            data: Vec::with_capacity(len as usize),
+            len,
             left: n,
             missing: n,
             waiters: Vec::new(),
             verifying: false,
         }
+    }
+
+    /// Writes a block's bytes at `at` (within the piece).
+    pub(super) fn put(&mut self, at: usize, bytes: &[u8]) {
+        if at > self.data.len() {
+            self.data.resize(at, 0);
+        }
+        let inside = (self.data.len() - at).min(bytes.len());
+        self.data[at..at + inside].copy_from_slice(&bytes[..inside]);
+        self.data.extend_from_slice(&bytes[inside..]);
     }
 
     pub(super) fn wanted(&self) -> bool {

@@ -625,3 +625,143 @@ fn at_most_max_peers_and_no_self_connection() {
     let mut u = T::leech(PIECE as usize);
     assert!(u.s.connected(addr(1), local().peer_id, false, vec![], u.now).is_err());
 }
+
+#[test]
+fn blocks_in_any_order_and_borrowed_make_the_piece() {
+    // A piece's buffer grows as blocks arrive (not zeroed first): blocks answered last first,
+    // some borrowed from a read buffer (`received_block`), must still give the exact piece.
+    let mut t = T::leech(4 * PIECE as usize);
+    let a = t.unchoked(1);
+    t.want(1, 1);
+    let mut reqs = t.requests(a);
+    assert_eq!(reqs.len(), BLOCKS as usize);
+    reqs.reverse();
+    for (n, &(i, b)) in reqs.iter().enumerate() {
+        let at = (i as u64 * PIECE) as usize + b as usize;
+        let bytes = t.data[at..at + BLOCK as usize].to_vec();
+        if n % 2 == 0 {
+            t.s.received_block(a, i, b, &bytes, t.now);
+            t.run();
+        } else {
+            t.recv(a, Message::Piece { index: i, begin: b, data: bytes });
+        }
+    }
+    assert_eq!(t.verify.len(), 1);
+    assert_eq!(t.verify[0].1, &t.data[PIECE as usize..2 * PIECE as usize]);
+    t.verify_all();
+    assert_eq!(t.delivered, vec![(1, vec![1])]);
+    assert_eq!(t.s.totals().wasted, 0);
+    // A block nobody asked for, borrowed or not, is waste and changes nothing.
+    let extra = t.data[..BLOCK as usize].to_vec();
+    t.s.received_block(a, 0, 0, &extra, t.now);
+    t.run();
+    assert_eq!(t.s.totals().wasted, BLOCK as u64);
+    assert!(t.verify.is_empty());
+}
+
+impl T {
+    /// A peer that proves a Chiral id, has everything and unchokes us.
+    fn chiral_holder(&mut self, n: u8) -> PeerKey {
+        let them = Identity::generate();
+        let k = self.connect_from(addr(n), pid(n), true);
+        let nonce = self.s.peer(k).unwrap().nonce.clone();
+        let mut h = ExtHandshake::default();
+        h.m.insert("chiral".into(), 9);
+        h.chiral = Some(them.id());
+        h.chiral_nonce = Some(vec![7; 32]);
+        self.recv(k, Message::Extended { id: 0, payload: h.encode() });
+        let hello = ChiralHello {
+            msg_type: "hello".into(),
+            chiral_peer_id: them.id(),
+            reputation_score: 500,
+            wallet_address: None,
+            signature: Some(them.prove(&nonce, &self.meta.info_hash)),
+        };
+        self.recv(k, Message::Extended { id: CHIRAL_ID, payload: hello.encode() });
+        assert!(self.s.peer(k).unwrap().chiral.is_some());
+        self.recv(k, Message::HaveAll);
+        self.recv(k, Message::Unchoke);
+        self.take(k);
+        k
+    }
+
+    /// Requests sent to `k` since the last look, as (piece, begin, length).
+    fn spans(&mut self, k: PeerKey) -> Vec<(u32, u32, u32)> {
+        self.take(k)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Request { index, begin, length } => Some((index, begin, length)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `k` answers a request with one message of the right bytes.
+    fn answer_span(&mut self, k: PeerKey, (index, begin, length): (u32, u32, u32)) {
+        let at = (index as u64 * PIECE) as usize + begin as usize;
+        let data = self.data[at..at + length as usize].to_vec();
+        self.recv(k, Message::Piece { index, begin, data });
+    }
+}
+
+#[test]
+fn a_chiral_peer_is_asked_for_spans_and_topped_up_in_batches() {
+    let pieces = 80;
+    let mut t = T::leech(pieces * PIECE as usize);
+    let c = t.chiral_holder(1);
+    let depth = t.s.peer(c).unwrap().depth();
+    assert_eq!(depth, 2 * PIPELINE);
+    for i in 0..pieces as u32 {
+        t.want(i, i);
+    }
+    // Spans of whole pieces here (a test piece is 4 blocks): a quarter of the messages, every
+    // block still tracked; filled to within one top-up of the depth.
+    let spans = t.spans(c);
+    assert!(spans.iter().all(|&(_, b, l)| b == 0 && l == PIECE as u32));
+    let outstanding = t.s.peer(c).unwrap().requests.len();
+    assert_eq!(outstanding, spans.len() * BLOCKS as usize);
+    assert!(depth - outstanding < CHIRAL_REFILL && outstanding <= depth);
+    let mut asked = spans.len();
+    let mut pending: std::collections::VecDeque<_> = spans.into();
+    let mut topups = 0;
+    while let Some(s) = pending.pop_front() {
+        // Blocks free once this span is in, before any top-up.
+        let free = depth + BLOCKS as usize - t.s.peer(c).unwrap().requests.len();
+        t.answer_span(c, s);
+        let more = t.spans(c);
+        if more.is_empty() {
+            assert!(free < CHIRAL_REFILL || asked == pieces, "no top-up for {free} free blocks");
+        } else {
+            topups += 1;
+            assert!(free >= CHIRAL_REFILL, "topped up with {free} blocks free");
+            assert!(t.s.peer(c).unwrap().requests.len() <= depth);
+        }
+        asked += more.len();
+        pending.extend(more);
+    }
+    assert!(topups <= pieces * BLOCKS as usize / CHIRAL_REFILL, "{topups} top-ups");
+    assert_eq!(t.verify.len(), pieces);
+    t.verify_all();
+    assert_eq!(t.delivered.len(), pieces);
+    assert_eq!(t.s.totals().wasted, 0);
+    assert!(t.s.peer(c).unwrap().requests.is_empty());
+}
+
+#[test]
+fn a_run_of_blocks_is_taken_block_by_block() {
+    let mut t = T::leech(4 * PIECE as usize);
+    let c = t.chiral_holder(1);
+    t.want(0, 0);
+    assert_eq!(t.spans(c), vec![(0, 0, PIECE as u32)]);
+    // One block more than asked: the piece is made, the extra block is waste.
+    let data = t.data[..PIECE as usize + BLOCK as usize].to_vec();
+    t.recv(c, Message::Piece { index: 0, begin: 0, data });
+    assert_eq!(t.s.totals().wasted, BLOCK as u64);
+    assert_eq!(t.verify.len(), 1);
+    t.verify_all();
+    assert_eq!(t.delivered, vec![(0, vec![0])]);
+    // A run whose offsets pass the end of a u32 is waste, not a panic.
+    t.recv(c, Message::Piece { index: 1, begin: u32::MAX - 10, data: vec![0; 2 * BLOCK as usize] });
+    assert_eq!(t.s.totals().wasted, 3 * BLOCK as u64);
+    assert!(t.disconnected.is_empty());
+}
