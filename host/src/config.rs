@@ -65,10 +65,12 @@ impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().lines().next().unwrap_or_default().to_string(),
-        })
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+    }
+
+    /// The config in `text`, or the parser's first line (the fuzz target's entry point).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
     }
 
     /// Where the config is looked for when `--config` is not given.

@@ -47,7 +47,12 @@ impl ResumeState {
         let f = std::fs::File::open(path).ok()?;
         let mut text = String::new();
         f.take(MAX_STATE_BYTES).read_to_string(&mut text).ok()?;
-        serde_json::from_str(&text).ok()
+        Self::from_json(&text)
+    }
+
+    /// A state file's text; `None` if malformed.
+    pub fn from_json(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
     }
 
     /// Writes the state atomically.
