@@ -342,7 +342,18 @@ fn api_downloads_seeds_security_and_a_restart_after_kill_9() {
     assert!(o.status.success(), "curl {url2}: {}", stderr(&o));
     assert_eq!(sha256_file(&got), sha256_file(&seeded));
 
-    // Stopped through the API: no longer served, listed as stopped, not back after a restart.
+    // `chiral stop` reaches the daemon's seed through its control socket; the API sees it
+    // stopped, and starts it again.
+    let o = node.run(&["stop", &url2]);
+    assert!(o.status.success(), "chiral stop {url2}: {}", stderr(&o));
+    let seed_state =
+        |d: &Daemon| d.get(&format!("/api/v1/seeds/{sid}"))["state"].as_str().unwrap_or_default().to_string();
+    assert!(wait_until(Duration::from_secs(10), || seed_state(&d) == "stopped"), "the API does not see `chiral stop`");
+    let (status, v) = d.api("POST", &format!("/api/v1/seeds/{sid}/start"), None);
+    assert_eq!((status, v["state"].as_str()), (200, Some("running")), "{v}");
+    let url2 = v["identifiers"][0].as_str().unwrap().to_string();
+
+    // Stopped through the API: no longer served, listed as stopped.
     let (status, v) = d.api("POST", &format!("/api/v1/seeds/{sid}/stop"), None);
     assert_eq!((status, v["state"].as_str()), (200, Some("stopped")), "{v}");
     let o = run_with_timeout(Command::new(&curl).args(["-sf", "-o", "/dev/null"]).arg(&url2), Duration::from_secs(30));

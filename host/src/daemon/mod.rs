@@ -158,6 +158,9 @@ struct LiveSource {
     plugin: String,
     bytes: u64,
     dropped: Option<String>,
+    /// Bytes per second, smoothed over the ticks, and the bytes at the last tick.
+    speed: u64,
+    at_tick: u64,
 }
 
 struct Dl {
@@ -200,6 +203,8 @@ pub struct Daemon {
 
 /// How often progress goes out and is saved.
 const TICK: Duration = Duration::from_secs(1);
+/// Ticks a second.
+const TICK_HZ: u64 = 1;
 /// The window the speed is measured over.
 const SPEED_WINDOW: Duration = Duration::from_secs(5);
 
@@ -562,7 +567,7 @@ impl Daemon {
             Ok(e) if label.contains("://") => e.name().unwrap_or_default().to_string(),
             _ => label.split(':').next().unwrap_or_default().to_string(),
         };
-        LiveSource { label: text::line(&redact(&label)), plugin, bytes: 0, dropped: None }
+        LiveSource { label: text::line(&redact(&label)), plugin, bytes: 0, dropped: None, speed: 0, at_tick: 0 }
     }
 
     fn finished(self: &Arc<Self>, id: &str, gen: u64, outcome: Result<crate::session::GetReport, HostError>) {
@@ -629,7 +634,7 @@ impl Daemon {
                 plugin: s.plugin.clone(),
                 identifier: s.label.clone(),
                 bytes: s.bytes,
-                speed: 0,
+                speed: s.speed,
                 peers: Vec::new(),
                 dropped: s.dropped.clone(),
             })
@@ -714,6 +719,16 @@ impl Daemon {
             if speed != live.speed {
                 live.speed = speed;
                 live.dirty = true;
+            }
+            for s in &mut live.sources {
+                // Bytes since the last tick (a second), averaged with the speed before.
+                let fresh = s.bytes.saturating_sub(s.at_tick) * TICK_HZ;
+                s.at_tick = s.bytes;
+                let smoothed = (s.speed + fresh) / 2;
+                if smoothed != s.speed {
+                    s.speed = smoothed;
+                    live.dirty = true;
+                }
             }
         }
         let mut stopped_outside = false;
