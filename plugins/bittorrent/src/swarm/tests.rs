@@ -765,3 +765,33 @@ fn a_run_of_blocks_is_taken_block_by_block() {
     assert_eq!(t.s.totals().wasted, 3 * BLOCK as u64);
     assert!(t.disconnected.is_empty());
 }
+
+#[test]
+fn a_proven_chiral_leecher_gets_a_larger_but_bounded_upload_buffer() {
+    let mut t = T::seed(160 * PIECE as usize);
+    let them = Identity::generate();
+    let a = t.connect_from(addr(1), pid(1), true);
+    let nonce = t.s.peer(a).unwrap().nonce.clone();
+    let mut h = ExtHandshake::default();
+    h.m.insert("chiral".into(), 9);
+    h.chiral = Some(them.id());
+    t.recv(a, Message::Extended { id: 0, payload: h.encode() });
+    let hello = ChiralHello {
+        msg_type: "hello".into(),
+        chiral_peer_id: them.id(),
+        reputation_score: 500,
+        wallet_address: None,
+        signature: Some(them.prove(&nonce, &t.meta.info_hash)),
+    };
+    t.recv(a, Message::Extended { id: CHIRAL_ID, payload: hello.encode() });
+    t.recv(a, Message::Interested);
+    assert!(!t.s.peer(a).unwrap().am_choking);
+    for i in 0..160u32 {
+        t.s.received(a, Message::Request { index: i, begin: 0, length: PIECE as u32 }, t.now);
+    }
+    t.run();
+    let read: u64 = t.reads.iter().flat_map(|(_, b)| b).map(|(_, _, l)| *l as u64 + 13).sum();
+    assert!(read > UPLOAD_BUFFER as u64, "more than an ordinary peer's {UPLOAD_BUFFER}");
+    assert!(read <= CHIRAL_UPLOAD_BUFFER as u64, "{read} bytes handed out before the socket took any");
+    assert!(t.disconnected.is_empty(), "a full buffer of blocks is not a peer that does not read");
+}
