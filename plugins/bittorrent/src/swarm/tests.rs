@@ -660,8 +660,8 @@ fn blocks_in_any_order_and_borrowed_make_the_piece() {
 }
 
 impl T {
-    /// A peer that proves a Chiral id, has everything and unchokes us.
-    fn chiral_holder(&mut self, n: u8) -> PeerKey {
+    /// A peer (extension bit set) that proves a Chiral id by signing our nonce.
+    fn chiral_peer(&mut self, n: u8) -> PeerKey {
         let them = Identity::generate();
         let k = self.connect_from(addr(n), pid(n), true);
         let nonce = self.s.peer(k).unwrap().nonce.clone();
@@ -679,6 +679,12 @@ impl T {
         };
         self.recv(k, Message::Extended { id: CHIRAL_ID, payload: hello.encode() });
         assert!(self.s.peer(k).unwrap().chiral.is_some());
+        k
+    }
+
+    /// A proven Chiral peer that has everything and unchokes us.
+    fn chiral_holder(&mut self, n: u8) -> PeerKey {
+        let k = self.chiral_peer(n);
         self.recv(k, Message::HaveAll);
         self.recv(k, Message::Unchoke);
         self.take(k);
@@ -769,21 +775,7 @@ fn a_run_of_blocks_is_taken_block_by_block() {
 #[test]
 fn a_proven_chiral_leecher_gets_a_larger_but_bounded_upload_buffer() {
     let mut t = T::seed(160 * PIECE as usize);
-    let them = Identity::generate();
-    let a = t.connect_from(addr(1), pid(1), true);
-    let nonce = t.s.peer(a).unwrap().nonce.clone();
-    let mut h = ExtHandshake::default();
-    h.m.insert("chiral".into(), 9);
-    h.chiral = Some(them.id());
-    t.recv(a, Message::Extended { id: 0, payload: h.encode() });
-    let hello = ChiralHello {
-        msg_type: "hello".into(),
-        chiral_peer_id: them.id(),
-        reputation_score: 500,
-        wallet_address: None,
-        signature: Some(them.prove(&nonce, &t.meta.info_hash)),
-    };
-    t.recv(a, Message::Extended { id: CHIRAL_ID, payload: hello.encode() });
+    let a = t.chiral_peer(1);
     t.recv(a, Message::Interested);
     assert!(!t.s.peer(a).unwrap().am_choking);
     for i in 0..160u32 {
