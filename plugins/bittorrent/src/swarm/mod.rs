@@ -52,6 +52,10 @@ pub const UPLOAD_BUFFER: usize = 2 << 20;
 /// Bytes queued to one peer's socket past which it is dropped as not reading (blocks stop at
 /// [`UPLOAD_BUFFER`]; this catches control traffic a peer provokes, e.g. metadata requests).
 pub const MAX_QUEUED_BYTES: usize = UPLOAD_BUFFER + (4 << 20);
+/// [`UPLOAD_BUFFER`] for a proven Chiral peer: its writer never runs dry while a read waits
+/// for a thread (a busy machine delays each hand-off by milliseconds). Still a bound in bytes,
+/// and only for a peer that signed our nonce with its Chiral key.
+pub const CHIRAL_UPLOAD_BUFFER: usize = 16 << 20;
 /// Most metadata sizes assembled at once (peers may announce different ones).
 const MAX_METADATA_SIZES: usize = 4;
 /// A block requested this long ago may be asked of a second peer (end game).
@@ -305,7 +309,7 @@ impl<W> Swarm<W> {
             if !p.out.is_empty() {
                 self.actions.push_back(Action::Send { peer: *k, bytes: std::mem::take(&mut p.out) });
             }
-            if p.queued > MAX_QUEUED_BYTES {
+            if p.queued > MAX_QUEUED_BYTES - UPLOAD_BUFFER + p.upload_buffer() {
                 over.push(*k);
             }
         }
@@ -983,7 +987,7 @@ impl<W> Swarm<W> {
     // ---------- uploading ----------
 
     /// Hands out reads of what `key` asked for while its socket takes them (at most
-    /// [`UPLOAD_BUFFER`] bytes queued).
+    /// [`UPLOAD_BUFFER`] bytes queued, [`CHIRAL_UPLOAD_BUFFER`] for a proven Chiral peer).
     fn serve(&mut self, key: PeerKey) {
         if !self.seeding {
             return;
@@ -994,11 +998,12 @@ impl<W> Swarm<W> {
             p.uploads.clear();
             return;
         }
+        let buffer = p.upload_buffer();
         let mut total = 0u64;
         loop {
             let mut batch = Vec::new();
             while let Some(&(i, b, l)) = p.uploads.front() {
-                if p.queued + l as usize + 13 > UPLOAD_BUFFER || batch.len() >= READ_BATCH {
+                if p.queued + l as usize + 13 > buffer || batch.len() >= READ_BATCH {
                     break;
                 }
                 p.queued += l as usize + 13;

@@ -107,6 +107,15 @@ impl Peer {
         }
     }
 
+    /// Bytes of blocks read for it and not yet taken by its socket, at most.
+    pub fn upload_buffer(&self) -> usize {
+        if self.chiral.is_some() {
+            super::CHIRAL_UPLOAD_BUFFER
+        } else {
+            super::UPLOAD_BUFFER
+        }
+    }
+
     pub fn has_piece(&self, i: u32) -> bool {
         self.has.get(i as usize).copied().unwrap_or(false)
     }

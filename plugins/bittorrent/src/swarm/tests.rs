@@ -660,8 +660,8 @@ fn blocks_in_any_order_and_borrowed_make_the_piece() {
 }
 
 impl T {
-    /// A peer that proves a Chiral id, has everything and unchokes us.
-    fn chiral_holder(&mut self, n: u8) -> PeerKey {
+    /// A peer (extension bit set) that proves a Chiral id by signing our nonce.
+    fn chiral_peer(&mut self, n: u8) -> PeerKey {
         let them = Identity::generate();
         let k = self.connect_from(addr(n), pid(n), true);
         let nonce = self.s.peer(k).unwrap().nonce.clone();
@@ -679,6 +679,12 @@ impl T {
         };
         self.recv(k, Message::Extended { id: CHIRAL_ID, payload: hello.encode() });
         assert!(self.s.peer(k).unwrap().chiral.is_some());
+        k
+    }
+
+    /// A proven Chiral peer that has everything and unchokes us.
+    fn chiral_holder(&mut self, n: u8) -> PeerKey {
+        let k = self.chiral_peer(n);
         self.recv(k, Message::HaveAll);
         self.recv(k, Message::Unchoke);
         self.take(k);
@@ -764,4 +770,20 @@ fn a_run_of_blocks_is_taken_block_by_block() {
     t.recv(c, Message::Piece { index: 1, begin: u32::MAX - 10, data: vec![0; 2 * BLOCK as usize] });
     assert_eq!(t.s.totals().wasted, 3 * BLOCK as u64);
     assert!(t.disconnected.is_empty());
+}
+
+#[test]
+fn a_proven_chiral_leecher_gets_a_larger_but_bounded_upload_buffer() {
+    let mut t = T::seed(160 * PIECE as usize);
+    let a = t.chiral_peer(1);
+    t.recv(a, Message::Interested);
+    assert!(!t.s.peer(a).unwrap().am_choking);
+    for i in 0..160u32 {
+        t.s.received(a, Message::Request { index: i, begin: 0, length: PIECE as u32 }, t.now);
+    }
+    t.run();
+    let read: u64 = t.reads.iter().flat_map(|(_, b)| b).map(|(_, _, l)| *l as u64 + 13).sum();
+    assert!(read > UPLOAD_BUFFER as u64, "more than an ordinary peer's {UPLOAD_BUFFER}");
+    assert!(read <= CHIRAL_UPLOAD_BUFFER as u64, "{read} bytes handed out before the socket took any");
+    assert!(t.disconnected.is_empty(), "a full buffer of blocks is not a peer that does not read");
 }
