@@ -7,7 +7,8 @@
 #   FUZZ_SECONDS=120 bash bench/fuzz.sh sdk/magnet ftp/reply layout
 #   bash bench/fuzz.sh --list
 # A target is named `<crate>/<target>` (crate: sdk, host, ftp, http, chiral, bittorrent) or by
-# its target name alone. Needs `cargo install cargo-fuzz` and a nightly toolchain.
+# its target name alone; a crate's name alone selects all its targets. Needs
+# `cargo install cargo-fuzz` and a nightly toolchain.
 # Each target starts from its committed seeds (`<crate>/fuzz/seeds/<target>/`) and the corpus
 # of earlier runs (`<crate>/fuzz/corpus/<target>/`, not committed); what it finds goes to
 # `<crate>/fuzz/artifacts/<target>/`. Every fuzz crate builds into FUZZ_TARGET_DIR (default
@@ -17,7 +18,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-600}"
 FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-$ROOT/target/fuzz}"
-FUZZ_LOGS="${FUZZ_LOGS:-${TMPDIR:-/tmp}/chiral-fuzz-logs}"
+FUZZ_LOGS="${FUZZ_LOGS:-$ROOT/target/fuzz-logs}"
 FUZZ_ARGS="${FUZZ_ARGS:-}"
 CRATES=(sdk:sdk host:host ftp:plugins/ftp http:plugins/http chiral:plugins/chiral bittorrent:plugins/bittorrent)
 
@@ -50,7 +51,7 @@ else
     for want in "$@"; do
         found=""
         for t in "${ALL[@]}"; do
-            [ "$t" = "$want" ] || [ "${t#*/}" = "$want" ] && { SELECTED+=("$t"); found=1; }
+            [ "$t" = "$want" ] || [ "${t#*/}" = "$want" ] || [ "${t%%/*}" = "$want" ] && { SELECTED+=("$t"); found=1; }
         done
         [ -n "$found" ] || die "no target $want (bash bench/fuzz.sh --list)"
     done
