@@ -21,6 +21,7 @@ use chiral_sdk::abi::HostConfig;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    chiral_host::tune_allocator();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

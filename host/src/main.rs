@@ -15,7 +15,7 @@ use cli::{
 use serde_json::json;
 
 fn main() -> ExitCode {
-    tune_malloc();
+    chiral_host::tune_allocator();
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     let json = cli.command.json();
@@ -37,22 +37,6 @@ fn main() -> ExitCode {
             }
             Exit::of_error(&e).into()
         }
-    }
-}
-
-/// glibc's malloc gives freed memory back to the kernel as soon as 128 KiB to a few MiB of it
-/// lie free at the top of a heap, and serves blocks past its mmap threshold with fresh mappings.
-/// A download or a seed allocates and frees a piece (1 MiB and more) per piece, so each one
-/// came back as fresh pages: one page fault per 4 KiB moved and a zeroing pass, measured as a
-/// quarter of `chiral get`'s CPU time for 1 GiB from a local peer. Keeping up to 64 MiB of free
-/// heap and serving blocks up to 32 MiB from the heap lets the next piece reuse the last one's
-/// pages. It costs no memory in use: the peak stays what the peak use was.
-fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 

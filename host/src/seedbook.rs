@@ -5,7 +5,6 @@
 
 use std::{
     fs::File,
-    io::Write as _,
     os::unix::{fs::OpenOptionsExt as _, io::AsRawFd as _},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -14,7 +13,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::session::redact;
+use crate::{
+    session::redact,
+    statefile::{self, Loaded},
+};
 
 #[derive(Debug, Error)]
 pub enum BookError {
@@ -169,21 +171,10 @@ impl SeedBook {
     /// Runs `f` on the entries under the lock and saves them if `f` changed them.
     pub fn update<R>(&self, f: impl FnOnce(&mut Vec<SeedRecord>) -> R) -> Result<R, BookError> {
         let _lock = self.lock()?;
-        let (mut records, corrupt) = match std::fs::read_to_string(&self.path) {
-            Ok(text) => match parse(&text) {
-                Ok(r) => (r, false),
-                Err(e) => {
-                    let bad = self.path.with_extension("json.bad");
-                    tracing::warn!(
-                        "{} is not a valid seed list ({e}); starting a new one, the old one is kept as {}",
-                        self.path.display(),
-                        bad.display()
-                    );
-                    let _ = std::fs::rename(&self.path, &bad);
-                    (Vec::new(), true)
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), false),
+        let (mut records, corrupt) = match statefile::read(&self.path, "seed list", parse) {
+            Ok(Loaded::Read(r)) => (r, false),
+            Ok(Loaded::Missing) => (Vec::new(), false),
+            Ok(Loaded::SetAside) => (Vec::new(), true),
             Err(e) => return Err(self.io(&self.path)(e)),
         };
         let before = records.clone();
@@ -217,23 +208,8 @@ impl SeedBook {
 
     fn save(&self, records: &[SeedRecord]) -> Result<(), BookError> {
         let tmp = self.path.with_extension(format!("json.tmp.{}", std::process::id()));
-        replace_file(&self.path, &tmp, render(records).as_bytes()).map_err(self.io(&self.path))
+        statefile::replace(&self.path, &tmp, render(records).as_bytes()).map_err(self.io(&self.path))
     }
-}
-
-/// Replaces `path` with `bytes` atomically: written to `tmp` (mode 0600) and synced first,
-/// then renamed over it; `tmp` is removed when the write fails.
-pub(crate) fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(tmp);
-        return Err(e);
-    }
-    std::fs::rename(tmp, path)
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use crate::{
     Host,
 };
 pub use store::{DownloadRecord, DownloadState, PeerView, SeedEntry, SourceView};
-use store::{Saved, Store};
+use store::{Saved, StateWriter, Store};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -193,9 +193,8 @@ struct Inner {
 pub struct Daemon {
     host: Arc<Host>,
     opts: DaemonOptions,
-    store: Store,
-    /// Held while the state file is written: writes go out in the order they were taken.
-    file: Mutex<()>,
+    /// Writes the state file off the state lock, newest snapshot last.
+    writer: StateWriter,
     inner: Mutex<Inner>,
     events: broadcast::Sender<Change>,
     control: Arc<ServedSeeds>,
@@ -231,8 +230,7 @@ impl Daemon {
         let control = Arc::new(ServedSeeds::new(host.clone(), &opts.data_dir));
         Arc::new(Self {
             host,
-            store,
-            file: Mutex::new(()),
+            writer: StateWriter::start(store),
             inner: Mutex::new(Inner { next_id: saved.next_id, downloads, seeds, gen: 0, unsaved: false }),
             events,
             control,
@@ -948,22 +946,26 @@ impl Daemon {
         }
     }
 
-    /// Writes the state file; the file lock is taken before the state lock is let go, so
-    /// writes land in the order their contents were taken.
+    /// Hands the state to the writer. The snapshot is taken under the state lock, so the
+    /// writer receives them in the order of the changes; the file is written on the writer's
+    /// thread, never under the state lock.
     fn save_locked(&self, inner: &mut MutexGuard<'_, Inner>) {
         inner.unsaved = false;
         // A running download is written as running: a restart queues it again.
         let saved = Self::saved(inner);
-        let text = serde_json::to_string_pretty(&saved).unwrap_or_default();
-        let _file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = self.store.save_text(&text) {
-            tracing::warn!("{}: {e}", self.store.path().display());
+        match serde_json::to_string_pretty(&saved) {
+            Ok(text) => self.writer.save(text),
+            Err(e) => tracing::warn!("daemon state not saved: {e}"),
         }
     }
 
+    /// Saves the state now and waits until it is on disk.
     fn save(&self) {
-        let mut inner = self.lock();
-        self.save_locked(&mut inner);
+        {
+            let mut inner = self.lock();
+            self.save_locked(&mut inner);
+        }
+        self.writer.flush();
     }
 }
 

@@ -3,9 +3,14 @@
 //! rename), mode 0600 (identifiers may carry credentials); a corrupt file is set aside as
 //! `daemon.json.bad` and the daemon starts empty.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::mpsc,
+};
 
 use serde::{Deserialize, Serialize};
+
+use crate::statefile::{self, Loaded};
 
 /// Where a download stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,28 +135,78 @@ impl Store {
     /// What was saved; nothing for a missing file, nothing (and the file set aside) for a
     /// corrupt one.
     pub fn load(&self) -> Saved {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-                let bad = self.path.with_extension("json.bad");
-                tracing::warn!(
-                    "{} is not a valid daemon state ({e}); starting empty, the old file is kept as {}",
-                    self.path.display(),
-                    bad.display()
-                );
-                let _ = std::fs::rename(&self.path, &bad);
-                Saved::default()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
-            Err(e) => {
+        statefile::read(&self.path, "daemon state", |t| serde_json::from_str::<Saved>(t))
+            .unwrap_or_else(|e| {
                 tracing::warn!("cannot read {}: {e}; starting empty", self.path.display());
-                Saved::default()
-            }
-        }
+                Loaded::Missing
+            })
+            .or_default()
     }
 
     /// Replaces the file with `text` atomically.
     pub fn save_text(&self, text: &str) -> std::io::Result<()> {
-        crate::seedbook::replace_file(&self.path, &self.path.with_extension("json.tmp"), text.as_bytes())
+        statefile::replace(&self.path, &self.path.with_extension("json.tmp"), text.as_bytes())
+    }
+}
+
+/// The one thread that writes a data dir's state file. Snapshots are handed over in order
+/// (under the daemon's state lock); when several wait, only the newest is written, so an older
+/// snapshot never lands after a newer one, and no lock of the daemon is held while the disk
+/// works.
+#[derive(Debug)]
+pub struct StateWriter {
+    tx: mpsc::Sender<WriterMsg>,
+}
+
+#[derive(Debug)]
+enum WriterMsg {
+    State(String),
+    /// Answered once everything sent before it is written.
+    Flush(mpsc::SyncSender<()>),
+}
+
+impl StateWriter {
+    /// The writer of `store`; its thread ends when the writer is dropped, after the last
+    /// snapshot is written.
+    pub fn start(store: Store) -> Self {
+        let (tx, rx) = mpsc::channel::<WriterMsg>();
+        let spawned = std::thread::Builder::new().name("daemon-state".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut latest = None;
+                let mut acks = Vec::new();
+                for msg in std::iter::once(first).chain(rx.try_iter()) {
+                    match msg {
+                        WriterMsg::State(text) => latest = Some(text),
+                        WriterMsg::Flush(ack) => acks.push(ack),
+                    }
+                }
+                if let Some(text) = latest {
+                    if let Err(e) = store.save_text(&text) {
+                        tracing::warn!("{}: {e}", store.path().display());
+                    }
+                }
+                for ack in acks {
+                    let _ = ack.send(());
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("the daemon's state writer did not start ({e}): its state will not be saved");
+        }
+        Self { tx }
+    }
+
+    /// Queues `text` to be written (never blocks on the disk).
+    pub fn save(&self, text: String) {
+        let _ = self.tx.send(WriterMsg::State(text));
+    }
+
+    /// Waits until everything queued so far is on disk (or the writer is gone).
+    pub fn flush(&self) {
+        let (ack, done) = mpsc::sync_channel(1);
+        if self.tx.send(WriterMsg::Flush(ack)).is_ok() {
+            let _ = done.recv();
+        }
     }
 }
 
@@ -200,5 +255,17 @@ mod tests {
         std::fs::write(store.path(), "{oops").unwrap();
         assert_eq!(store.load(), Saved::default());
         assert!(dir.path().join("daemon.json.bad").exists());
+    }
+
+    #[test]
+    fn the_writer_lands_the_newest_snapshot_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = StateWriter::start(Store::new(dir.path()));
+        for n in 0..200u64 {
+            let saved = Saved { next_id: n, ..Saved::default() };
+            writer.save(serde_json::to_string(&saved).unwrap());
+        }
+        writer.flush();
+        assert_eq!(Store::new(dir.path()).load().next_id, 199);
     }
 }
