@@ -22,6 +22,7 @@ use chiral_sdk::abi::HostConfig;
 #[tokio::main]
 async fn main() -> ExitCode {
     chiral_host::tune_allocator();
+    chiral_host::raise_open_files_limit();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -40,3 +40,22 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
+
+/// Raises the soft limit on open files to the hard limit (at most 65,536). Many systems start
+/// processes at 1,024, which a seed with its listeners' connection caps (1,024 peers, 1,024
+/// HTTP clients, 256 FTP sessions) and its open files could exceed. Host binaries call it first
+/// thing in `main`; a failure only leaves the limit as it was.
+pub fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = lim.rlim_max.min(65_536);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

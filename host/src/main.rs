@@ -16,6 +16,7 @@ use serde_json::json;
 
 fn main() -> ExitCode {
     chiral_host::tune_allocator();
+    chiral_host::raise_open_files_limit();
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     let json = cli.command.json();

@@ -11,6 +11,7 @@
 //! - [`ident`]: what an identifier promises (the hash a download of it is checked against);
 //! - [`magnet`]: the one magnet-link parser and writer (bounded, `url` + `data-encoding`);
 //! - [`options`]: typed plugin options with one error style ([`options::OptionError`]);
+//! - [`listen`]: the connection cap of every listener (idle crowds evicted, oldest first);
 //! - [`seeds`]: the seed table every seeding plugin keeps, and seed-server helpers;
 //! - [`text`]: the sanitiser for text from the network on its way to a terminal;
 //! - [`testkit`]: conformance checks a plugin author runs against their plugin.
@@ -22,6 +23,7 @@ pub mod bencode;
 pub mod engine;
 pub mod ident;
 pub mod layout;
+pub mod listen;
 pub mod magnet;
 pub mod options;
 pub mod picker;

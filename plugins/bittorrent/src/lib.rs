@@ -59,6 +59,7 @@ use std::{
 use chiral_sdk::{
     abi::PeerStat,
     capability, engine,
+    listen::ConnLimit,
     options::Opts,
     plugin::BoxFut,
     runtime::PluginRuntime,
@@ -396,18 +397,27 @@ async fn create_command(opts: Opts) -> Result<String, PluginError> {
     .to_string())
 }
 
+/// Incoming connections the peer listener holds at most; past it, the oldest that has not
+/// finished its handshake is closed for the newcomer ([`ConnLimit`]).
+const MAX_INCOMING: usize = 1024;
+
 /// Accepts incoming peers and hands each to the session its handshake names.
 async fn listen(listener: tokio::net::TcpListener, shared: Weak<Shared>, events: Events) {
+    let limit = ConnLimit::new(MAX_INCOMING);
     loop {
         let Ok((mut stream, addr)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let Some(sh) = shared.upgrade() else { return };
+        let Some(conn) = limit.admit() else { continue };
         let events = events.clone();
         tokio::spawn(async move {
             let mut hs = [0u8; peer_wire::HANDSHAKE_LEN];
-            let read = tokio::time::timeout(Duration::from_secs(15), stream.read_exact(&mut hs)).await;
+            let read = tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(15), stream.read_exact(&mut hs)) => r,
+                _ = conn.evicted() => return,
+            };
             if !matches!(read, Ok(Ok(_))) {
                 return;
             }
@@ -417,9 +427,13 @@ async fn listen(listener: tokio::net::TcpListener, shared: Weak<Shared>, events:
                 return;
             };
             drop(sh);
+            if !conn.active() {
+                return;
+            }
             if let Err(e) = session.clone().accept(stream, addr, theirs).await {
                 events.debug(format!("{}: incoming peer {addr}: {e}", session.label));
             }
+            drop(conn);
         });
     }
 }

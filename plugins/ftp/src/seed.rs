@@ -24,6 +24,7 @@ use std::{
 
 use async_trait::async_trait;
 use chiral_sdk::{
+    listen::ConnLimit,
     options::Opts,
     seeds::{check_file, listen_host, url_host, SeedTable, Seeded},
     Events, HostConfig, PluginError, SeedInfo,
@@ -260,7 +261,13 @@ pub fn free_port_range(ip: IpAddr, width: u16) -> RangeInclusive<u16> {
     49_152..=65_535
 }
 
+/// Control connections one FTP seed server holds at most. The FTP server library shows no
+/// login to us, so every session stays evictable: past the cap the oldest is closed for the
+/// newcomer ([`ConnLimit`]); idle sessions also end after `IDLE_SECS`.
+const MAX_CONNECTIONS: usize = 256;
+
 async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable<Seed>>, passive: RangeInclusive<u16>, events: Events) {
+    let limit = ConnLimit::new(MAX_CONNECTIONS);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
@@ -271,6 +278,7 @@ async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable<Seed>>, passive
                 continue;
             }
         };
+        let Some(conn) = limit.admit() else { continue };
         let _ = stream.set_nodelay(true);
         let table = seeds.clone();
         let built = ServerBuilder::new(Box::new(move || SeedFs { seeds: table.clone() }))
@@ -282,7 +290,10 @@ async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable<Seed>>, passive
             Ok(server) => {
                 tokio::spawn(async move {
                     // A session error (client gone) only ends that session.
-                    let _ = server.service(stream).await;
+                    tokio::select! {
+                        _ = server.service(stream) => {}
+                        _ = conn.evicted() => {}
+                    }
                 });
             }
             Err(e) => events.warn(format!("ftp seed server: {e}")),

@@ -22,6 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use chiral_sdk::{
+    listen::ConnLimit,
     seeds::{check_file, listen_host, url_host, SeedTable, Seeded},
     Events, HostConfig, PluginError, SeedInfo,
 };
@@ -144,7 +145,12 @@ impl Seeder {
     }
 }
 
+/// Connections one HTTP seed server holds at most; past it, the oldest that has not sent a
+/// request yet is closed for the newcomer ([`ConnLimit`]).
+const MAX_CONNECTIONS: usize = 1024;
+
 async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable<Seed>>, events: Events) {
+    let limit = ConnLimit::new(MAX_CONNECTIONS);
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -155,20 +161,31 @@ async fn accept_loop(listener: TcpListener, seeds: Arc<SeedTable<Seed>>, events:
                 continue;
             }
         };
+        let Some(conn) = limit.admit() else {
+            events.debug(format!("http seed server: {MAX_CONNECTIONS} clients busy, a new connection refused"));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let seeds = seeds.clone();
         tokio::spawn(async move {
+            let conn = Arc::new(conn);
+            let in_service = conn.clone();
             let service = service_fn(move |req| {
+                // A request proves the client: it keeps its slot.
+                in_service.active();
                 let seeds = seeds.clone();
                 async move { Ok::<_, Infallible>(respond(&req, &seeds).await) }
             });
             // A connection error (client gone, bad request) only ends that connection.
-            let _ = http1::Builder::new()
+            let serve = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = serve => {}
+                _ = conn.evicted() => {}
+            }
         });
     }
 }
