@@ -220,7 +220,7 @@ impl Drop for Proc {
 pub struct Nginx {
     pub port: u16,
     pub proc: Proc,
-    _conf: tempfile::TempDir,
+    conf: tempfile::TempDir,
 }
 
 impl Nginx {
@@ -234,10 +234,10 @@ impl Nginx {
         let text = format!(
             "daemon off;\nworker_processes 1;\npid {c}/nginx.pid;\nerror_log {c}/error.log warn;\n\
 events {{ worker_connections 256; }}\n\
-http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n keepalive_timeout 30;\n default_type application/octet-stream;\n\
+http {{\n access_log off;\n log_format paced '$body_bytes_sent';\n sendfile on;\n tcp_nopush on;\n keepalive_timeout 30;\n default_type application/octet-stream;\n\
  client_body_temp_path {c}/tmp/body;\n proxy_temp_path {c}/tmp/proxy;\n fastcgi_temp_path {c}/tmp/fastcgi;\n\
  uwsgi_temp_path {c}/tmp/uwsgi;\n scgi_temp_path {c}/tmp/scgi;\n\
- server {{ listen 127.0.0.1:{port}; root {root}; autoindex on;\n  location /slow/ {{ alias {root}/; limit_rate 8m; }}\n  location /capped/ {{ alias {root}/; limit_rate 64k; }}\n }}\n}}\n",
+ server {{ listen 127.0.0.1:{port}; root {root}; autoindex on;\n  location /slow/ {{ alias {root}/; limit_rate 8m; }}\n  location /capped/ {{ alias {root}/; limit_rate 64k; }}\n  location /paced/ {{ alias {root}/; limit_rate 100k; access_log {c}/paced.log paced; }}\n }}\n}}\n",
             c = c.display(),
             root = dir.display()
         );
@@ -258,7 +258,23 @@ http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n keepalive_timeout 30
             proc.log_text(),
             std::fs::read_to_string(c.join("error.log")).unwrap_or_default()
         );
-        Self { port, proc, _conf: conf }
+        Self { port, proc, conf }
+    }
+
+    /// The same file at 100 KiB/s per connection, every byte sent counted in
+    /// [`paced_bytes_sent`](Self::paced_bytes_sent).
+    pub fn paced_url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/paced/{name}", self.port)
+    }
+
+    /// Body bytes sent through [`paced_url`](Self::paced_url)s, over the requests nginx has
+    /// finished (a request cut short counts what it sent).
+    pub fn paced_bytes_sent(&self) -> u64 {
+        std::fs::read_to_string(self.conf.path().join("paced.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .sum()
     }
 
     pub fn url(&self, name: &str) -> String {

@@ -98,6 +98,9 @@ pub struct DownloadView {
     pub state: DownloadState,
     pub bytes_total: u64,
     pub bytes_done: u64,
+    /// Bytes this process's run found already verified on disk when it started (a resumed
+    /// download skips them); none before the run starts.
+    pub bytes_resumed: Option<u64>,
     /// Bytes per second over the last seconds.
     pub speed: u64,
     pub eta_seconds: Option<u64>,
@@ -149,6 +152,8 @@ struct Live {
     /// (when, bytes_done) over the last seconds, for the speed.
     samples: VecDeque<(Instant, u64)>,
     speed: u64,
+    /// Bytes found verified on disk when this process's run of the download started.
+    resumed: Option<u64>,
     /// Progress not sent on the event stream yet.
     dirty: bool,
 }
@@ -535,6 +540,7 @@ impl Daemon {
                 }
                 d.rec.bytes_total = total;
                 d.rec.bytes_done = resumed;
+                live.resumed = Some(resumed);
                 live.samples.clear();
                 live.sources = sources.into_iter().map(|l| self.live_source(l)).collect();
             }
@@ -612,7 +618,8 @@ impl Daemon {
                     d.rec.error = Some(text::line(&format!("{e:#}")));
                 }
             }
-            d.live = Live::default();
+            // What the run resumed from stays visible after it ends.
+            d.live = Live { resumed: d.live.resumed, ..Live::default() };
             let view = self.view(d);
             self.save_locked(&mut inner);
             view
@@ -682,6 +689,7 @@ impl Daemon {
             state: r.state,
             bytes_total: r.bytes_total,
             bytes_done: r.bytes_done,
+            bytes_resumed: d.live.resumed,
             speed,
             eta_seconds,
             peers,
