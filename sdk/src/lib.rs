@@ -7,6 +7,8 @@
 //! - [`verify`]: the piece verifier (SHA-1 pieces, SHA-256 Merkle chunks with proofs);
 //! - [`layout`], [`picker`], [`resume`], [`engine`]: the multi-source engine, usable by a host
 //!   and by a plugin that runs a whole download itself;
+//! - [`dial`]: which addresses from the network may be dialled (no local peers from a public
+//!   torrent);
 //! - [`bencode`]: the bounded bencode decoder and canonical encoder;
 //! - [`ident`]: what an identifier promises (the hash a download of it is checked against);
 //! - [`magnet`]: the one magnet-link parser and writer (bounded, `url` + `data-encoding`);
@@ -20,6 +22,7 @@
 
 pub mod abi;
 pub mod bencode;
+pub mod dial;
 pub mod engine;
 pub mod ident;
 pub mod layout;

@@ -22,7 +22,10 @@
 //! Options (config `[plugins.bittorrent]`, then per request): `port`, `tracker`, `peer`,
 //! `web_seed`, `piece_size`, `private`, `name`, `reputation`, `wallet`, `payment_threshold`,
 //! `threads` (the runtime's workers), `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes are used and the node
-//! answers queries at once (server mode); `none` starts a new network), `dht_port`. The DHT is
+//! answers queries at once (server mode); `none` starts a new network), `dht_port`,
+//! `allow_local_peers` (dial loopback and private peers learned from trackers, the DHT and
+//! peers even when no tracker, peer or bootstrap node of the download is local; see
+//! [`chiral_sdk::dial`]). The DHT is
 //! off with the host's `no_dht`, and binds the host's listen address when that is a specific
 //! IPv4 address (e.g. 127.0.0.1). The Chiral peer id is not an option: it is the public key of
 //! the node's key file (see [`identity`]).
@@ -118,6 +121,10 @@ pub struct Shared {
     pub runtime: tokio::runtime::Handle,
     /// The DHT node (`None` with `no_dht`), started on first use.
     pub dht: Option<Arc<dht::DhtNode>>,
+    /// The DHT bootstrap nodes the user gave (`dht_bootstrap`): local ones allow local peers.
+    pub dht_bootstrap: Vec<String>,
+    /// `allow_local_peers`: dial loopback and private peers whatever the torrent's origins.
+    pub allow_local_peers: bool,
     sessions: Mutex<HashMap<[u8; 20], Weak<Session>>>,
 }
 
@@ -245,6 +252,8 @@ impl Plugin for BitTorrentPlugin {
             payment_threshold: options.get_bytes("payment_threshold")?.unwrap_or(1 << 20).max(1),
             runtime: handle.clone(),
             dht,
+            dht_bootstrap: options.get_all("dht_bootstrap"),
+            allow_local_peers: options.get_bool("allow_local_peers")?.unwrap_or(false),
             sessions: Mutex::new(HashMap::new()),
         });
         let listener = {
@@ -547,6 +556,7 @@ impl BitTorrentPlugin {
         self.shared.register(&session);
         let guard = StopOnDrop(session.clone());
         for p in peers.iter().copied().chain(opts.get_all("peer").iter().filter_map(|p| p.parse().ok())) {
+            session.allow_peer(p);
             session.connect(p);
         }
         if !trackers.is_empty() {

@@ -15,7 +15,7 @@ use std::{
 };
 
 use bytes::{Buf as _, BytesMut};
-use chiral_sdk::{abi::PeerStat, Events, PluginError};
+use chiral_sdk::{abi::PeerStat, dial::DialPolicy, Events, PluginError};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{tcp::OwnedWriteHalf, TcpStream},
@@ -65,6 +65,8 @@ pub struct Session {
     inner: Mutex<Inner>,
     pub meta_ready: Notify,
     trackers: Mutex<Vec<Vec<String>>>,
+    /// Which peer addresses from trackers, the DHT and peers may be dialled.
+    policy: Mutex<DialPolicy>,
     events: Events,
     pub label: String,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -134,6 +136,11 @@ impl Session {
         };
         let seeding = matches!(mode, Mode::Seed(_));
         let swarm = Swarm::new(info_hash, local, seeding, meta.clone(), trackers.clone(), crate::random_u64());
+        let policy = if shared.allow_local_peers {
+            DialPolicy::any()
+        } else {
+            DialPolicy::from_origins(trackers.iter().flatten().chain(&shared.dht_bootstrap))
+        };
         let s = Arc::new(Self {
             info_hash,
             meta: OnceLock::new(),
@@ -142,6 +149,7 @@ impl Session {
             inner: Mutex::new(Inner { swarm, conns: HashMap::new() }),
             meta_ready: Notify::new(),
             trackers: Mutex::new(trackers),
+            policy: Mutex::new(policy),
             events,
             label: format!("bittorrent:{}", &hex::encode(info_hash)[..12]),
             tasks: Mutex::new(Vec::new()),
@@ -370,8 +378,18 @@ impl Session {
 
     // ---------- connections ----------
 
-    /// Dials `addr` unless known, banned or busy.
+    /// A peer the user or the magnet named: it is dialled, and peers as local as it are too.
+    pub fn allow_peer(&self, addr: SocketAddr) {
+        lock(&self.policy).widen_to(addr);
+    }
+
+    /// Dials `addr` unless known, banned, busy, or a local address this download has no
+    /// reason to reach ([`DialPolicy`]).
     pub fn connect(self: &Arc<Self>, addr: SocketAddr) {
+        if !lock(&self.policy).permits(addr) {
+            self.events.debug(format!("{}: not dialling {addr}: a local address from the network", self.label));
+            return;
+        }
         if self.shared.is_self(addr) || !self.with(|s| s.should_dial(addr)) {
             return;
         }
