@@ -158,7 +158,8 @@ pub struct PeerLine {
 }
 
 impl PeerLine {
-    fn from_stats(mut stats: Vec<chiral_sdk::abi::PeerStat>) -> Vec<PeerLine> {
+    /// Lines for `stats`, the peers that gave most first.
+    pub fn from_stats(mut stats: Vec<chiral_sdk::abi::PeerStat>) -> Vec<PeerLine> {
         stats.sort_by(|a, b| b.downloaded.cmp(&a.downloaded).then(b.uploaded.cmp(&a.uploaded)));
         stats
             .into_iter()

@@ -32,7 +32,7 @@ use crate::{
     control::{ControlSocket, LiveSeed, SeedControl},
     lifecycle::ServedSeeds,
     seedbook::{self, SeedBook},
-    session::{redact, GetRequest, HostError},
+    session::{redact, GetRequest, HostError, PeerLine},
     Host,
 };
 pub use store::{DownloadRecord, DownloadState, PeerView, SeedEntry, SourceView};
@@ -162,6 +162,8 @@ struct LiveSource {
     label: String,
     plugin: String,
     bytes: u64,
+    /// The peers behind it, as the engine last reported them.
+    peers: Vec<PeerView>,
     dropped: Option<String>,
     /// Bytes per second, smoothed over the ticks, and the bytes at the last tick.
     speed: u64,
@@ -203,6 +205,19 @@ pub struct Daemon {
     inner: Mutex<Inner>,
     events: broadcast::Sender<Change>,
     control: Arc<ServedSeeds>,
+}
+
+/// Peers shown per source of a running download (the ones that gave most).
+const MAX_LIVE_PEERS: usize = 200;
+
+/// A peer as the API shows it, its strings made safe for display.
+fn peer_view(p: &PeerLine) -> PeerView {
+    PeerView {
+        address: text::line(&p.address),
+        chiral_peer_id: p.chiral_peer_id.as_deref().map(text::line),
+        reputation: p.reputation,
+        bytes: p.downloaded,
+    }
 }
 
 /// How often progress goes out and is saved.
@@ -560,6 +575,11 @@ impl Daemon {
                 }
             }
             EngineEvent::Adopted { done, .. } => d.rec.bytes_done = done,
+            EngineEvent::Peers { source, peers } => {
+                if let Some(s) = live.sources.get_mut(source) {
+                    s.peers = PeerLine::from_stats(peers).iter().take(MAX_LIVE_PEERS).map(peer_view).collect();
+                }
+            }
             _ => {}
         }
         live.dirty = true;
@@ -571,7 +591,15 @@ impl Daemon {
             Ok(e) if label.contains("://") => e.name().unwrap_or_default().to_string(),
             _ => label.split(':').next().unwrap_or_default().to_string(),
         };
-        LiveSource { label: text::line(&redact(&label)), plugin, bytes: 0, dropped: None, speed: 0, at_tick: 0 }
+        LiveSource {
+            label: text::line(&redact(&label)),
+            plugin,
+            bytes: 0,
+            dropped: None,
+            speed: 0,
+            at_tick: 0,
+            peers: Vec::new(),
+        }
     }
 
     fn finished(self: &Arc<Self>, id: &str, gen: u64, outcome: Result<crate::session::GetReport, HostError>) {
@@ -599,16 +627,7 @@ impl Daemon {
                             identifier: text::line(&s.identifier),
                             bytes: s.bytes,
                             speed: s.speed,
-                            peers: s
-                                .peers
-                                .iter()
-                                .map(|p| PeerView {
-                                    address: text::line(&p.address),
-                                    chiral_peer_id: p.chiral_peer_id.as_deref().map(text::line),
-                                    reputation: p.reputation,
-                                    bytes: p.downloaded,
-                                })
-                                .collect(),
+                            peers: s.peers.iter().map(peer_view).collect(),
                             dropped: s.dropped.as_deref().map(text::line),
                         })
                         .collect();
@@ -640,7 +659,7 @@ impl Daemon {
                 identifier: s.label.clone(),
                 bytes: s.bytes,
                 speed: s.speed,
-                peers: Vec::new(),
+                peers: s.peers.clone(),
                 dropped: s.dropped.clone(),
             })
             .collect();

@@ -172,6 +172,12 @@ pub enum EngineEvent {
     AwaitingTrustRoot,
     /// All pieces are in; the whole-file check (if any) and renames follow.
     Finishing,
+    /// The peers behind source `source` (index as in `Piece`) as it reports them now; sent
+    /// about once a second for each live source that has any.
+    Peers {
+        source: usize,
+        peers: Vec<crate::abi::PeerStat>,
+    },
 }
 
 /// Per-source totals at the end.
@@ -657,6 +663,7 @@ pub async fn run_with_late_sources(
                 if last_refresh.elapsed() >= REFRESH {
                     last_refresh = Instant::now();
                     driver.refresh(&mut phase);
+                    driver.report_peers(&phase);
                 }
             }
         }
@@ -1011,6 +1018,18 @@ impl Driver<'_> {
         for (i, s) in self.srcs.iter().enumerate() {
             if s.report.dropped.is_none() && phase.sched.source(i).live {
                 phase.sched.set_availability(i, s.es.source.availability(phase.layout.piece_length));
+            }
+        }
+    }
+
+    /// Tells the peers behind each live source (a swarm's members, a network's providers).
+    fn report_peers(&self, phase: &Phase) {
+        for (i, s) in self.srcs.iter().enumerate() {
+            if s.report.dropped.is_none() && phase.sched.source(i).live {
+                let peers = s.es.source.peers();
+                if !peers.is_empty() {
+                    (self.on_event)(EngineEvent::Peers { source: i, peers });
+                }
             }
         }
     }

@@ -622,3 +622,64 @@ fn a_plugin_report_carries_peers_throttles_progress_and_splits_sources() {
     assert_eq!(out.per_source.len(), 1);
     assert_eq!(out.per_source[0].bytes, total);
 }
+
+/// A source with one peer behind it whose first piece waits until the engine has told the
+/// peers: the daemon's live per-peer view depends on these reports.
+struct PeeredSource {
+    inner: MemSource,
+    gate: Mutex<Option<futures::channel::oneshot::Receiver<()>>>,
+}
+
+impl PieceSource for PeeredSource {
+    fn info(&self) -> ContentInfo {
+        self.inner.info()
+    }
+    fn availability(&self, n: u64) -> Vec<u32> {
+        self.inner.availability(n)
+    }
+    fn fetch(&self, offset: u64, length: u64) -> BoxFut<Vec<u8>> {
+        let gate = self.gate.lock().unwrap().take();
+        let piece = self.inner.fetch(offset, length);
+        Box::pin(async move {
+            if let Some(g) = gate {
+                let _ = g.await;
+            }
+            piece.await
+        })
+    }
+    fn peers(&self) -> Vec<crate::abi::PeerStat> {
+        vec![crate::abi::PeerStat::new("peer-1").address("127.0.0.1:6881").bytes(5, 0).reputation(700)]
+    }
+}
+
+#[test]
+fn the_peers_behind_a_running_source_are_reported() {
+    let data = content(1 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let (open, gate) = futures::channel::oneshot::channel();
+    let s = PeeredSource { inner: src(&data, info_for(&data, 256 << 10, true, "swarm")), gate: Mutex::new(Some(gate)) };
+    let opts = Options::new(dir.path());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let open = Mutex::new(Some(open));
+        let peers = Mutex::new(Vec::new());
+        let r = futures::executor::block_on(run(vec![Arc::new(s) as Arc<dyn PieceSource>], &opts, &|e| {
+            if let EngineEvent::Peers { source, peers: p } = e {
+                peers.lock().unwrap().push((source, p));
+                if let Some(o) = open.lock().unwrap().take() {
+                    let _ = o.send(());
+                }
+            }
+        }));
+        let _ = done_tx.send((r.is_ok(), peers.into_inner().unwrap()));
+    });
+    let (ok, peers) =
+        done_rx.recv_timeout(Duration::from_secs(30)).expect("the download waits for a Peers report that never came");
+    assert!(ok);
+    let (source, p) = &peers[0];
+    assert_eq!(*source, 0);
+    assert_eq!(
+        (p[0].address.as_str(), p[0].downloaded, p[0].reputation.into_option()),
+        ("127.0.0.1:6881", 5, Some(700))
+    );
+}
