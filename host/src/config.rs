@@ -58,6 +58,10 @@ pub struct DaemonConfig {
     pub max_active: Option<usize>,
     /// Where downloads go when no folder is given (default `<data dir>/downloads`).
     pub download_dir: Option<PathBuf>,
+    /// More names the `Host` header may give (the machine's name or LAN address when `http`
+    /// listens beyond loopback).
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 impl ConfigFile {

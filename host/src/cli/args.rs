@@ -251,4 +251,8 @@ pub(crate) struct DaemonArgs {
     /// Where downloads go when no folder is given [default: <data dir>/downloads]
     #[arg(long = "download-dir", value_name = "DIR")]
     pub download_dir: Option<PathBuf>,
+    /// Another name the Host header may give (repeatable): the machine's name or LAN address
+    /// when --http listens beyond loopback. Other names are refused (DNS rebinding)
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_host: Vec<String>,
 }

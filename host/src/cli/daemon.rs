@@ -40,7 +40,20 @@ pub(crate) async fn run(g: &Global, a: DaemonArgs) -> Result<ExitCode> {
         tracing::warn!("the API listens on {bound}, beyond this machine: anyone who has the token controls the node");
     }
     let d = Daemon::new(host, opts);
-    let router = api::router(d.clone(), api::Access { token: token.clone(), bound });
+    let extra_hosts = a
+        .allow_host
+        .iter()
+        .chain(&c.allow_hosts)
+        .map(|h| {
+            let h = h.trim().to_ascii_lowercase();
+            // `[v6]:port` and `name:port` name the host without the port.
+            match h.rsplit_once(':') {
+                Some((n, p)) if !p.contains(']') && p.bytes().all(|b| b.is_ascii_digit()) => n.to_string(),
+                _ => h,
+            }
+        })
+        .collect();
+    let router = api::router(d.clone(), api::Access { token: token.clone(), bound, extra_hosts });
     let server = tokio::spawn(api::serve(listener, router));
     {
         let mut out = std::io::stdout().lock();

@@ -45,6 +45,9 @@ pub struct Access {
     pub token: String,
     /// The address the server is bound to (its port is the one `Host` may name).
     pub bound: SocketAddr,
+    /// More names `Host` may give (lowercase, no port): the machine's name or LAN address when
+    /// the daemon listens beyond loopback (`--allow-host`).
+    pub extra_hosts: Vec<String>,
 }
 
 impl Access {
@@ -66,7 +69,9 @@ impl Access {
         let ip = self.bound.ip();
         let own = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
         let own_ok = !ip.is_unspecified() && name == own;
-        own_ok || matches!(name.as_str(), "localhost" | "127.0.0.1" | "[::1]")
+        own_ok
+            || matches!(name.as_str(), "localhost" | "127.0.0.1" | "[::1]")
+            || self.extra_hosts.contains(&name)
     }
 
     fn origin_ok(&self, origin: &str) -> bool {
@@ -400,7 +405,7 @@ mod tests {
     use super::*;
 
     fn access(bound: &str) -> Access {
-        Access { token: "t0k".into(), bound: bound.parse().unwrap() }
+        Access { token: "t0k".into(), bound: bound.parse().unwrap(), extra_hosts: vec!["mybox.lan".into()] }
     }
 
     #[test]
@@ -415,6 +420,9 @@ mod tests {
         let lan = access("192.168.1.5:9000");
         assert!(lan.host_ok("192.168.1.5:9000") && !lan.host_ok("192.168.1.6:9000"));
         assert!(!access("0.0.0.0:9000").host_ok("0.0.0.0:9000"));
+        let any = access("0.0.0.0:9000");
+        assert!(any.host_ok("MyBox.lan:9000") && any.host_ok("mybox.lan") && !any.host_ok("mybox.lan:80"));
+        assert!(!any.host_ok("evil.mybox.lan:9000"));
         assert!(a.origin_ok("http://127.0.0.1:7878") && !a.origin_ok("http://evil.example") && !a.origin_ok("null"));
     }
 
