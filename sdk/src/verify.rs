@@ -137,7 +137,7 @@ impl PieceVerifier {
             HashKind::Sha256Merkle => 32,
         };
         let hashes = info.piece_hashes.to_vec();
-        if hashes.len() as u64 != piece_count * width as u64 {
+        if piece_count.checked_mul(width as u64) != Some(hashes.len() as u64) {
             return Err(VerifyError::Malformed(format!(
                 "{} bytes of hashes for {piece_count} pieces of {width}-byte hashes",
                 hashes.len()
