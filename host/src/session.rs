@@ -18,6 +18,7 @@ use chiral_sdk::{
     engine::{self, EngineError, EngineEvent},
     ident,
     plugin::AbiSource,
+    select::FileSelection,
     DownloadRequest, ErrorKind, Event, Events, PieceSource, SeedInfo, SeedRequest,
 };
 use futures::{
@@ -115,7 +116,7 @@ fn common_kind(kinds: impl IntoIterator<Item = ErrorKind>) -> ErrorKind {
 }
 
 /// One download as asked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GetRequest {
     /// Identifiers of the same content; each one is a source.
     pub identifiers: Vec<String>,
@@ -125,6 +126,10 @@ pub struct GetRequest {
     /// Parallel requests per source.
     pub connections: u32,
     pub sha256: Option<[u8; 32]>,
+    /// Only these files (`--files`); `None`: all, or what a magnet's `so=` selects.
+    pub files: Option<chiral_sdk::select::FileSelection>,
+    /// The download rate this download shares (one limiter for all downloads of a host).
+    pub download_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
 }
 
 /// Per-source totals of a finished download.
@@ -412,6 +417,13 @@ impl Host {
         let mut opts = engine::Options::new(&req.out_dir);
         opts.slots_per_source = req.connections.max(1) as usize;
         opts.sha256 = req.sha256;
+        opts.download_rate = req.download_rate.clone();
+        // `--files`, else the first magnet's `so=` (BEP 53).
+        opts.files = req.files.clone().or_else(|| {
+            req.identifiers.iter().find_map(|id| {
+                chiral_sdk::magnet::Magnet::parse(id).ok().and_then(|m| FileSelection::from_magnet_so(&m.select_only))
+            })
+        });
         // An identifier that names its content by a hash: nothing completes without it.
         opts.await_authority = req.identifiers.iter().any(|id| ident::trust_root(id).is_some());
         let cb = on_event.clone();

@@ -11,6 +11,9 @@
 //! - [`ident`]: what an identifier promises (the hash a download of it is checked against);
 //! - [`magnet`]: the one magnet-link parser and writer (bounded, `url` + `data-encoding`);
 //! - [`options`]: typed plugin options with one error style ([`options::OptionError`]);
+//! - [`net`]: the one outgoing TCP dialer, direct or through the user's SOCKS5 / HTTP proxy;
+//! - [`rate`]: the shared token bucket that holds download and upload rates;
+//! - [`select`]: which files of a multi-file content to download (`--files`, BEP 53 `so`);
 //! - [`seeds`]: the seed table every seeding plugin keeps, and seed-server helpers;
 //! - [`text`]: the sanitiser for text from the network on its way to a terminal;
 //! - [`testkit`]: conformance checks a plugin author runs against their plugin.
@@ -23,12 +26,15 @@ pub mod engine;
 pub mod ident;
 pub mod layout;
 pub mod magnet;
+pub mod net;
 pub mod options;
 pub mod picker;
 pub mod plugin;
+pub mod rate;
 pub mod resume;
 pub mod runtime;
 pub mod seeds;
+pub mod select;
 pub mod testkit;
 pub mod text;
 pub mod verify;

@@ -116,6 +116,11 @@ impl Tracker {
         self.swarms.lock().unwrap().get(info_hash).map(|p| p.keys().map(|k| k.1).collect()).unwrap_or_default()
     }
 
+    /// Every peer listed for `info_hash`: the announce's source address and its port.
+    pub fn peers(&self, info_hash: &[u8]) -> Vec<(String, u16)> {
+        self.swarms.lock().unwrap().get(info_hash).map(|p| p.keys().cloned().collect()).unwrap_or_default()
+    }
+
     /// Waits until the tracker lists 127.0.0.1:`port` for `info_hash`.
     pub fn wait_for(&self, info_hash: &[u8], port: u16, limit: Duration) -> bool {
         let t0 = Instant::now();
@@ -214,6 +219,11 @@ pub fn aria2_seed(torrent: &Path, dir: &Path, port: u16, extra: &[&str]) -> Proc
 
 /// aria2c downloading `id` (a .torrent or magnet) into `out`; returns its exit status and log.
 pub fn aria2_get(id: &str, out: &Path, limit: Duration) -> (bool, String) {
+    aria2_get_with(id, out, limit, &[])
+}
+
+/// [`aria2_get`] with more aria2c options (later ones win, e.g. `--bt-require-crypto=true`).
+pub fn aria2_get_with(id: &str, out: &Path, limit: Duration, extra: &[&str]) -> (bool, String) {
     let aria2 = require("aria2c", "aria2");
     std::fs::create_dir_all(out).unwrap();
     let port = free_port();
@@ -236,10 +246,25 @@ pub fn aria2_get(id: &str, out: &Path, limit: Duration) -> (bool, String) {
             .arg(format!("--listen-port={port}"))
             .arg(format!("--dir={}", out.display()))
             .arg(format!("--bt-stop-timeout={}", limit.as_secs()))
+            .args(extra)
             .arg(id),
         limit + Duration::from_secs(10),
     );
     (o.status.success(), format!("{}{}", stdout(&o), stderr(&o)))
+}
+
+/// A torrent of `path` (a file or folder) announced to `tracker` and seeded by aria2c (with
+/// `extra` options), once the tracker lists it: the torrent, its info hash and the seeder.
+pub fn aria2_swarm(path: &Path, tracker: &Tracker, piece_log2: u32, extra: &[&str]) -> (PathBuf, Vec<u8>, Proc) {
+    let dir = path.parent().expect("a parent folder");
+    let name = path.file_name().expect("a name").to_string_lossy();
+    let tor = dir.join(format!("{name}.torrent"));
+    mktorrent(path, &tor, &tracker.url(), piece_log2, false);
+    let ih = info_hash_of(&tor);
+    let port = free_port();
+    let seeder = aria2_seed(&tor, dir, port, extra);
+    assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "aria2 never announced: {}", seeder.log_text());
+    (tor, ih, seeder)
 }
 
 pub fn find_file(dir: &Path, suffix: &str) -> Option<PathBuf> {
