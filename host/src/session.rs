@@ -128,7 +128,9 @@ pub struct GetRequest {
     pub sha256: Option<[u8; 32]>,
     /// Only these files (`--files`); `None`: all, or what a magnet's `so=` selects.
     pub files: Option<chiral_sdk::select::FileSelection>,
-    /// The download rate this download shares (one limiter for all downloads of a host).
+    /// Pieces in order, lowest first (`--sequential`).
+    pub sequential: bool,
+    /// This download's own rate limit (else the host's, [`Host::with_download_rate`]).
     pub download_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
 }
 
@@ -211,6 +213,9 @@ pub struct SeedLine {
 /// Host operations over a registry.
 pub struct Host {
     pub registry: Registry,
+    /// The download rate every download of this host shares (`--max-download-rate`), unless a
+    /// request brings its own.
+    pub download_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
 }
 
 type OnEvent = Arc<dyn Fn(EngineEvent) + Send + Sync>;
@@ -245,7 +250,13 @@ pub fn log_event(plugin: &str, e: &Event) {
 
 impl Host {
     pub fn new(registry: Registry) -> Self {
-        Self { registry }
+        Self { registry, download_rate: None }
+    }
+
+    /// The same, with one download rate for all its downloads (bytes per second).
+    pub fn with_download_rate(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.download_rate = chiral_sdk::rate::limiter(bytes_per_sec);
+        self
     }
 
     /// Downloads one content from every identifier in `req`.
@@ -417,7 +428,8 @@ impl Host {
         let mut opts = engine::Options::new(&req.out_dir);
         opts.slots_per_source = req.connections.max(1) as usize;
         opts.sha256 = req.sha256;
-        opts.download_rate = req.download_rate.clone();
+        opts.download_rate = req.download_rate.clone().or_else(|| self.download_rate.clone());
+        opts.sequential = req.sequential;
         // `--files`, else the first magnet's `so=` (BEP 53).
         opts.files = req.files.clone().or_else(|| {
             req.identifiers.iter().find_map(|id| {

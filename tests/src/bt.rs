@@ -21,6 +21,8 @@ pub type Swarms = Arc<Mutex<HashMap<Vec<u8>, HashMap<(String, u16), Instant>>>>;
 pub struct Tracker {
     pub port: u16,
     pub swarms: Swarms,
+    /// Every announce as it came: the connection's source address and the port announced.
+    pub announces: Arc<Mutex<Vec<(String, u16)>>>,
 }
 
 pub fn pct_decode(s: &str) -> Vec<u8> {
@@ -46,17 +48,18 @@ impl Tracker {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let swarms: Swarms = Arc::default();
-        let s2 = swarms.clone();
+        let announces: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
+        let (s2, a2) = (swarms.clone(), announces.clone());
         std::thread::spawn(move || {
             for c in l.incoming().flatten() {
-                let s3 = s2.clone();
-                std::thread::spawn(move || Tracker::serve(c, s3));
+                let (s3, a3) = (s2.clone(), a2.clone());
+                std::thread::spawn(move || Tracker::serve(c, s3, a3));
             }
         });
-        Self { port, swarms }
+        Self { port, swarms, announces }
     }
 
-    fn serve(mut c: TcpStream, swarms: Swarms) {
+    fn serve(mut c: TcpStream, swarms: Swarms, announces: Arc<Mutex<Vec<(String, u16)>>>) {
         let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
         let mut req = Vec::new();
         let mut buf = [0u8; 4096];
@@ -82,6 +85,7 @@ impl Tracker {
                     let peers = sw.entry(ih.clone()).or_default();
                     peers.retain(|_, t| t.elapsed() < Duration::from_secs(60));
                     let me = (ip.clone(), port);
+                    announces.lock().unwrap().push(me.clone());
                     if q.get("event").map(|e| e.as_slice()) == Some(b"stopped") {
                         peers.remove(&me);
                     } else {
@@ -116,9 +120,9 @@ impl Tracker {
         self.swarms.lock().unwrap().get(info_hash).map(|p| p.keys().map(|k| k.1).collect()).unwrap_or_default()
     }
 
-    /// Every peer listed for `info_hash`: the announce's source address and its port.
-    pub fn peers(&self, info_hash: &[u8]) -> Vec<(String, u16)> {
-        self.swarms.lock().unwrap().get(info_hash).map(|p| p.keys().cloned().collect()).unwrap_or_default()
+    /// Every announce so far (any torrent): its source address and the port it announced.
+    pub fn announces(&self) -> Vec<(String, u16)> {
+        self.announces.lock().unwrap().clone()
     }
 
     /// Waits until the tracker lists 127.0.0.1:`port` for `info_hash`.

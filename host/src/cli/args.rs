@@ -171,6 +171,10 @@ pub(crate) struct GetArgs {
     /// torrent's order (`1,3-5`) or a glob (`'*.mkv'`); the others are neither created nor written
     #[arg(long, value_name = "LIST|GLOB")]
     pub files: Option<String>,
+    /// Fetch pieces in order, first to last, instead of rarest first (to play a file as it
+    /// arrives)
+    #[arg(long)]
+    pub sequential: bool,
 }
 
 #[derive(Args, Debug)]

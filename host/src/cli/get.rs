@@ -25,7 +25,8 @@ pub(crate) async fn run(g: &Global, a: GetArgs) -> Result<ExitCode> {
         connections: a.connections.unwrap_or(s.connections),
         sha256,
         files: a.files.as_deref().map(chiral_sdk::select::FileSelection::parse).transpose()?,
-        download_rate: chiral_sdk::rate::limiter(s.download_rate),
+        sequential: a.sequential,
+        ..Default::default()
     };
     let Some(report) = download(&host, req, g.quiet || a.json).await? else {
         eprintln!("chiral: interrupted; run the same command again to resume");

@@ -89,5 +89,5 @@ pub(super) fn build_host(g: &Global, s: &Settings, loopback: bool) -> Result<Hos
         c.plugins.keys().map(|k| (k.clone(), c.plugin_options(k))).collect();
     let registry =
         Registry::discover(&dirs, host_config, c.backend.clone(), plugin_options, Arc::new(|p, e| log_event(p, &e)));
-    Ok(Host::new(registry))
+    Ok(Host::new(registry).with_download_rate(s.download_rate))
 }

@@ -78,6 +78,9 @@ pub struct Options {
     /// (a piece they share with a wanted file is fetched and verified whole, and only the
     /// wanted file's bytes of it are written).
     pub files: Option<crate::select::FileSelection>,
+    /// Pieces in order, lowest first, instead of rarest first (a file can be played while it
+    /// downloads).
+    pub sequential: bool,
 }
 
 impl Options {
@@ -92,6 +95,7 @@ impl Options {
             authority_wait: Duration::from_secs(3),
             download_rate: None,
             files: None,
+            sequential: false,
         }
     }
 }
@@ -433,6 +437,7 @@ impl Phase {
         let limits =
             Limits { max_failures: options.max_failures.max(1), max_bad_pieces: options.max_bad_pieces.max(1) };
         let mut sched = Scheduler::new(layout, limits);
+        sched.set_sequential(options.sequential);
         for p in 0..layout.piece_count() {
             let (off, len) = layout.piece(p);
             if !storage.wants(off, len) {
