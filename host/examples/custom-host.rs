@@ -65,6 +65,7 @@ async fn run() -> anyhow::Result<()> {
         backend: None,
         connections: 8,
         sha256: None,
+        ..Default::default()
     };
     let report = host.get(&request, Arc::new(|_| {})).await?;
     for f in &report.files {

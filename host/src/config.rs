@@ -34,6 +34,10 @@ pub struct ConfigFile {
     #[serde(default)]
     pub plugin_path: Vec<PathBuf>,
     pub proxy: Option<String>,
+    /// Most bytes per second downloaded (`"10M"` or a number of bytes).
+    pub max_download_rate: Option<toml::Value>,
+    /// Most bytes per second each seeding plugin uploads.
+    pub max_upload_rate: Option<toml::Value>,
     #[serde(default)]
     pub bootstrap: Vec<String>,
     pub no_dht: Option<bool>,
@@ -83,6 +87,22 @@ impl ConfigFile {
             return Some(PathBuf::from(x).join("chiral/config.toml"));
         }
         home().map(|h| h.join(".config/chiral/config.toml"))
+    }
+
+    /// `max_download_rate` / `max_upload_rate`: a size string or a number of bytes per second.
+    pub fn rate(&self, key: &str) -> Result<Option<u64>, String> {
+        let v = match key {
+            "max_download_rate" => &self.max_download_rate,
+            _ => &self.max_upload_rate,
+        };
+        match v {
+            None => Ok(None),
+            Some(toml::Value::Integer(i)) if *i >= 0 => Ok(Some(*i as u64)),
+            Some(toml::Value::String(s)) => {
+                chiral_sdk::options::parse_size(s).map(Some).ok_or_else(|| format!("{key} = {s:?} is not a size"))
+            }
+            Some(other) => Err(format!("{key} = {other:?} is not a size")),
+        }
     }
 
     /// A plugin's options as key/value strings; an array gives the key once per element.

@@ -18,6 +18,7 @@ use chiral_sdk::{
     engine::{self, EngineError, EngineEvent},
     ident,
     plugin::AbiSource,
+    select::FileSelection,
     DownloadRequest, ErrorKind, Event, Events, PieceSource, SeedInfo, SeedRequest,
 };
 use futures::{
@@ -115,7 +116,7 @@ fn common_kind(kinds: impl IntoIterator<Item = ErrorKind>) -> ErrorKind {
 }
 
 /// One download as asked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GetRequest {
     /// Identifiers of the same content; each one is a source.
     pub identifiers: Vec<String>,
@@ -125,6 +126,12 @@ pub struct GetRequest {
     /// Parallel requests per source.
     pub connections: u32,
     pub sha256: Option<[u8; 32]>,
+    /// Only these files (`--files`); `None`: all, or what a magnet's `so=` selects.
+    pub files: Option<chiral_sdk::select::FileSelection>,
+    /// Pieces in order, lowest first (`--sequential`).
+    pub sequential: bool,
+    /// This download's own rate limit (else the host's, [`Host::with_download_rate`]).
+    pub download_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
 }
 
 /// Per-source totals of a finished download.
@@ -207,6 +214,9 @@ pub struct SeedLine {
 /// Host operations over a registry.
 pub struct Host {
     pub registry: Registry,
+    /// The download rate every download of this host shares (`--max-download-rate`), unless a
+    /// request brings its own.
+    pub download_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
 }
 
 type OnEvent = Arc<dyn Fn(EngineEvent) + Send + Sync>;
@@ -241,7 +251,13 @@ pub fn log_event(plugin: &str, e: &Event) {
 
 impl Host {
     pub fn new(registry: Registry) -> Self {
-        Self { registry }
+        Self { registry, download_rate: None }
+    }
+
+    /// The same, with one download rate for all its downloads (bytes per second).
+    pub fn with_download_rate(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.download_rate = chiral_sdk::rate::limiter(bytes_per_sec);
+        self
     }
 
     /// Downloads one content from every identifier in `req`.
@@ -413,6 +429,14 @@ impl Host {
         let mut opts = engine::Options::new(&req.out_dir);
         opts.slots_per_source = req.connections.max(1) as usize;
         opts.sha256 = req.sha256;
+        opts.download_rate = req.download_rate.clone().or_else(|| self.download_rate.clone());
+        opts.sequential = req.sequential;
+        // `--files`, else the first magnet's `so=` (BEP 53).
+        opts.files = req.files.clone().or_else(|| {
+            req.identifiers.iter().find_map(|id| {
+                chiral_sdk::magnet::Magnet::parse(id).ok().and_then(|m| FileSelection::from_magnet_so(&m.select_only))
+            })
+        });
         // An identifier that names its content by a hash: nothing completes without it.
         opts.await_authority = req.identifiers.iter().any(|id| ident::trust_root(id).is_some());
         let cb = on_event.clone();

@@ -14,6 +14,9 @@
 //! - [`magnet`]: the one magnet-link parser and writer (bounded, `url` + `data-encoding`);
 //! - [`options`]: typed plugin options with one error style ([`options::OptionError`]);
 //! - [`listen`]: the connection cap of every listener (idle crowds evicted, oldest first);
+//! - [`net`]: the one outgoing TCP dialer, direct or through the user's SOCKS5 / HTTP proxy;
+//! - [`rate`]: the shared token bucket that holds download and upload rates;
+//! - [`select`]: which files of a multi-file content to download (`--files`, BEP 53 `so`);
 //! - [`seeds`]: the seed table every seeding plugin keeps, and seed-server helpers;
 //! - [`text`]: the sanitiser for text from the network on its way to a terminal;
 //! - [`testkit`]: conformance checks a plugin author runs against their plugin.
@@ -28,12 +31,15 @@ pub mod ident;
 pub mod layout;
 pub mod listen;
 pub mod magnet;
+pub mod net;
 pub mod options;
 pub mod picker;
 pub mod plugin;
+pub mod rate;
 pub mod resume;
 pub mod runtime;
 pub mod seeds;
+pub mod select;
 pub mod testkit;
 pub mod text;
 pub mod verify;

@@ -10,6 +10,8 @@ pub struct PiecePicker {
     /// How many sources/peers have each piece (byte-range sources count for all).
     availability: Vec<u32>,
     remaining: u32,
+    /// Lowest index first instead of rarest first (`--sequential`: play while downloading).
+    sequential: bool,
 }
 
 /// The most requests for one piece at once (end-game duplicates included).
@@ -18,7 +20,18 @@ pub const MAX_DUPLICATES: u8 = 2;
 impl PiecePicker {
     pub fn new(count: u32) -> Self {
         let n = count as usize;
-        Self { done: vec![false; n], in_flight: vec![0; n], availability: vec![0; n], remaining: count }
+        Self {
+            done: vec![false; n],
+            in_flight: vec![0; n],
+            availability: vec![0; n],
+            remaining: count,
+            sequential: false,
+        }
+    }
+
+    /// Picks the lowest index a source has instead of the rarest piece.
+    pub fn set_sequential(&mut self, on: bool) {
+        self.sequential = on;
     }
 
     pub fn count(&self) -> u32 {
@@ -78,7 +91,7 @@ impl PiecePicker {
             let a = self.availability[iu];
             if best.is_none_or(|(_, ba)| a < ba) {
                 best = Some((i, a));
-                if a <= 1 {
+                if a <= 1 || self.sequential {
                     break; // cannot get rarer than one holder
                 }
             }
@@ -127,6 +140,17 @@ impl PiecePicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequential_takes_the_lowest_index_whatever_its_rarity() {
+        let mut p = PiecePicker::new(4);
+        p.add_availability(Some(&[3, 3, 1, 1]));
+        p.set_sequential(true);
+        assert_eq!(p.pick(|_| true), Some(0));
+        assert_eq!(p.pick(|i| i != 1), Some(2));
+        p.set_sequential(false);
+        assert_eq!(p.pick(|_| true), Some(3));
+    }
 
     #[test]
     fn sequential_when_all_equal() {

@@ -21,6 +21,8 @@ pub type Swarms = Arc<Mutex<HashMap<Vec<u8>, HashMap<(String, u16), Instant>>>>;
 pub struct Tracker {
     pub port: u16,
     pub swarms: Swarms,
+    /// Every announce as it came: the connection's source address and the port announced.
+    pub announces: Arc<Mutex<Vec<(String, u16)>>>,
 }
 
 pub fn pct_decode(s: &str) -> Vec<u8> {
@@ -46,17 +48,18 @@ impl Tracker {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let swarms: Swarms = Arc::default();
-        let s2 = swarms.clone();
+        let announces: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
+        let (s2, a2) = (swarms.clone(), announces.clone());
         std::thread::spawn(move || {
             for c in l.incoming().flatten() {
-                let s3 = s2.clone();
-                std::thread::spawn(move || Tracker::serve(c, s3));
+                let (s3, a3) = (s2.clone(), a2.clone());
+                std::thread::spawn(move || Tracker::serve(c, s3, a3));
             }
         });
-        Self { port, swarms }
+        Self { port, swarms, announces }
     }
 
-    fn serve(mut c: TcpStream, swarms: Swarms) {
+    fn serve(mut c: TcpStream, swarms: Swarms, announces: Arc<Mutex<Vec<(String, u16)>>>) {
         let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
         let mut req = Vec::new();
         let mut buf = [0u8; 4096];
@@ -82,6 +85,7 @@ impl Tracker {
                     let peers = sw.entry(ih.clone()).or_default();
                     peers.retain(|_, t| t.elapsed() < Duration::from_secs(60));
                     let me = (ip.clone(), port);
+                    announces.lock().unwrap().push(me.clone());
                     if q.get("event").map(|e| e.as_slice()) == Some(b"stopped") {
                         peers.remove(&me);
                     } else {
@@ -114,6 +118,11 @@ impl Tracker {
 
     pub fn ports(&self, info_hash: &[u8]) -> Vec<u16> {
         self.swarms.lock().unwrap().get(info_hash).map(|p| p.keys().map(|k| k.1).collect()).unwrap_or_default()
+    }
+
+    /// Every announce so far (any torrent): its source address and the port it announced.
+    pub fn announces(&self) -> Vec<(String, u16)> {
+        self.announces.lock().unwrap().clone()
     }
 
     /// Waits until the tracker lists 127.0.0.1:`port` for `info_hash`.
@@ -214,6 +223,11 @@ pub fn aria2_seed(torrent: &Path, dir: &Path, port: u16, extra: &[&str]) -> Proc
 
 /// aria2c downloading `id` (a .torrent or magnet) into `out`; returns its exit status and log.
 pub fn aria2_get(id: &str, out: &Path, limit: Duration) -> (bool, String) {
+    aria2_get_with(id, out, limit, &[])
+}
+
+/// [`aria2_get`] with more aria2c options (later ones win, e.g. `--bt-require-crypto=true`).
+pub fn aria2_get_with(id: &str, out: &Path, limit: Duration, extra: &[&str]) -> (bool, String) {
     let aria2 = require("aria2c", "aria2");
     std::fs::create_dir_all(out).unwrap();
     let port = free_port();
@@ -236,10 +250,25 @@ pub fn aria2_get(id: &str, out: &Path, limit: Duration) -> (bool, String) {
             .arg(format!("--listen-port={port}"))
             .arg(format!("--dir={}", out.display()))
             .arg(format!("--bt-stop-timeout={}", limit.as_secs()))
+            .args(extra)
             .arg(id),
         limit + Duration::from_secs(10),
     );
     (o.status.success(), format!("{}{}", stdout(&o), stderr(&o)))
+}
+
+/// A torrent of `path` (a file or folder) announced to `tracker` and seeded by aria2c (with
+/// `extra` options), once the tracker lists it: the torrent, its info hash and the seeder.
+pub fn aria2_swarm(path: &Path, tracker: &Tracker, piece_log2: u32, extra: &[&str]) -> (PathBuf, Vec<u8>, Proc) {
+    let dir = path.parent().expect("a parent folder");
+    let name = path.file_name().expect("a name").to_string_lossy();
+    let tor = dir.join(format!("{name}.torrent"));
+    mktorrent(path, &tor, &tracker.url(), piece_log2, false);
+    let ih = info_hash_of(&tor);
+    let port = free_port();
+    let seeder = aria2_seed(&tor, dir, port, extra);
+    assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "aria2 never announced: {}", seeder.log_text());
+    (tor, ih, seeder)
 }
 
 pub fn find_file(dir: &Path, suffix: &str) -> Option<PathBuf> {

@@ -125,6 +125,7 @@ fn third_party_plugin_garbage_and_mismatched_sdk() {
         backend: None,
         connections: 2,
         sha256: None,
+        ..Default::default()
     };
     let Err(e) = futures::executor::block_on(host.get(&req("gen://panic/y"), Arc::new(|_| {}))) else {
         panic!("a panicking plugin call must be an error")

@@ -56,6 +56,22 @@ pub(crate) struct Global {
     /// No progress bar
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Proxy for every outgoing connection: socks5h://[USER:PASS@]HOST:PORT (names resolved by
+    /// the proxy), socks5://, or http:// (CONNECT). While set: no DHT, no UDP trackers, no
+    /// direct connection of any kind
+    #[arg(long, value_name = "URL", global = true)]
+    pub proxy: Option<String>,
+    /// Most bytes per second downloaded, all sources together (e.g. 10M = 10 MiB/s)
+    #[arg(long = "max-download-rate", value_name = "SIZE", global = true, value_parser = parse_rate)]
+    pub max_download_rate: Option<u64>,
+    /// Most bytes per second uploaded by each seeding plugin (e.g. 512k)
+    #[arg(long = "max-upload-rate", value_name = "SIZE", global = true, value_parser = parse_rate)]
+    pub max_upload_rate: Option<u64>,
+}
+
+/// A rate as a size per second (`10M`, `512k`, a number of bytes); 0 means no limit.
+pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
+    chiral_sdk::options::parse_size(s).ok_or_else(|| format!("{s:?} is not a size (e.g. 10M, 512k, 1000000)"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,6 +167,14 @@ pub(crate) struct GetArgs {
     /// Keep seeding what was downloaded until SIGINT/SIGTERM
     #[arg(long)]
     pub seed: bool,
+    /// Only these files of a multi-file torrent: numbers and ranges counted from 1 in the
+    /// torrent's order (`1,3-5`) or a glob (`'*.mkv'`); the others are neither created nor written
+    #[arg(long, value_name = "LIST|GLOB")]
+    pub files: Option<String>,
+    /// Fetch pieces in order, first to last, instead of rarest first (to play a file as it
+    /// arrives)
+    #[arg(long)]
+    pub sequential: bool,
 }
 
 #[derive(Args, Debug)]

@@ -22,6 +22,9 @@ pub(crate) async fn run(g: &Global, a: DaemonArgs) -> Result<ExitCode> {
     let http = a.http.clone().or_else(|| c.http.clone()).unwrap_or_else(|| DEFAULT_HTTP.into());
     let addr: SocketAddr = http.parse().map_err(|_| UsageError("--http must be ADDR:PORT, e.g. 127.0.0.1:7878"))?;
     let host = Arc::new(build_host(g, &s, false)?);
+    if let Some(p) = &s.proxy {
+        eprintln!("chiral: every outgoing connection goes through the proxy {p}");
+    }
     let _lock = daemon::lock_data_dir(&s.data_dir)?;
     let token = daemon::load_or_create_token(&s.data_dir).context("daemon.token")?;
     let opts = DaemonOptions {

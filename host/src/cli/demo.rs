@@ -45,6 +45,7 @@ pub(crate) async fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
         backend: None,
         connections: s.connections,
         sha256: Some(want),
+        ..Default::default()
     };
     let report = download(&host, req, g.quiet || a.json).await?;
     for s in &seeds {

@@ -24,6 +24,9 @@ pub(crate) async fn run(g: &Global, a: GetArgs) -> Result<ExitCode> {
         backend: a.backend.clone(),
         connections: a.connections.unwrap_or(s.connections),
         sha256,
+        files: a.files.as_deref().map(chiral_sdk::select::FileSelection::parse).transpose()?,
+        sequential: a.sequential,
+        ..Default::default()
     };
     let Some(report) = download(&host, req, g.quiet || a.json).await? else {
         eprintln!("chiral: interrupted; run the same command again to resume");

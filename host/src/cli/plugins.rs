@@ -18,7 +18,8 @@ pub(crate) async fn run(g: &Global, a: PluginsArgs) -> Result<ExitCode> {
     let rows = reg.describe();
     let winners = reg.scheme_winners();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "plugins": rows, "schemes": winners }))?);
+        let proxy = s.proxy.as_ref().map(ToString::to_string);
+        println!("{}", serde_json::to_string_pretty(&json!({ "plugins": rows, "schemes": winners, "proxy": proxy }))?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
@@ -50,6 +51,12 @@ pub(crate) async fn run(g: &Global, a: PluginsArgs) -> Result<ExitCode> {
         for (scheme, plugin) in &winners {
             writeln!(out, "{scheme:<12} -> {plugin}")?;
         }
+    }
+    writeln!(out)?;
+    match &s.proxy {
+        // The password never shows.
+        Some(p) => writeln!(out, "proxy: {p} (every outgoing connection; no DHT, no UDP trackers)")?,
+        None => writeln!(out, "proxy: none (direct connections)")?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use chiral_host::{
     session::log_event,
     Host,
 };
-use chiral_sdk::HostConfig;
+use chiral_sdk::{abi_stable::std_types::Tuple2, HostConfig};
 
 use super::args::Global;
 
@@ -21,6 +21,11 @@ pub(super) struct Settings {
     pub config: ConfigFile,
     pub data_dir: PathBuf,
     pub connections: u32,
+    /// The proxy every plugin goes through (`--proxy`, else the config's `proxy`).
+    pub proxy: Option<chiral_sdk::net::Proxy>,
+    /// Bytes per second (`--max-download-rate`, else the config's); `None`: unlimited.
+    pub download_rate: Option<u64>,
+    pub upload_rate: Option<u64>,
 }
 
 pub(super) fn settings(g: &Global) -> Result<Settings> {
@@ -33,7 +38,21 @@ pub(super) fn settings(g: &Global) -> Result<Settings> {
     };
     let data_dir = g.data_dir.clone().or_else(|| config.data_dir.clone()).unwrap_or_else(default_data_dir);
     let connections = config.connections.unwrap_or(DEFAULT_CONNECTIONS);
-    Ok(Settings { config, data_dir, connections })
+    // A proxy that cannot be used is an error, never a reason to go out directly.
+    let proxy = match g.proxy.as_deref().or(config.proxy.as_deref()).map(str::trim).filter(|p| !p.is_empty()) {
+        Some(p) => Some(chiral_sdk::net::Proxy::parse(p).map_err(|e| anyhow::anyhow!("--proxy / config proxy: {e}"))?),
+        None => None,
+    };
+    let rate = |flag: Option<u64>, key: &str| -> Result<Option<u64>> {
+        Ok(match flag {
+            Some(r) => Some(r),
+            None => config.rate(key).map_err(|e| anyhow::anyhow!("config: {e}"))?,
+        }
+        .filter(|&r| r > 0))
+    };
+    let download_rate = rate(g.max_download_rate, "max_download_rate")?;
+    let upload_rate = rate(g.max_upload_rate, "max_upload_rate")?;
+    Ok(Settings { config, data_dir, connections, proxy, download_rate, upload_rate })
 }
 
 /// The host over every plugin on the search path; `loopback` keeps its servers on 127.0.0.1
@@ -54,11 +73,12 @@ pub(super) fn build_host(g: &Global, s: &Settings, loopback: bool) -> Result<Hos
         listen_port: g.port.or(c.port).unwrap_or(0),
         advertise_host: g.advertise.clone().or_else(|| c.advertise.clone()).unwrap_or_default().into(),
         connections: s.connections,
-        proxy: c.proxy.clone().map(Into::into).into(),
+        proxy: s.proxy.as_ref().map(|p| p.url().into()).into(),
         bootstrap: bootstrap.into_iter().map(Into::into).collect(),
         // The demo stays on loopback: no public DHT.
         no_dht: loopback || g.no_dht || c.no_dht.unwrap_or(false),
-        options: Default::default(),
+        // Options every plugin gets (its `[plugins.<name>]` table comes after).
+        options: s.upload_rate.map(|r| Tuple2("max_upload_rate".into(), r.to_string().into())).into_iter().collect(),
     };
     let mut explicit = g.plugin_path.clone();
     explicit.extend(c.plugin_path.iter().cloned());
@@ -69,5 +89,5 @@ pub(super) fn build_host(g: &Global, s: &Settings, loopback: bool) -> Result<Hos
         c.plugins.keys().map(|k| (k.clone(), c.plugin_options(k))).collect();
     let registry =
         Registry::discover(&dirs, host_config, c.backend.clone(), plugin_options, Arc::new(|p, e| log_event(p, &e)));
-    Ok(Host::new(registry))
+    Ok(Host::new(registry).with_download_rate(s.download_rate))
 }

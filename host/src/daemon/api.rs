@@ -69,9 +69,7 @@ impl Access {
         let ip = self.bound.ip();
         let own = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
         let own_ok = !ip.is_unspecified() && name == own;
-        own_ok
-            || matches!(name.as_str(), "localhost" | "127.0.0.1" | "[::1]")
-            || self.extra_hosts.contains(&name)
+        own_ok || matches!(name.as_str(), "localhost" | "127.0.0.1" | "[::1]") || self.extra_hosts.contains(&name)
     }
 
     fn origin_ok(&self, origin: &str) -> bool {

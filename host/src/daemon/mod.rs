@@ -531,6 +531,7 @@ impl Daemon {
             backend: rec.backend.clone(),
             connections: self.opts.connections.max(1),
             sha256: None,
+            ..Default::default()
         };
         let id = rec.id.clone();
         let (me, host) = (self.clone(), self.host.clone());

@@ -21,7 +21,8 @@
 //!
 //! Options (config `[plugins.bittorrent]`, then per request): `port`, `tracker`, `peer`,
 //! `web_seed`, `piece_size`, `private`, `name`, `reputation`, `wallet`, `payment_threshold`,
-//! `threads` (the runtime's workers), `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes are used and the node
+//! `threads` (the runtime's workers), `max_upload_rate` (bytes/s, all peers), `encryption` (`prefer` (default): MSE/PE when dialling, with a
+//! plaintext retry, both accepted; `require`: RC4 only, both ways; `off`: plaintext only), `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes are used and the node
 //! answers queries at once (server mode); `none` starts a new network), `dht_port`,
 //! `allow_local_peers` (dial loopback and private peers learned from trackers, the DHT and
 //! peers even when no tracker, peer or bootstrap node of the download is local; see
@@ -37,6 +38,7 @@ pub mod dht;
 pub mod extension;
 pub mod identity;
 pub mod metainfo;
+pub mod mse;
 pub mod peer_wire;
 pub mod session;
 pub mod storage;
@@ -119,12 +121,18 @@ pub struct Shared {
     pub wallet: Option<String>,
     pub payment_threshold: u64,
     pub runtime: tokio::runtime::Handle,
-    /// The DHT node (`None` with `no_dht`), started on first use.
+    /// The DHT node (`None` with `no_dht` or a proxy), started on first use.
     pub dht: Option<Arc<dht::DhtNode>>,
     /// The DHT bootstrap nodes the user gave (`dht_bootstrap`): local ones allow local peers.
     pub dht_bootstrap: Vec<String>,
     /// `allow_local_peers`: dial loopback and private peers whatever the torrent's origins.
     pub allow_local_peers: bool,
+    /// The host's proxy: every peer connection, tracker and web seed goes through it; no UDP.
+    pub proxy: Option<chiral_sdk::net::Proxy>,
+    /// Protocol encryption (MSE/PE) for dialled and accepted peers (option `encryption`).
+    pub encryption: mse::Policy,
+    /// Upload rate shared by every peer connection (option `max_upload_rate`, bytes/s).
+    pub upload_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
     sessions: Mutex<HashMap<[u8; 20], Weak<Session>>>,
 }
 
@@ -137,6 +145,11 @@ impl Shared {
         if m.get(info_hash).is_some_and(|w| w.strong_count() == 0 || w.upgrade().is_none()) {
             m.remove(info_hash);
         }
+    }
+    /// The info hashes of every live session (what an encrypted handshake may name).
+    fn info_hashes(&self) -> Vec<[u8; 20]> {
+        let m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().filter(|(_, w)| w.strong_count() > 0).map(|(k, _)| *k).collect()
     }
     fn find(&self, info_hash: &[u8; 20]) -> Option<Arc<Session>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(info_hash).and_then(Weak::upgrade)
@@ -206,20 +219,27 @@ impl Plugin for BitTorrentPlugin {
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let handle = runtime.handle();
+        // A proxy URL that cannot be used is an error: never a reason to go out directly.
+        let proxy = chiral_sdk::net::Proxy::from_config(&config).map_err(|e| PluginError::invalid(e.to_string()))?;
         let http = {
             let _entered = handle.enter();
             let mut b = reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .user_agent(concat!("chiral-bittorrent/", env!("CARGO_PKG_VERSION")))
                 .redirect(reqwest::redirect::Policy::limited(5));
-            if let Some(p) = config.proxy_url() {
-                if let Ok(px) = reqwest::Proxy::all(p) {
-                    b = b.proxy(px);
-                }
+            if let Some(p) = &proxy {
+                let px = reqwest::Proxy::all(p.url()).map_err(|e| PluginError::invalid(format!("proxy {p}: {e}")))?;
+                b = b.proxy(px);
             }
             b.build().map_err(|e| PluginError::other(format!("http client: {e}")))?
         };
         let dht = if config.no_dht {
+            None
+        } else if let Some(p) = &proxy {
+            // The DHT is UDP, which the proxy cannot carry: its socket is never made.
+            events.warn(format!(
+                "bittorrent: DHT off: a proxy is set ({p}) and DHT traffic is UDP, which cannot go through it"
+            ));
             None
         } else {
             let cfg = dht::DhtConfig::from_options(
@@ -229,6 +249,11 @@ impl Plugin for BitTorrentPlugin {
             )
             .map_err(|e| PluginError::invalid(e.to_string()))?;
             Some(Arc::new(dht::DhtNode::new(cfg, events.clone())))
+        };
+        let encryption = match options.get_str("encryption") {
+            None => mse::Policy::default(),
+            Some(v) => mse::Policy::parse(v)
+                .ok_or_else(|| PluginError::invalid(format!("encryption = {v:?}: expected prefer, require or off")))?,
         };
         let (identity, note) = identity::Identity::load_or_create(Path::new(config.data_dir.as_str()));
         if let Some(note) = note {
@@ -254,6 +279,9 @@ impl Plugin for BitTorrentPlugin {
             dht,
             dht_bootstrap: options.get_all("dht_bootstrap"),
             allow_local_peers: options.get_bool("allow_local_peers")?.unwrap_or(false),
+            proxy,
+            encryption,
+            upload_rate: chiral_sdk::rate::limiter(options.get_bytes("max_upload_rate")?),
             sessions: Mutex::new(HashMap::new()),
         });
         let listener = {
@@ -422,6 +450,27 @@ async fn listen(listener: tokio::net::TcpListener, shared: Weak<Shared>, events:
         let Some(conn) = limit.admit() else { continue };
         let events = events.clone();
         tokio::spawn(async move {
+            // A plaintext header, else an MSE handshake (answered as the policy allows).
+            let mut first = [0u8; 20];
+            let read = tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(15), stream.read_exact(&mut first)) => r,
+                _ = conn.evicted() => return,
+            };
+            if !matches!(read, Ok(Ok(_))) {
+                return;
+            }
+            let ours = sh.info_hashes();
+            let answered = tokio::select! {
+                r = mse::respond(stream, first, &ours, sh.encryption) => r,
+                _ = conn.evicted() => return,
+            };
+            let mut stream = match answered {
+                Ok(mse::Incoming::Plain(s)) | Ok(mse::Incoming::Encrypted(_, s)) => s,
+                Err(e) => {
+                    events.debug(format!("bittorrent: incoming peer {addr}: {e}"));
+                    return;
+                }
+            };
             let mut hs = [0u8; peer_wire::HANDSHAKE_LEN];
             let read = tokio::select! {
                 r = tokio::time::timeout(Duration::from_secs(15), stream.read_exact(&mut hs)) => r,

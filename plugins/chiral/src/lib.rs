@@ -15,6 +15,7 @@
 //! plugin's runtime until the process exits.
 
 pub mod node;
+pub mod proxy_transport;
 pub mod records;
 pub mod reputation;
 pub mod seed;

@@ -162,46 +162,63 @@ impl Node {
         }
         let listen = listen_multiaddr(&config.listen_addr, config.listen_port)?;
 
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-            .map_err(|e| PluginError::other(format!("transport: {e}")))?
-            .with_behaviour(|key| {
-                let id = key.public().to_peer_id();
-                let mut kcfg = kad::Config::new(KAD_PROTOCOL);
-                kcfg.set_record_filtering(StoreInserts::FilterBoth)
-                    .set_kbucket_inserts(BucketInserts::Manual)
-                    .set_query_timeout(Duration::from_secs(20))
-                    .set_max_packet_size(crate::records::MAX_RECORD * 2 + 4096)
-                    .set_replication_factor(NonZeroUsize::new(8).expect("8"));
-                let store = kad::store::MemoryStore::with_config(
-                    id,
-                    kad::store::MemoryStoreConfig {
-                        max_records: 16 * 1024,
-                        max_value_bytes: crate::records::MAX_RECORD,
-                        max_providers_per_key: 32,
-                        max_provided_keys: 16 * 1024,
-                    },
-                );
-                let mut kad = kad::Behaviour::with_config(id, store, kcfg);
-                kad.set_mode(Some(kad::Mode::Server));
-                let identify = identify::Behaviour::new(
-                    identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
-                        .with_agent_version(format!("chiral-plugin-chiral/{}", env!("CARGO_PKG_VERSION"))),
-                );
-                let chunks = request_response::Behaviour::with_codec(
-                    ChunkCodec,
-                    [(wire::PROTOCOL, request_response::ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(30))
-                        .with_max_concurrent_streams(256),
-                );
-                Behaviour { identify, kad, chunks }
-            })
-            .map_err(|e| PluginError::other(format!("behaviour: {e}")))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
-        swarm.listen_on(listen.clone()).map_err(|e| PluginError::network(format!("cannot listen on {listen}: {e}")))?;
+        // Proxy hook (privacy): with a proxy, TCP through it only (see proxy_transport.rs).
+        let proxy = crate::proxy_transport::proxy(config, &events)?;
+        let behaviour = |key: &libp2p::identity::Keypair| {
+            let id = key.public().to_peer_id();
+            let mut kcfg = kad::Config::new(KAD_PROTOCOL);
+            kcfg.set_record_filtering(StoreInserts::FilterBoth)
+                .set_kbucket_inserts(BucketInserts::Manual)
+                .set_query_timeout(Duration::from_secs(20))
+                .set_max_packet_size(crate::records::MAX_RECORD * 2 + 4096)
+                .set_replication_factor(NonZeroUsize::new(8).expect("8"));
+            let store = kad::store::MemoryStore::with_config(
+                id,
+                kad::store::MemoryStoreConfig {
+                    max_records: 16 * 1024,
+                    max_value_bytes: crate::records::MAX_RECORD,
+                    max_providers_per_key: 32,
+                    max_provided_keys: 16 * 1024,
+                },
+            );
+            let mut kad = kad::Behaviour::with_config(id, store, kcfg);
+            kad.set_mode(Some(kad::Mode::Server));
+            let identify = identify::Behaviour::new(
+                identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
+                    .with_agent_version(format!("chiral-plugin-chiral/{}", env!("CARGO_PKG_VERSION"))),
+            );
+            let chunks = request_response::Behaviour::with_codec(
+                ChunkCodec,
+                [(wire::PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(30))
+                    .with_max_concurrent_streams(256),
+            );
+            Behaviour { identify, kad, chunks }
+        };
+        let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+        let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
+        let mut swarm = match &proxy {
+            Some(p) => builder
+                .with_other_transport(|k| crate::proxy_transport::transport(k, p))
+                .map_err(|e| PluginError::other(format!("transport: {e}")))?
+                .with_behaviour(behaviour)
+                .map_err(|e| PluginError::other(format!("behaviour: {e}")))?
+                .with_swarm_config(swarm_config)
+                .build(),
+            None => builder
+                .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+                .map_err(|e| PluginError::other(format!("transport: {e}")))?
+                .with_behaviour(behaviour)
+                .map_err(|e| PluginError::other(format!("behaviour: {e}")))?
+                .with_swarm_config(swarm_config)
+                .build(),
+        };
+        if proxy.is_none() {
+            swarm
+                .listen_on(listen.clone())
+                .map_err(|e| PluginError::network(format!("cannot listen on {listen}: {e}")))?;
+        }
 
         let shared = Arc::new(Shared {
             peer_id,
@@ -214,7 +231,7 @@ impl Node {
 
         // Wait for the first listen address (and give the other interfaces a moment).
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        while proxy.is_none() {
             let timeout = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(timeout, swarm.select_next_some()).await {
                 Ok(SwarmEvent::NewListenAddr { address, .. }) => {

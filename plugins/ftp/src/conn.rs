@@ -36,6 +36,8 @@ use tokio::{
     time::timeout,
 };
 
+use chiral_sdk::net::Proxy;
+
 use crate::{
     reply::{self, Reply},
     target::Target,
@@ -169,12 +171,13 @@ pub async fn read_exact_into(data: &mut Data, buf: &mut Vec<u8>, n: usize) -> io
 /// Connects a data connection. `rcvbuf` fixes its receive buffer: a range that ends before the
 /// file does is cut off by closing the connection, and whatever the server pushed past the end
 /// by then is wasted; loopback autotuning would let that grow to tens of MiB per range.
-async fn connect_data(addr: SocketAddr, rcvbuf: Option<u32>) -> io::Result<TcpStream> {
-    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    if let Some(n) = rcvbuf {
-        sock.set_recv_buffer_size(n)?;
+/// Through a proxy the data connection goes to the control connection's host name (the
+/// server's address as the proxy sees it) at the passive port.
+async fn connect_data(addr: SocketAddr, via: Option<(&Proxy, &str)>, rcvbuf: Option<u32>) -> io::Result<TcpStream> {
+    match via {
+        Some((proxy, host)) => chiral_sdk::net::dial_with(Some(proxy), host, addr.port(), rcvbuf).await,
+        None => chiral_sdk::net::dial_with(None, &addr.ip().to_string(), addr.port(), rcvbuf).await,
     }
-    sock.connect(addr).await
 }
 
 /// The receive buffer for a data connection that stops `len` bytes in: half the range, at
@@ -270,13 +273,15 @@ pub struct Conn {
     pub broken: bool,
     /// The pool's count of open sessions, when the session belongs to one.
     pub slot: Option<Slot>,
+    /// The proxy and the server's host name, when connections go through a proxy.
+    via: Option<(Proxy, String)>,
 }
 
 impl Conn {
     /// Connects, secures (`ftps://`), logs in and selects binary mode.
     pub async fn open(t: &Target, tls: Option<Arc<ClientConfig>>, epsv: Arc<AtomicBool>) -> Result<Self, OpenError> {
         let server = t.authority();
-        let tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect(server.as_str())).await {
+        let tcp = match timeout(CONNECT_TIMEOUT, chiral_sdk::net::dial(t.proxy.as_ref(), &t.host, t.port)).await {
             Err(_) => return Err(PluginError::network(format!("timed out connecting to {server}")).into()),
             Ok(Err(e)) => return Err(PluginError::network(format!("{}: {server}", io_reason(&e))).into()),
             Ok(Ok(s)) => s,
@@ -306,8 +311,18 @@ impl Conn {
                 }
             }
         };
-        let mut conn =
-            Self { ctrl, peer, tls, epsv, server, password: t.password.clone(), home: None, broken: false, slot: None };
+        let mut conn = Self {
+            ctrl,
+            peer,
+            tls,
+            epsv,
+            server,
+            password: t.password.clone(),
+            home: None,
+            broken: false,
+            slot: None,
+            via: t.proxy.clone().map(|p| (p, t.host.clone())),
+        };
         conn.login(&t.user, &t.password).await?;
         let r = conn.cmd("TYPE I").await?;
         if !r.is_success() {
@@ -435,7 +450,7 @@ impl Conn {
                 return Err(self.transient_or_other(&r, "EPSV"));
             }
         }
-        if matches!(self.peer.ip(), IpAddr::V6(_)) {
+        if self.via.is_none() && matches!(self.peer.ip(), IpAddr::V6(_)) {
             return Err(PluginError::other(format!("{} refused EPSV, and PASV cannot reach IPv6", self.server)));
         }
         let r = self.cmd("PASV").await?;
@@ -465,7 +480,8 @@ impl Conn {
     /// [`Conn::finish`] after the end of file or [`Conn::abandon`] after closing it early.
     pub async fn start(&mut self, command: &str, offset: u64, rcvbuf: Option<u32>) -> Result<Data, StartError> {
         let addr = self.passive().await.map_err(StartError::Failed)?;
-        let tcp = match timeout(CONNECT_TIMEOUT, connect_data(addr, rcvbuf)).await {
+        let via = self.via.as_ref().map(|(p, h)| (p, h.as_str()));
+        let tcp = match timeout(CONNECT_TIMEOUT, connect_data(addr, via, rcvbuf)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 self.broken = true;

@@ -44,6 +44,8 @@ pub struct Settings {
     options: Opts,
     env: fn(&str) -> Option<String>,
     tls: conn::TlsSettings,
+    /// The host's proxy: every control and data connection goes through it.
+    proxy: Option<chiral_sdk::net::Proxy>,
 }
 
 fn real_env(key: &str) -> Option<String> {
@@ -57,14 +59,22 @@ impl Settings {
             .map(str::to_string)
             .or_else(|| env(ENV_CA_FILE))
             .filter(|v| !v.trim().is_empty());
-        Self { options, env, tls: conn::TlsSettings::new(ca_file) }
+        Self { options, env, tls: conn::TlsSettings::new(ca_file), proxy: None }
+    }
+
+    /// The same, with every connection through `proxy`.
+    pub fn with_proxy(mut self, proxy: Option<chiral_sdk::net::Proxy>) -> Self {
+        self.proxy = proxy;
+        self
     }
 
     /// Parses `identifier` with the credentials of `extra` (a request's options), then the
     /// plugin's options, then the environment.
     pub fn target(&self, identifier: &str, extra: &Opts) -> Result<Target, PluginError> {
         let options = self.options.merged_with(extra);
-        Target::parse(identifier, &Defaults::from_options_and_env(&options, self.env))
+        let mut t = Target::parse(identifier, &Defaults::from_options_and_env(&options, self.env))?;
+        t.proxy = self.proxy.clone();
+        Ok(t)
     }
 
     /// The TLS config for an `ftps://` target, `None` for plain FTP.
@@ -100,7 +110,11 @@ impl Plugin for FtpPlugin {
     fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
         let options = Opts::from_abi(&config.options);
         let runtime = PluginRuntime::for_plugin("ftp", &options)?;
-        let settings = Arc::new(Settings::new(options, real_env));
+        let proxy = chiral_sdk::net::Proxy::from_config(&config).map_err(|e| PluginError::invalid(e.to_string()))?;
+        if let Some(p) = &proxy {
+            events.info(format!("ftp: every connection goes through the proxy {p}"));
+        }
+        let settings = Arc::new(Settings::new(options, real_env).with_proxy(proxy));
         let seeder = seed::Seeder::new(&config, events);
         Ok(Self { runtime, settings, seeder })
     }

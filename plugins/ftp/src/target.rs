@@ -63,6 +63,8 @@ pub struct Target {
     pub is_dir: bool,
     /// `scheme://host[:port]/path`, without credentials, query or fragment.
     pub label: String,
+    /// The proxy the control and data connections go through (the host's `proxy`).
+    pub proxy: Option<chiral_sdk::net::Proxy>,
 }
 
 impl std::fmt::Debug for Target {
@@ -125,7 +127,7 @@ impl Target {
             return Err(PluginError::invalid(format!("the path has a line break or NUL in it: {shown}")));
         }
         let label = label(&url);
-        Ok(Self { secure, host, port, user, password, path, is_dir, label })
+        Ok(Self { secure, host, port, user, password, path, is_dir, label, proxy: None })
     }
 
     /// `host:port` to connect to (IPv6 in brackets).

@@ -193,14 +193,15 @@ impl RqbitPlugin {
         let port = pick_port(ip, s.want_port, &self.events)?;
         let bootstrap = self.options.get_all("dht_bootstrap");
         let lan_discovery = !s.no_dht && self.options.get_bool("lsd")?.unwrap_or(true);
-        let proxy_url = s.proxy.as_ref().and_then(|p| {
-            if p.to_ascii_lowercase().starts_with("socks5") {
-                Some(p.clone())
-            } else {
-                self.events.warn(format!("rqbit: proxy {p} ignored (librqbit only proxies peers through socks5://)"));
-                None
-            }
-        });
+        // librqbit proxies peer connections only: its DHT, UDP trackers, local discovery and
+        // name lookups would still go out directly. With a proxy set it refuses to run.
+        if let Some(p) = &s.proxy {
+            let shown = chiral_sdk::net::Proxy::parse(p).map(|p| p.to_string()).unwrap_or_else(|e| e.to_string());
+            return Err(PluginError::unsupported(format!(
+                "rqbit: a proxy is set ({shown}), and librqbit would still reach DHT nodes and UDP trackers directly: use --backend bittorrent"
+            )));
+        }
+        let proxy_url = None;
         // Chunk requests in flight per peer: librqbit's default (128, never above the peer's
         // reqq) unless the `request_window` option says otherwise.
         let window = self.options.get_u64_in("request_window", 1..=4096)?.map(|w| w as usize);

@@ -72,6 +72,15 @@ pub struct Options {
     pub await_authority: bool,
     /// How long to wait for that authority before starting provisionally with the others.
     pub authority_wait: Duration,
+    /// Shared download rate: every request reserves its bytes here before it starts.
+    pub download_rate: Option<Arc<crate::rate::RateLimiter>>,
+    /// Only these files of a multi-file content: the others are neither created nor written
+    /// (a piece they share with a wanted file is fetched and verified whole, and only the
+    /// wanted file's bytes of it are written).
+    pub files: Option<crate::select::FileSelection>,
+    /// Pieces in order, lowest first, instead of rarest first (a file can be played while it
+    /// downloads).
+    pub sequential: bool,
 }
 
 impl Options {
@@ -84,6 +93,9 @@ impl Options {
             max_bad_pieces: 2,
             await_authority: false,
             authority_wait: Duration::from_secs(3),
+            download_rate: None,
+            files: None,
+            sequential: false,
         }
     }
 }
@@ -416,7 +428,7 @@ impl Phase {
         }
         .map_err(|e| bad(e.to_string()))?;
         let verifier = PieceVerifier::for_content(info, layout.piece_count() as u64).map_err(|e| bad(e.to_string()))?;
-        let storage = Storage::plan(&options.out_dir, name, info)?;
+        let storage = Storage::plan(&options.out_dir, name, info, options.files.as_ref())?;
         Ok((layout, verifier, storage))
     }
 
@@ -430,6 +442,14 @@ impl Phase {
     ) -> Self {
         let limits =
             Limits { max_failures: options.max_failures.max(1), max_bad_pieces: options.max_bad_pieces.max(1) };
+        let mut sched = Scheduler::new(layout, limits);
+        sched.set_sequential(options.sequential);
+        for p in 0..layout.piece_count() {
+            let (off, len) = layout.piece(p);
+            if !storage.wants(off, len) {
+                sched.mark_done(p);
+            }
+        }
         Self {
             fingerprint: fingerprint(&info, name),
             state_file: state_path(&options.out_dir.join(name)),
@@ -437,7 +457,7 @@ impl Phase {
             layout,
             verifier: Arc::new(verifier),
             storage,
-            sched: Scheduler::new(layout, limits),
+            sched,
             writer: vec![None; layout.piece_count() as usize],
             last_save: Instant::now(),
             dirty: true,
@@ -561,8 +581,13 @@ pub async fn run_with_late_sources(
     })?;
     let info = srcs[reference].info.clone();
     let (layout, verifier, storage) = Phase::plan(&info, &name, options)?;
+    if options.sha256.is_some() && storage.is_partial() {
+        return Err(EngineError::Layout(
+            "a whole-content SHA-256 cannot be checked when only some files are chosen".into(),
+        ));
+    }
 
-    let has_parts = storage.files.iter().any(|f| f.part.exists());
+    let has_parts = storage.has_parts();
     // Already complete from an earlier run: check it and report, without touching the network.
     if trust != Trust::Pending && !has_parts && storage.all_final_exist() {
         return already_complete(storage, layout, verifier, &info, srcs, &name, options, on_event, started, trust)
@@ -715,7 +740,11 @@ async fn already_complete(
     trust: Trust,
 ) -> Result<Outcome, EngineError> {
     let top = options.out_dir.join(name);
-    let sizes_match = storage.files.iter().all(|f| f.final_path.metadata().map(|m| m.len()).ok() == Some(f.length));
+    let sizes_match = storage
+        .files
+        .iter()
+        .filter(|f| f.wanted)
+        .all(|f| f.final_path.metadata().map(|m| m.len()).ok() == Some(f.length));
     if !sizes_match {
         return Err(EngineError::Exists(top));
     }
@@ -740,7 +769,7 @@ async fn already_complete(
     });
     Ok(Outcome {
         name: name.to_string(),
-        files: storage.files.iter().map(|f| f.final_path.clone()).collect(),
+        files: storage.files.iter().filter(|f| f.wanted).map(|f| f.final_path.clone()).collect(),
         length: info.length,
         resumed_bytes: info.length,
         sources: srcs.into_iter().map(Src::into_report).collect(),
@@ -914,12 +943,21 @@ impl Driver<'_> {
         let (handle, reg) = AbortHandle::new_pair();
         self.running.insert((si, piece), handle);
         tracing::trace!(source = %self.srcs[si].report.label, piece, "request");
-        let fetch = self.srcs[si].es.source.fetch(off, len);
+        let source = self.srcs[si].es.source.clone();
+        let rate = self.options.download_rate.clone();
         let (storage, verifier, workers) = (phase.storage.clone(), phase.verifier.clone(), self.workers.clone());
         let pre_checked = self.srcs[si].pre_checked;
         let gen = self.gen;
         self.tasks.push(
             async move {
+                let fetch = async move {
+                    // The request starts once its bytes fit the rate (so the source sends them
+                    // at it, whatever the protocol).
+                    if let Some(rate) = rate {
+                        rate.acquire(len).await;
+                    }
+                    source.fetch(off, len).await
+                };
                 let r = Abortable::new(fetch, reg).await.unwrap_or_else(|_| Err(PluginError::cancelled()));
                 let landed = match r {
                     Err(e) => Landed::Failed(e),
@@ -1237,6 +1275,10 @@ fn verify_all(storage: &Storage, layout: &Layout, verifier: &PieceVerifier) -> R
     let mut buf = Vec::new();
     for i in 0..layout.piece_count() {
         let (off, len) = layout.piece(i);
+        // A piece with bytes of an unchosen file was checked whole when it arrived.
+        if !storage.wants_all(off, len) {
+            continue;
+        }
         buf.resize(len as usize, 0);
         storage.read_at(off, &mut buf)?;
         verifier.verify(i, &buf).map_err(|e| EngineError::Layout(e.to_string()))?;

@@ -153,6 +153,10 @@ impl Scheduler {
     pub fn layout(&self) -> Layout {
         self.layout
     }
+    /// Lowest piece first instead of rarest first (`--sequential`).
+    pub fn set_sequential(&mut self, on: bool) {
+        self.picker.set_sequential(on);
+    }
     pub fn picker(&self) -> &PiecePicker {
         &self.picker
     }

@@ -295,6 +295,35 @@ fn multi_file_layout_stays_inside_the_folder() {
 }
 
 #[test]
+fn chosen_files_only_are_written() {
+    let data = content(40_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut info = info_for(&data, 4096, true, "t");
+    info.name = "set".into();
+    info.files = vec![
+        FileEntry { path: "a".into(), offset: 0, length: 5000 },
+        FileEntry { path: "b".into(), offset: 5000, length: 30_000 },
+        FileEntry { path: "c".into(), offset: 35_000, length: 5000 },
+    ]
+    .into();
+    let mut opts = Options::new(dir.path());
+    opts.files = Some(crate::select::FileSelection::parse("1,3").unwrap());
+    let (r, _) = run_blocking(vec![Arc::new(src(&data, info.clone()))], &opts);
+    let out = r.unwrap();
+    assert_eq!(out.files, vec![dir.path().join("set/a"), dir.path().join("set/c")]);
+    assert_eq!(std::fs::read(&out.files[0]).unwrap(), data[..5000]);
+    assert_eq!(std::fs::read(&out.files[1]).unwrap(), data[35_000..]);
+    assert!(!dir.path().join("set/b").exists() && !dir.path().join("set/b.part").exists());
+    // Run again: already complete, checked without the unchosen file.
+    let (again, _) = run_blocking(vec![Arc::new(src(&data, info.clone()))], &opts);
+    assert_eq!(again.unwrap().files.len(), 2);
+    // A selection past the end is a one-line error.
+    opts.files = Some(crate::select::FileSelection::parse("4").unwrap());
+    let (bad, _) = run_blocking(vec![Arc::new(src(&data, info))], &opts);
+    assert!(bad.unwrap_err().to_string().contains("3 files"));
+}
+
+#[test]
 fn safe_names() {
     assert_eq!(safe_name(".."), "download");
     assert_eq!(safe_name("a/b"), "a_b");
