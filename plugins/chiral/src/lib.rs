@@ -8,7 +8,8 @@
 //! - [`wire`]: the chunk protocol's messages and bounded codec (sans-IO);
 //! - [`reputation`]: per-peer metrics, score and provider choice (sans-IO);
 //! - [`seed`]: hashing a file into its Merkle tree, serving chunks with proofs;
-//! - [`node`]: the swarm task and its handle;
+//! - [`node`]: the swarm task and its handle (transports built in one place, `build_swarm`);
+//! - [`tls`]: libp2p's TLS upgrade with AES-GCM offered first;
 //! - [`source`]: a content as an engine source fetching verified chunks from many providers.
 //!
 //! The node starts on first use (`node`, `search`, `seed`, `open_source`) and runs on the
@@ -19,6 +20,7 @@ pub mod records;
 pub mod reputation;
 pub mod seed;
 pub mod source;
+pub mod tls;
 pub mod wire;
 
 use std::{path::Path, sync::Arc, time::Duration};
@@ -675,6 +677,50 @@ mod tests {
         assert!(rnode.metrics_of(&lnode.peer_id()).bad_data >= 1);
         let hm = rnode.metrics_of(&honest_id);
         assert!(hm.score > reputation::INITIAL_SCORE && hm.bad_data == 0, "{hm:?}");
+    }
+
+    /// The seeder's wallet travels in its signed metadata record; the downloader reports every
+    /// verified byte as owed to that wallet (in batches, the rest when the download ends).
+    #[test]
+    fn providers_are_owed_their_verified_bytes_at_their_published_wallet() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_boot, addr) = boot_node(dir.path());
+        let wallet = format!("0x{}", "ab".repeat(20));
+        let mut cfg = chiral_sdk::testkit::config(&dir.path().join("s"));
+        cfg.no_dht = false;
+        cfg.bootstrap = vec![addr.clone().into()].into();
+        cfg.options = vec![abi_stable::std_types::Tuple2("wallet".into(), wallet.clone().into())].into();
+        let seeder = Arc::new(ChiralPlugin::new(cfg, Events::none()).unwrap());
+        let chunk = chiral_sdk::verify::CHUNK_SIZE;
+        let data: Vec<u8> = (0..(chunk as usize * 21 + 11)).map(|i| (i % 233) as u8).collect();
+        let file = dir.path().join("paid.bin");
+        std::fs::write(&file, &data).unwrap();
+        let req = SeedRequest { path: file.to_string_lossy().into_owned().into(), options: Default::default() };
+        let cid =
+            seeder.runtime().block_on(seeder.clone().seed(req, Events::none())).unwrap().identifiers[0].to_string();
+        let seeder_id = seeder.node.get().unwrap().peer_id().to_string();
+
+        let owed = Arc::new(std::sync::Mutex::new(Vec::<(String, Option<String>, u64)>::new()));
+        let sink = owed.clone();
+        let events = Events::from_box(Events::sink_from_fn(move |e| {
+            if let chiral_sdk::Event::PaymentRequired { peer, wallet, bytes } = e {
+                sink.lock().unwrap().push((peer.to_string(), wallet.into_option().map(|w| w.to_string()), bytes));
+            }
+        }));
+        let getter = plugin(&dir.path().join("g"), vec![addr]);
+        let grt = getter.runtime();
+        let src = grt.block_on(getter.clone().open_source(cid, events)).unwrap();
+        for i in 0..22u64 {
+            let len = (data.len() as u64 - i * chunk).min(chunk);
+            grt.block_on(src.fetch(i * chunk, len)).unwrap();
+        }
+        let batched = owed.lock().unwrap().len();
+        assert!(batched >= 1, "batches while the download runs");
+        drop(src);
+        let owed = owed.lock().unwrap().clone();
+        assert!(owed.len() > batched, "the rest at the end: {owed:?}");
+        assert!(owed.iter().all(|(p, w, _)| *p == seeder_id && w.as_deref() == Some(wallet.as_str())), "{owed:?}");
+        assert_eq!(owed.iter().map(|o| o.2).sum::<u64>(), data.len() as u64);
     }
 
     /// A node to bootstrap from, and its address.

@@ -240,7 +240,7 @@ fn build_swarm(key: identity::Keypair, transport: Transport) -> Result<Swarm<Beh
             $b.with_behaviour(behaviour).map_err(|e| behaviour_error(&e))?.with_swarm_config(swarm_config).build()
         };
     }
-    let tls = (libp2p::tls::Config::new, noise::Config::new);
+    let tls = (crate::tls::Config::new, noise::Config::new);
     Ok(match transport {
         Transport::Noise => {
             finish!(builder

@@ -13,7 +13,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 /// The file in the data dir that keeps scores across runs.
-pub const FILE: &str = "chiral-reputation.json";
+pub const FILE: &str = "reputation.json";
 /// Most peers kept in it (the least active go first).
 pub const MAX_KEPT: usize = 4096;
 
