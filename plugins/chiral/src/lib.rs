@@ -1,7 +1,8 @@
 //! # chiral-plugin-chiral
 //!
 //! The Chiral network plugin: a libp2p node (ed25519 identity kept in the data directory,
-//! TCP + Noise + Yamux, identify `/chiral/1.0.0`, Kademlia `/chiral/kad/1.0.0` in server mode,
+//! TCP + TLS (AES-GCM first) or Noise + Yamux, optionally QUIC; identify `/chiral/2.0.0`,
+//! Kademlia `/chiral/kad/2.0.0` in server mode,
 //! request-response `/chiral/chunk/1.0.0`) publishing and finding content by its Merkle root.
 //!
 //! - [`records`]: content ids, DHT keys and record values (sans-IO, validated on read);

@@ -1,9 +1,10 @@
-//! The libp2p node: one task owns the swarm (TCP + Noise + Yamux; identify `/chiral/1.0.0`;
-//! Kademlia `/chiral/kad/1.0.0` in server mode; request-response `/chiral/chunk/1.0.0`) and
+//! The libp2p node: one task owns the swarm (TCP + TLS or Noise + Yamux, optionally QUIC, built
+//! in [`build_swarm`]; identify `/chiral/2.0.0`; Kademlia `/chiral/kad/2.0.0` in server mode;
+//! request-response `/chiral/chunk/1.0.0`) and
 //! answers commands sent through a channel by [`Node`], the cheap handle everyone else holds.
 //!
 //! Routing-table policy: peers enter the Kademlia table only after identify told us they speak
-//! `/chiral/1.0.0` (manual bucket inserts); peers with another protocol version are removed.
+//! `/chiral/2.0.0` (manual bucket inserts); peers with another protocol version are removed.
 //! Incoming record puts are validated and merged with the stored copy (see [`crate::records`]).
 
 use std::{
@@ -36,8 +37,10 @@ use crate::{
     wire::{self, ChunkCodec, Request, Response},
 };
 
-pub const PROTOCOL_VERSION: &str = "/chiral/1.0.0";
-pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/chiral/kad/1.0.0");
+/// Version 2: signed per-publisher records ([`crate::records`]). Nodes of version 1 (unsigned
+/// records) are kept out of the routing table, with the reason logged.
+pub const PROTOCOL_VERSION: &str = "/chiral/2.0.0";
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/chiral/kad/2.0.0");
 const IDENTITY_FILE: &str = "identity.ed25519";
 
 #[derive(NetworkBehaviour)]
@@ -634,9 +637,9 @@ impl Task {
             e.agent = info.agent_version.clone();
         }
         if info.protocol_version != PROTOCOL_VERSION {
-            self.shared.events.debug(format!(
-                "{peer} speaks {:?}, not {PROTOCOL_VERSION}: kept out of the routing table",
-                info.protocol_version
+            self.shared.events.info(format!(
+                "{peer} speaks {:?}, not {PROTOCOL_VERSION} (signed records): kept out of the routing table",
+                chiral_sdk::text::line(&info.protocol_version)
             ));
             self.kad().remove_peer(&peer);
             self.update_routable();
