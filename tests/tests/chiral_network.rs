@@ -336,3 +336,68 @@ fn search_shows_hostile_names_escaped() {
     assert_eq!(text.lines().count(), 1, "one result, one line: {text:?}");
     assert!(text.contains("hostile\\u{1b}[2J\\u{a}fake-result.bin"), "{text:?}");
 }
+
+/// Reputation lasts across runs: a download writes the providers' scores to the data dir, and
+/// the next `chiral get` in the same data dir (a new process) starts from them.
+#[test]
+fn a_restart_keeps_reputation() {
+    let a = Chiral::new();
+    let (_pa, addr_a) = start_node(&a, &[]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("lasting.bin");
+    make_file(&file, 8 * MIB, 61);
+    let b = Chiral::new();
+    let b_id = peer_id_for(&b);
+    let (_pb, lines) = start_seed(&b, &[file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr_a], 1);
+    let cid = cid_of(&lines);
+
+    let e = Chiral::new();
+    let get = |dir: &str| {
+        let out_dir = e.data_dir.path().join(dir);
+        let out = e.run(&["get", &cid, "--bootstrap", &addr_a, "-o", out_dir.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        provider_totals(&json_of(&out))[&b_id].1
+    };
+    let first = get("dl1");
+    let kept = std::fs::read_to_string(e.data_dir.path().join("chiral/reputation.json"))
+        .unwrap_or_else(|e| panic!("no reputation file in the data dir: {e}"));
+    assert!(kept.contains(&b_id), "{kept}");
+    let second = get("dl2");
+    assert!(second > first, "the second run starts from the first's score: {first} then {second}");
+}
+
+/// `get --seed`: the finisher publishes itself as a provider, so the content outlives its
+/// first seeder.
+#[test]
+fn a_finisher_with_seed_becomes_a_provider() {
+    let a = Chiral::new();
+    let (_pa, addr_a) = start_node(&a, &[]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("passed-on.bin");
+    make_file(&file, 4 * MIB, 62);
+    let want = sha256_file(&file);
+    let b = Chiral::new();
+    let (pb, lines) = start_seed(&b, &[file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr_a], 1);
+    let cid = cid_of(&lines);
+
+    let e = Chiral::new();
+    let e_id = peer_id_for(&e);
+    let e_dir = e.data_dir.path().join("dl");
+    let (_pe, rx) = spawn_printing(&e, "get", &[&cid, "--bootstrap", &addr_a, "-o", e_dir.to_str().unwrap(), "--seed"]);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.starts_with("chiral:")) {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("get --seed printed {seen:?} then nothing"),
+        }
+    }
+    drop(pb); // the first seeder is gone
+
+    let f = Chiral::new();
+    let out_dir = f.data_dir.path().join("dl");
+    let out = f.run(&["get", &cid, "--bootstrap", &addr_a, "-o", out_dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256_file(&out_dir.join("passed-on.bin")), want);
+    let totals = provider_totals(&json_of(&out));
+    assert!(totals.get(&e_id).is_some_and(|t| t.0 > 0), "the finisher served it: {totals:?}");
+}

@@ -1,14 +1,16 @@
 //! # chiral-plugin-chiral
 //!
 //! The Chiral network plugin: a libp2p node (ed25519 identity kept in the data directory,
-//! TCP + Noise + Yamux, identify `/chiral/1.0.0`, Kademlia `/chiral/kad/1.0.0` in server mode,
+//! TCP + TLS (AES-GCM first) or Noise + Yamux, optionally QUIC; identify `/chiral/2.0.0`,
+//! Kademlia `/chiral/kad/2.0.0` in server mode,
 //! request-response `/chiral/chunk/1.0.0`) publishing and finding content by its Merkle root.
 //!
 //! - [`records`]: content ids, DHT keys and record values (sans-IO, validated on read);
 //! - [`wire`]: the chunk protocol's messages and bounded codec (sans-IO);
 //! - [`reputation`]: per-peer metrics, score and provider choice (sans-IO);
 //! - [`seed`]: hashing a file into its Merkle tree, serving chunks with proofs;
-//! - [`node`]: the swarm task and its handle;
+//! - [`node`]: the swarm task and its handle (transports built in one place, `build_swarm`);
+//! - [`tls`]: libp2p's TLS upgrade with AES-GCM offered first;
 //! - [`source`]: a content as an engine source fetching verified chunks from many providers.
 //!
 //! The node starts on first use (`node`, `search`, `seed`, `open_source`) and runs on the
@@ -20,6 +22,7 @@ pub mod records;
 pub mod reputation;
 pub mod seed;
 pub mod source;
+pub mod tls;
 pub mod wire;
 
 use std::{path::Path, sync::Arc, time::Duration};
@@ -36,7 +39,7 @@ use serde_json::json;
 
 use crate::{
     node::Node,
-    records::{content_id, FileMeta, RootList, Seeder},
+    records::{content_id, FileMeta, IndexBody, Seeder},
     seed::{MerkleTree, SeedEntry},
     source::ChiralSource,
 };
@@ -72,6 +75,18 @@ fn target_of(identifier: &str) -> Result<Target, PluginError> {
 }
 
 impl ChiralPlugin {
+    /// This node's wallet (plugin option `wallet`, set by the host), when well formed; a
+    /// malformed one is logged and not published.
+    fn wallet(&self, events: &Events) -> Option<String> {
+        let opts = Opts::from_abi(&self.config.options);
+        let w = opts.get_str("wallet")?;
+        let parsed = records::parse_wallet(w);
+        if parsed.is_none() {
+            events.warn(format!("wallet {:?} is not 0x and 40 hex digits: not published", chiral_sdk::text::line(w)));
+        }
+        parsed
+    }
+
     async fn node(&self) -> Result<Node, PluginError> {
         self.node.get_or_try_init(|| Node::start(&self.config, self.events.clone())).await.cloned()
     }
@@ -79,19 +94,33 @@ impl ChiralPlugin {
     async fn open(self: Arc<Self>, identifier: String, events: Events) -> Result<Arc<ChiralSource>, PluginError> {
         let target = target_of(&identifier)?;
         let node = self.node().await?;
-        let (root, ih) = match target {
-            Target::Root(r) => (r, None),
+        match target {
+            Target::Root(r) => ChiralSource::open(node, r, None, events).await,
             Target::InfoHash(ih) => {
                 node.join().await;
                 let roots = read_roots(&node, records::info_hash_key(&ih), &events).await?;
-                let root = roots.roots.first().and_then(|r| records::parse_hex32(r));
-                (
-                    root.ok_or_else(|| PluginError::not_found(format!("no Chiral content carries info hash {ih}")))?,
-                    Some(ih),
-                )
+                if roots.is_empty() {
+                    return Err(PluginError::not_found(format!("no Chiral content carries info hash {ih}")));
+                }
+                // Entries are per publisher: try a few roots, preferring one whose record
+                // carries the info dictionary that hashes to the magnet's info hash.
+                let mut fallback = None;
+                let mut last_error = None;
+                for root in roots.into_iter().take(MAGNET_ROOTS) {
+                    match ChiralSource::open(node.clone(), root, Some(&ih), events.clone()).await {
+                        Ok(src) if src.proven_torrent() => return Ok(src),
+                        Ok(src) => {
+                            fallback.get_or_insert(src);
+                        }
+                        Err(e) => last_error = Some(e),
+                    }
+                }
+                fallback.ok_or_else(|| {
+                    last_error
+                        .unwrap_or_else(|| PluginError::not_found(format!("no Chiral content carries info hash {ih}")))
+                })
             }
-        };
-        ChiralSource::open(node, root, ih.as_deref(), events).await
+        }
     }
 
     async fn seed_file(&self, request: SeedRequest, events: Events) -> Result<SeedInfo, PluginError> {
@@ -130,6 +159,7 @@ impl ChiralPlugin {
         }
         fm.mirrors = mirrors;
         fm.seeders.push(Seeder { peer_id: node.peer_id().to_string(), addrs: node.plain_addrs() });
+        fm.wallet = self.wallet(&events);
         // Kept locally too (what this node seeds, readable without the network).
         let dir = Path::new(self.config.data_dir.as_str()).join("seeds");
         if std::fs::create_dir_all(&dir).is_ok() {
@@ -139,6 +169,19 @@ impl ChiralPlugin {
         }
         node.join().await;
         publish(&node, &fm, &events).await?;
+        // Entries expire: re-signed and published again while this node seeds the content.
+        let (n, ev) = (node.clone(), events.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REPUBLISH).await;
+                if !n.seeds().iter().any(|s| s.tree.root() == root) {
+                    break;
+                }
+                if let Err(e) = publish(&n, &fm, &ev).await {
+                    ev.warn(format!("republishing {}: {e}", fm.root));
+                }
+            }
+        });
         events.info(format!("seeding {} as {cid}", path.display()));
         Ok(SeedInfo {
             id: entry.id.clone().into(),
@@ -155,42 +198,65 @@ impl ChiralPlugin {
         }
         let node = self.node().await?;
         node.join().await;
-        let roots = read_roots(&node, records::keyword_key(&word), events).await?;
+        let key = records::keyword_key(&word);
+        let (entries, refused) = records::index_entries(
+            &key,
+            node.get_record(key.clone()).await?.iter().map(|(_, v)| v.as_slice()),
+            records::now(),
+        );
+        for r in refused {
+            events.warn(format!("index entry rejected: {r}"));
+        }
         let mut results = Vec::new();
-        for r in roots.roots.iter().take(100) {
-            let Some(root) = records::parse_hex32(r) else { continue };
-            let metas = node.get_record(records::meta_key(&root)).await?;
-            let meta = metas.iter().find_map(|(from, v)| match FileMeta::decode(&records::meta_key(&root), v) {
-                Ok(m) => Some(m),
-                Err(reason) => {
-                    events.warn(format!("metadata record from {from:?} rejected: {reason}"));
-                    None
-                }
-            });
-            let (name, size) = meta.map(|m| (m.name, m.size)).unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        for e in entries.iter() {
+            let Some(root) = records::parse_hex32(&e.body.root) else { continue };
+            if !seen.insert(root) || results.len() >= 100 {
+                continue;
+            }
+            let mkey = records::meta_key(&root);
+            let copies = node.get_record(mkey.clone()).await?;
+            let (metas, refused) =
+                records::meta_entries(&mkey, copies.iter().map(|(_, v)| v.as_slice()), records::now());
+            for r in refused {
+                events.warn(format!("metadata record rejected: {r}"));
+            }
+            // The name and size the index entry's own publisher gave, else any publisher's.
+            let meta = metas.iter().find(|m| m.publisher == e.publisher).or(metas.first());
+            let name = meta.map(|m| m.body.name.clone()).or_else(|| e.body.name.clone()).unwrap_or_default();
+            let size = meta.map(|m| m.body.size).unwrap_or_default();
             results.push(json!({ "id": content_id(&root), "name": name, "size": size }));
         }
         Ok(json!({ "results": results }).to_string())
     }
 }
 
-/// Every valid copy of an index record, merged (invalid copies are logged and skipped).
-async fn read_roots(node: &Node, key: Vec<u8>, events: &Events) -> Result<RootList, PluginError> {
-    let mut merged = RootList::default();
-    for (from, value) in node.get_record(key).await? {
-        match RootList::decode(&value) {
-            Ok(l) => merged.merge(&l),
-            Err(reason) => events.warn(format!("index record from {from:?} rejected: {reason}")),
-        }
+/// The roots of every valid entry of the index record under `key`, merged from every copy
+/// found (refused entries are logged and skipped).
+async fn read_roots(
+    node: &Node,
+    key: Vec<u8>,
+    events: &Events,
+) -> Result<Vec<chiral_sdk::verify::Hash32>, PluginError> {
+    let copies = node.get_record(key.clone()).await?;
+    let (entries, refused) = records::index_entries(&key, copies.iter().map(|(_, v)| v.as_slice()), records::now());
+    for r in refused {
+        events.warn(format!("index entry rejected: {r}"));
     }
-    Ok(merged)
+    Ok(records::roots_of(&entries))
 }
 
-/// Read-modify-write of an index record: union of every copy found plus `root`.
-async fn add_to_index(node: &Node, key: Vec<u8>, root: &str, events: &Events) -> Result<(), PluginError> {
-    let mut list = read_roots(node, key.clone(), events).await?;
-    list.add(root);
-    let value = list.encode().map_err(|e| PluginError::invalid(e.to_string()))?;
+/// Most roots of an `info_hash_idx` record tried for one magnet.
+const MAGNET_ROOTS: usize = 4;
+
+/// How often a seed's records are signed and published again (they live [`records::ENTRY_TTL`]).
+const REPUBLISH: Duration = Duration::from_secs(records::ENTRY_TTL / 3);
+
+/// Signs one index entry of this node under `key` and puts it.
+async fn add_to_index(node: &Node, key: Vec<u8>, body: IndexBody) -> Result<(), PluginError> {
+    let text = serde_json::to_string(&body).map_err(|e| PluginError::other(e.to_string()))?;
+    let signed = records::sign(&node.shared.keypair, &key, text).map_err(|e| PluginError::other(e.to_string()))?;
+    let value = records::SignedSet::of(vec![signed]).encode().map_err(|e| PluginError::invalid(e.to_string()))?;
     node.put_record(key, value).await
 }
 
@@ -199,24 +265,32 @@ async fn add_to_index(node: &Node, key: Vec<u8>, root: &str, events: &Events) ->
 /// answers lookups), not an error.
 async fn publish(node: &Node, fm: &FileMeta, events: &Events) -> Result<(), PluginError> {
     let root = fm.root_bytes().ok_or_else(|| PluginError::invalid("bad root"))?;
-    let value = fm.encode().map_err(|e| PluginError::invalid(e.to_string()))?;
+    let expires = records::now() + records::ENTRY_TTL;
+    let mut fm = fm.clone();
+    fm.expires = expires;
+    let mkey = records::meta_key(&root);
+    let body = fm.body().map_err(|e| PluginError::invalid(e.to_string()))?;
+    let signed = records::sign(&node.shared.keypair, &mkey, body).map_err(|e| PluginError::other(e.to_string()))?;
+    let value = records::SignedSet::of(vec![signed]).encode().map_err(|e| PluginError::invalid(e.to_string()))?;
     let mut jobs: Vec<(String, BoxFut<()>)> = Vec::new();
     {
         let n = node.clone();
-        let v = value.clone();
-        jobs.push(("metadata record".into(), Box::pin(async move { n.put_record(records::meta_key(&root), v).await })));
+        let k = mkey.clone();
+        jobs.push(("metadata record".into(), Box::pin(async move { n.put_record(k, value).await })));
         let n = node.clone();
-        jobs.push(("provider record".into(), Box::pin(async move { n.provide(records::meta_key(&root)).await })));
+        jobs.push(("provider record".into(), Box::pin(async move { n.provide(mkey).await })));
     }
     if let Some(ih) = &fm.info_hash {
-        let (n, ev, r) = (node.clone(), events.clone(), fm.root.clone());
+        let n = node.clone();
         let key = records::info_hash_key(ih);
-        jobs.push((format!("info_hash_idx::{ih}"), Box::pin(async move { add_to_index(&n, key, &r, &ev).await })));
+        let body = IndexBody { root: fm.root.clone(), name: None, info_hash: Some(ih.clone()), expires };
+        jobs.push((format!("info_hash_idx::{ih}"), Box::pin(async move { add_to_index(&n, key, body).await })));
     }
     for w in records::keywords(&fm.name) {
-        let (n, ev, r) = (node.clone(), events.clone(), fm.root.clone());
+        let n = node.clone();
         let key = records::keyword_key(&w);
-        jobs.push((format!("keyword_idx::{w}"), Box::pin(async move { add_to_index(&n, key, &r, &ev).await })));
+        let body = IndexBody { root: fm.root.clone(), name: Some(fm.name.clone()), info_hash: None, expires };
+        jobs.push((format!("keyword_idx::{w}"), Box::pin(async move { add_to_index(&n, key, body).await })));
     }
     let (names, futs): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
     let results = tokio::time::timeout(Duration::from_secs(40), futures::future::join_all(futs)).await;
@@ -482,6 +556,186 @@ mod tests {
 
         let huge = vec![b' '; records::MAX_RECORD + 1];
         assert!(srt.block_on(node.put_record(records::meta_key(&[8; 32]), huge)).is_err());
+    }
+
+    /// A bootstrap node, an honest seeder, a flooder and a reader, each its own plugin (own
+    /// runtime, identity, sockets): the flooder signs 512 roots under the honest file's keyword
+    /// and a metadata record of another size under its root; the reader still finds the honest
+    /// entry, and opens the content with its true size.
+    #[test]
+    fn a_flooded_index_and_a_metadata_overwrite_leave_the_honest_publisher() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_boot, addr) = boot_node(dir.path());
+
+        let data: Vec<u8> = (0..(chiral_sdk::verify::CHUNK_SIZE as usize * 2 + 7)).map(|i| (i % 241) as u8).collect();
+        let file = dir.path().join("Zeppelin_Flight.bin");
+        std::fs::write(&file, &data).unwrap();
+        let honest = plugin(&dir.path().join("h"), vec![addr.clone()]);
+        let hrt = honest.runtime();
+        let req = SeedRequest { path: file.to_string_lossy().into_owned().into(), options: Default::default() };
+        let info = hrt.block_on(honest.clone().seed(req, Events::none())).unwrap();
+        let cid = info.identifiers[0].to_string();
+        let root = records::parse_content_id(&cid).unwrap();
+
+        let flooder = plugin(&dir.path().join("f"), vec![addr.clone()]);
+        let frt = flooder.runtime();
+        let fnode = frt.block_on(flooder.node()).unwrap();
+        frt.block_on(fnode.join());
+        let key = records::keyword_key("zeppelin");
+        let expires = records::now() + 3600;
+        for batch in 0..8u32 {
+            let entries = (0..64u32)
+                .map(|i| {
+                    let body = IndexBody {
+                        root: format!("{:064x}", batch * 64 + i + 1),
+                        name: Some(format!("zeppelin {batch} {i}")),
+                        info_hash: None,
+                        expires,
+                    };
+                    records::sign(&fnode.shared.keypair, &key, serde_json::to_string(&body).unwrap()).unwrap()
+                })
+                .collect();
+            let v = records::SignedSet::of(entries).encode().unwrap();
+            frt.block_on(fnode.put_record(key.clone(), v)).unwrap();
+        }
+        // A metadata record of another size under the honest root, signed by the flooder.
+        let mut lie = FileMeta::new(&root, "Zeppelin_Flight.bin", data.len() as u64 + 5);
+        lie.expires = expires;
+        lie.seeders.push(Seeder { peer_id: fnode.peer_id().to_string(), addrs: fnode.plain_addrs() });
+        let mkey = records::meta_key(&root);
+        let signed = records::sign(&fnode.shared.keypair, &mkey, lie.body().unwrap()).unwrap();
+        frt.block_on(fnode.put_record(mkey.clone(), records::SignedSet::of(vec![signed]).encode().unwrap())).unwrap();
+        // And one claiming to be the honest node's (its key, the flooder's signature): refused.
+        let mut forged = records::sign(&fnode.shared.keypair, &mkey, lie.body().unwrap()).unwrap();
+        forged.pk = hex::encode(honest_key(&honest).public().encode_protobuf());
+        let _ = frt.block_on(fnode.put_record(mkey.clone(), records::SignedSet::of(vec![forged]).encode().unwrap()));
+
+        let reader = plugin(&dir.path().join("r"), vec![addr]);
+        let rrt = reader.runtime();
+        let found = rrt
+            .block_on(reader.clone().command("search".into(), vec![("word".into(), "zeppelin".into())], Events::none()))
+            .unwrap();
+        let found: serde_json::Value = serde_json::from_str(&found).unwrap();
+        let results = found["results"].as_array().unwrap();
+        assert!(results.iter().any(|r| r["id"] == cid), "the honest entry is findable: {found}");
+        assert!(results.len() <= 1 + records::MAX_ENTRIES_PER_PUBLISHER, "{}", results.len());
+        let honest_result = results.iter().find(|r| r["id"] == cid).unwrap();
+        assert_eq!(honest_result["size"], data.len() as u64, "{honest_result}");
+        // The stored metadata holds both publishers' records; the reader keeps both, and the
+        // content opens with the length the root commits to.
+        let copies = rrt.block_on(reader.node()).unwrap();
+        let copies = rrt.block_on(copies.get_record(mkey.clone())).unwrap();
+        let (metas, _) = records::meta_entries(&mkey, copies.iter().map(|(_, v)| v.as_slice()), records::now());
+        assert!(metas.iter().any(|m| m.body.size == data.len() as u64), "honest record kept");
+        assert!(metas
+            .iter()
+            .all(|m| m.publisher != honest_key(&honest).public().to_peer_id() || m.body.size == data.len() as u64));
+        let src = rrt.block_on(reader.clone().open_source(cid, Events::none())).unwrap();
+        assert_eq!(src.info().length, data.len() as u64);
+    }
+
+    /// A well-reputed provider answers the manifest with the genuine leaves but a larger size:
+    /// the length comes from the root (the last chunk, verified), the liar is dropped, and the
+    /// honest provider serves everything and keeps its reputation.
+    #[test]
+    fn a_provider_lying_about_the_size_is_outlived() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_boot, addr) = boot_node(dir.path());
+        let chunk = chiral_sdk::verify::CHUNK_SIZE as usize;
+        let data: Vec<u8> = (0..(chunk * 3 + 100)).map(|i| (i % 239) as u8).collect();
+        let file = dir.path().join("sized.bin");
+        std::fs::write(&file, &data).unwrap();
+
+        let honest = plugin(&dir.path().join("h"), vec![addr.clone()]);
+        let hrt = honest.runtime();
+        let req = SeedRequest { path: file.to_string_lossy().into_owned().into(), options: Default::default() };
+        let cid = hrt.block_on(honest.clone().seed(req, Events::none())).unwrap().identifiers[0].to_string();
+        let root = records::parse_content_id(&cid).unwrap();
+
+        let liar = plugin(&dir.path().join("l"), vec![addr.clone()]);
+        let lrt = liar.runtime();
+        let lnode = lrt.block_on(liar.node()).unwrap();
+        lrt.block_on(lnode.join());
+        let (leaves, size) = seed::hash_file(&file).unwrap();
+        let lying =
+            SeedEntry::open(&file, "sized.bin".into(), vec![cid.clone()], MerkleTree::new(leaves), size + 5).unwrap();
+        lnode.add_seed(root, Arc::new(lying));
+        lrt.block_on(lnode.provide(records::meta_key(&root))).unwrap();
+
+        let reader = plugin(&dir.path().join("r"), vec![addr]);
+        let rrt = reader.runtime();
+        let rnode = rrt.block_on(reader.node()).unwrap();
+        // The liar had a good name: it is asked first.
+        rnode.update_metrics(lnode.peer_id(), |m| m.score = 0.99);
+        let src = rrt.block_on(reader.clone().open_source(cid, Events::none())).unwrap();
+        assert_eq!(src.info().length, data.len() as u64);
+        let got = rrt.block_on(src.fetch(0, data.len() as u64)).unwrap();
+        assert_eq!(got.as_slice(), data.as_slice());
+        let peers = src.peers();
+        let banned = |id: String| peers.iter().find(|p| p.id.as_str() == id).map(|p| p.banned);
+        let honest_id = honest_key(&honest).public().to_peer_id();
+        assert_eq!(banned(lnode.peer_id().to_string()), Some(true), "liar dropped");
+        assert_eq!(banned(honest_id.to_string()), Some(false), "honest kept");
+        assert!(rnode.metrics_of(&lnode.peer_id()).bad_data >= 1);
+        let hm = rnode.metrics_of(&honest_id);
+        assert!(hm.score > reputation::INITIAL_SCORE && hm.bad_data == 0, "{hm:?}");
+    }
+
+    /// The seeder's wallet travels in its signed metadata record; the downloader reports every
+    /// verified byte as owed to that wallet (in batches, the rest when the download ends).
+    #[test]
+    fn providers_are_owed_their_verified_bytes_at_their_published_wallet() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_boot, addr) = boot_node(dir.path());
+        let wallet = format!("0x{}", "ab".repeat(20));
+        let mut cfg = chiral_sdk::testkit::config(&dir.path().join("s"));
+        cfg.no_dht = false;
+        cfg.bootstrap = vec![addr.clone().into()].into();
+        cfg.options = vec![abi_stable::std_types::Tuple2("wallet".into(), wallet.clone().into())].into();
+        let seeder = Arc::new(ChiralPlugin::new(cfg, Events::none()).unwrap());
+        let chunk = chiral_sdk::verify::CHUNK_SIZE;
+        let data: Vec<u8> = (0..(chunk as usize * 21 + 11)).map(|i| (i % 233) as u8).collect();
+        let file = dir.path().join("paid.bin");
+        std::fs::write(&file, &data).unwrap();
+        let req = SeedRequest { path: file.to_string_lossy().into_owned().into(), options: Default::default() };
+        let cid =
+            seeder.runtime().block_on(seeder.clone().seed(req, Events::none())).unwrap().identifiers[0].to_string();
+        let seeder_id = seeder.node.get().unwrap().peer_id().to_string();
+
+        let owed = Arc::new(std::sync::Mutex::new(Vec::<(String, Option<String>, u64)>::new()));
+        let sink = owed.clone();
+        let events = Events::from_box(Events::sink_from_fn(move |e| {
+            if let chiral_sdk::Event::PaymentRequired { peer, wallet, bytes } = e {
+                sink.lock().unwrap().push((peer.to_string(), wallet.into_option().map(|w| w.to_string()), bytes));
+            }
+        }));
+        let getter = plugin(&dir.path().join("g"), vec![addr]);
+        let grt = getter.runtime();
+        let src = grt.block_on(getter.clone().open_source(cid, events)).unwrap();
+        for i in 0..22u64 {
+            let len = (data.len() as u64 - i * chunk).min(chunk);
+            grt.block_on(src.fetch(i * chunk, len)).unwrap();
+        }
+        let batched = owed.lock().unwrap().len();
+        assert!(batched >= 1, "batches while the download runs");
+        drop(src);
+        let owed = owed.lock().unwrap().clone();
+        assert!(owed.len() > batched, "the rest at the end: {owed:?}");
+        assert!(owed.iter().all(|(p, w, _)| *p == seeder_id && w.as_deref() == Some(wallet.as_str())), "{owed:?}");
+        assert_eq!(owed.iter().map(|o| o.2).sum::<u64>(), data.len() as u64);
+    }
+
+    /// A node to bootstrap from, and its address.
+    fn boot_node(dir: &Path) -> (Arc<ChiralPlugin>, String) {
+        let boot = plugin(&dir.join("boot"), vec![]);
+        let addr = boot.runtime().block_on(boot.clone().command("node".into(), vec![], Events::none())).unwrap();
+        let addr: serde_json::Value = serde_json::from_str(&addr).unwrap();
+        let addr = addr["addrs"][0].as_str().unwrap().to_string();
+        (boot, addr)
+    }
+
+    fn honest_key(p: &Arc<ChiralPlugin>) -> libp2p::identity::Keypair {
+        p.node.get().expect("started").shared.keypair.clone()
     }
 
     #[test]

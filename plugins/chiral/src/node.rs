@@ -1,9 +1,10 @@
-//! The libp2p node: one task owns the swarm (TCP + Noise + Yamux; identify `/chiral/1.0.0`;
-//! Kademlia `/chiral/kad/1.0.0` in server mode; request-response `/chiral/chunk/1.0.0`) and
+//! The libp2p node: one task owns the swarm (TCP + TLS or Noise + Yamux, optionally QUIC, built
+//! in [`build_swarm`]; identify `/chiral/2.0.0`; Kademlia `/chiral/kad/2.0.0` in server mode;
+//! request-response `/chiral/chunk/1.0.0`) and
 //! answers commands sent through a channel by [`Node`], the cheap handle everyone else holds.
 //!
 //! Routing-table policy: peers enter the Kademlia table only after identify told us they speak
-//! `/chiral/1.0.0` (manual bucket inserts); peers with another protocol version are removed.
+//! `/chiral/2.0.0` (manual bucket inserts); peers with another protocol version are removed.
 //! Incoming record puts are validated and merged with the stored copy (see [`crate::records`]).
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chiral_sdk::{verify::Hash32, Events, HostConfig, PluginError};
+use chiral_sdk::{options::Opts, verify::Hash32, Events, HostConfig, PluginError};
 use futures::StreamExt as _;
 use libp2p::{
     identify, identity,
@@ -36,8 +37,10 @@ use crate::{
     wire::{self, ChunkCodec, Request, Response},
 };
 
-pub const PROTOCOL_VERSION: &str = "/chiral/1.0.0";
-pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/chiral/kad/1.0.0");
+/// Version 2: signed per-publisher records ([`crate::records`]). Nodes of version 1 (unsigned
+/// records) are kept out of the routing table, with the reason logged.
+pub const PROTOCOL_VERSION: &str = "/chiral/2.0.0";
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/chiral/kad/2.0.0");
 const IDENTITY_FILE: &str = "identity.ed25519";
 
 #[derive(NetworkBehaviour)]
@@ -61,6 +64,8 @@ enum NodeError {
     Put(kad::PutRecordError),
     #[error("{0}")]
     AddProvider(kad::AddProviderError),
+    #[error("{0}")]
+    Record(crate::records::RecordError),
     #[error("{peer}: {error}")]
     Request { peer: PeerId, error: request_response::OutboundFailure },
 }
@@ -79,6 +84,10 @@ enum Cmd {
 /// State shared by the swarm task and the handles.
 pub struct Shared {
     pub peer_id: PeerId,
+    /// The node's key: signs its records.
+    pub keypair: identity::Keypair,
+    /// Where the node keeps its state (identity, reputation).
+    pub data_dir: std::path::PathBuf,
     pub events: Events,
     pub metrics: Mutex<HashMap<PeerId, PeerMetrics>>,
     pub seeds: Mutex<HashMap<Hash32, Arc<SeedEntry>>>,
@@ -148,6 +157,120 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None })
 }
 
+/// The transport data moves over, picked with the plugin option `transport` (`quic`, `tls` or
+/// `noise`; see `docs/benchmarks.md` for the measurements behind the default). Every node also
+/// speaks TCP with Noise, so nodes of any choice (and a proxied node, TCP only) still meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP + (TLS 1.3 or Noise) + Yamux, and QUIC (TLS 1.3, AES-GCM) on the same port
+    /// number over UDP: the data path prefers QUIC.
+    Quic,
+    /// TCP + TLS 1.3 (AES-GCM) preferred over Noise + Yamux.
+    Tls,
+    /// TCP + Noise (ChaCha20-Poly1305) + Yamux only.
+    Noise,
+}
+
+impl Transport {
+    pub const DEFAULT: Transport = Transport::Tls;
+
+    pub fn from_options(opts: &Opts) -> Result<Self, PluginError> {
+        match opts.get_str("transport") {
+            None => Ok(Self::DEFAULT),
+            Some(v) if v.eq_ignore_ascii_case("quic") => Ok(Self::Quic),
+            Some(v) if v.eq_ignore_ascii_case("tls") => Ok(Self::Tls),
+            Some(v) if v.eq_ignore_ascii_case("noise") => Ok(Self::Noise),
+            Some(v) => Err(PluginError::invalid(format!("transport {v:?}: expected quic, tls or noise"))),
+        }
+    }
+}
+
+/// `/ip4/A/udp/P/quic-v1` beside a `/ip4/A/tcp/P` listen address.
+fn quic_of(tcp: &Multiaddr) -> Option<Multiaddr> {
+    let mut out = Multiaddr::empty();
+    for p in tcp.iter() {
+        out.push(match p {
+            Protocol::Tcp(port) => Protocol::Udp(port),
+            other => other,
+        });
+    }
+    out.iter().any(|p| matches!(p, Protocol::Udp(_))).then(|| out.with(Protocol::QuicV1))
+}
+
+fn behaviour(key: &identity::Keypair) -> Behaviour {
+    let id = key.public().to_peer_id();
+    let mut kcfg = kad::Config::new(KAD_PROTOCOL);
+    kcfg.set_record_filtering(StoreInserts::FilterBoth)
+        .set_kbucket_inserts(BucketInserts::Manual)
+        .set_query_timeout(Duration::from_secs(20))
+        .set_max_packet_size(crate::records::MAX_RECORD * 2 + 4096)
+        .set_replication_factor(NonZeroUsize::new(8).expect("8"));
+    let store = kad::store::MemoryStore::with_config(
+        id,
+        kad::store::MemoryStoreConfig {
+            max_records: 4 * 1024,
+            max_value_bytes: crate::records::MAX_RECORD,
+            max_providers_per_key: 32,
+            max_provided_keys: 16 * 1024,
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(id, store, kcfg);
+    kad.set_mode(Some(kad::Mode::Server));
+    let identify = identify::Behaviour::new(
+        identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
+            .with_agent_version(format!("chiral-plugin-chiral/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let chunks = request_response::Behaviour::with_codec(
+        ChunkCodec,
+        [(wire::PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(30))
+            .with_max_concurrent_streams(256),
+    );
+    Behaviour { identify, kad, chunks }
+}
+
+/// The swarm: the transports (all built here, in one place) and the behaviour.
+/// The swarm over `transport`, or over TCP through `proxy` alone (Noise; every node accepts it)
+/// when the user set one.
+fn build_swarm(
+    key: identity::Keypair,
+    transport: Transport,
+    proxy: Option<&chiral_sdk::net::Proxy>,
+) -> Result<Swarm<Behaviour>, PluginError> {
+    let tcp_config = || tcp::Config::default().nodelay(true);
+    let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
+    let transport_error = |e: &dyn std::fmt::Display| PluginError::other(format!("transport: {e}"));
+    let behaviour_error = |e: &dyn std::fmt::Display| PluginError::other(format!("behaviour: {e}"));
+    // The builder's type changes with each transport: the common tail as a macro.
+    macro_rules! finish {
+        ($b:expr) => {
+            $b.with_behaviour(behaviour).map_err(|e| behaviour_error(&e))?.with_swarm_config(swarm_config).build()
+        };
+    }
+    let tls = (crate::tls::Config::new, noise::Config::new);
+    if let Some(p) = proxy {
+        return Ok(finish!(builder
+            .with_other_transport(|k| crate::proxy_transport::transport(k, p))
+            .map_err(|e| transport_error(&e))?));
+    }
+    Ok(match transport {
+        Transport::Noise => {
+            finish!(builder
+                .with_tcp(tcp_config(), noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport_error(&e))?)
+        }
+        Transport::Tls => {
+            finish!(builder.with_tcp(tcp_config(), tls, yamux::Config::default).map_err(|e| transport_error(&e))?)
+        }
+        Transport::Quic => finish!(builder
+            .with_tcp(tcp_config(), tls, yamux::Config::default)
+            .map_err(|e| transport_error(&e))?
+            .with_quic()),
+    })
+}
+
 impl Node {
     /// Starts the node on the current runtime; resolves once it listens.
     pub async fn start(config: &HostConfig, events: Events) -> Result<Node, PluginError> {
@@ -164,66 +287,29 @@ impl Node {
 
         // Proxy hook (privacy): with a proxy, TCP through it only (see proxy_transport.rs).
         let proxy = crate::proxy_transport::proxy(config, &events)?;
-        let behaviour = |key: &libp2p::identity::Keypair| {
-            let id = key.public().to_peer_id();
-            let mut kcfg = kad::Config::new(KAD_PROTOCOL);
-            kcfg.set_record_filtering(StoreInserts::FilterBoth)
-                .set_kbucket_inserts(BucketInserts::Manual)
-                .set_query_timeout(Duration::from_secs(20))
-                .set_max_packet_size(crate::records::MAX_RECORD * 2 + 4096)
-                .set_replication_factor(NonZeroUsize::new(8).expect("8"));
-            let store = kad::store::MemoryStore::with_config(
-                id,
-                kad::store::MemoryStoreConfig {
-                    max_records: 16 * 1024,
-                    max_value_bytes: crate::records::MAX_RECORD,
-                    max_providers_per_key: 32,
-                    max_provided_keys: 16 * 1024,
-                },
-            );
-            let mut kad = kad::Behaviour::with_config(id, store, kcfg);
-            kad.set_mode(Some(kad::Mode::Server));
-            let identify = identify::Behaviour::new(
-                identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
-                    .with_agent_version(format!("chiral-plugin-chiral/{}", env!("CARGO_PKG_VERSION"))),
-            );
-            let chunks = request_response::Behaviour::with_codec(
-                ChunkCodec,
-                [(wire::PROTOCOL, request_response::ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(30))
-                    .with_max_concurrent_streams(256),
-            );
-            Behaviour { identify, kad, chunks }
-        };
-        let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
-        let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
-        let mut swarm = match &proxy {
-            Some(p) => builder
-                .with_other_transport(|k| crate::proxy_transport::transport(k, p))
-                .map_err(|e| PluginError::other(format!("transport: {e}")))?
-                .with_behaviour(behaviour)
-                .map_err(|e| PluginError::other(format!("behaviour: {e}")))?
-                .with_swarm_config(swarm_config)
-                .build(),
-            None => builder
-                .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-                .map_err(|e| PluginError::other(format!("transport: {e}")))?
-                .with_behaviour(behaviour)
-                .map_err(|e| PluginError::other(format!("behaviour: {e}")))?
-                .with_swarm_config(swarm_config)
-                .build(),
-        };
+        let transport = Transport::from_options(&Opts::from_abi(&config.options))?;
+        let mut swarm = build_swarm(key.clone(), transport, proxy.as_ref())?;
         if proxy.is_none() {
             swarm
                 .listen_on(listen.clone())
                 .map_err(|e| PluginError::network(format!("cannot listen on {listen}: {e}")))?;
+            if transport == Transport::Quic {
+                if let Some(quic) = quic_of(&listen) {
+                    if let Err(e) = swarm.listen_on(quic.clone()) {
+                        events.warn(format!("cannot listen on {quic}: {e}"));
+                    }
+                }
+            }
         }
 
+        let data_dir = Path::new(config.data_dir.as_str()).to_path_buf();
+        let metrics = crate::reputation::load(&data_dir, &events);
         let shared = Arc::new(Shared {
             peer_id,
+            keypair: key,
+            data_dir,
             events: events.clone(),
-            metrics: Mutex::new(HashMap::new()),
+            metrics: Mutex::new(metrics),
             seeds: Mutex::new(HashMap::new()),
             listen: Mutex::new(Vec::new()),
             addrs: Mutex::new(HashMap::new()),
@@ -281,6 +367,7 @@ impl Node {
             bootstraps: Vec::new(),
             bootstrap_query: None,
             served: mpsc::unbounded_channel(),
+            quota: HashMap::new(),
         };
         tokio::spawn(task.run());
         events.info(format!("chiral node {peer_id} listening on {:?}", lock(&shared.listen)));
@@ -443,6 +530,8 @@ struct Task {
     bootstraps: Vec<Reply<()>>,
     bootstrap_query: Option<kad::QueryId>,
     served: (mpsc::UnboundedSender<Served>, mpsc::UnboundedReceiver<Served>),
+    /// Per-publisher store quota: the keys under which this node keeps its entries.
+    quota: HashMap<PeerId, HashSet<Vec<u8>>>,
 }
 
 impl Task {
@@ -478,7 +567,24 @@ impl Task {
                 self.get_records.insert(id, (Vec::new(), reply));
             }
             Cmd::PutRecord(key, value, reply) => {
-                let record = Record { key: kad::RecordKey::new(&key), value, publisher: None, expires: None };
+                // Our own entries join those of other publishers this node stores (a put
+                // never replaces them); a value that is not a signed set goes out as it is.
+                let rkey = kad::RecordKey::new(&key);
+                let existing = self.kad().store_mut().get(&rkey).map(|r| r.value.clone());
+                let value = match crate::records::SignedSet::decode(&value) {
+                    Ok(set) => {
+                        match crate::records::merge_local(&key, existing.as_deref(), set.entries, crate::records::now())
+                        {
+                            Ok(v) => v,
+                            Err(e) => {
+                                let _ = reply.send(Err(NodeError::Record(e)));
+                                return;
+                            }
+                        }
+                    }
+                    Err(_) => value,
+                };
+                let record = Record { key: rkey, value, publisher: None, expires: None };
                 match self.kad().put_record(record, Quorum::One) {
                     Ok(id) => {
                         self.puts.insert(id, reply);
@@ -548,9 +654,9 @@ impl Task {
             e.agent = info.agent_version.clone();
         }
         if info.protocol_version != PROTOCOL_VERSION {
-            self.shared.events.debug(format!(
-                "{peer} speaks {:?}, not {PROTOCOL_VERSION}: kept out of the routing table",
-                info.protocol_version
+            self.shared.events.info(format!(
+                "{peer} speaks {:?}, not {PROTOCOL_VERSION} (signed records): kept out of the routing table",
+                chiral_sdk::text::line(&info.protocol_version)
             ));
             self.kad().remove_peer(&peer);
             self.update_routable();
@@ -573,19 +679,7 @@ impl Task {
     fn on_kad(&mut self, ev: kad::Event) {
         match ev {
             kad::Event::InboundRequest { request } => match request {
-                kad::InboundRequest::PutRecord { source, record: Some(record), .. } => {
-                    let key = record.key.clone();
-                    let existing = self.kad().store_mut().get(&key).map(|r| r.value.clone());
-                    match crate::records::merge_for_store(key.as_ref(), &record.value, existing.as_deref()) {
-                        Ok(value) => {
-                            let merged = Record { key, value, publisher: record.publisher, expires: record.expires };
-                            if let Err(e) = self.kad().store_mut().put(merged) {
-                                self.shared.events.warn(format!("record from {source} not stored: {e}"));
-                            }
-                        }
-                        Err(reason) => self.shared.events.warn(format!("record from {source} rejected: {reason}")),
-                    }
-                }
+                kad::InboundRequest::PutRecord { source, record: Some(record), .. } => self.on_put(source, record),
                 kad::InboundRequest::AddProvider { record: Some(rec) } => {
                     if let Err(e) = self.kad().store_mut().add_provider(rec) {
                         self.shared.events.debug(format!("provider record not stored: {e}"));
@@ -643,6 +737,32 @@ impl Task {
                 _ => {}
             },
             _ => {}
+        }
+    }
+
+    /// A record put by `source`: its entries are checked (signatures, bodies, expiry), merged
+    /// with what this node stores and bounded; publishers over their quota are refused.
+    fn on_put(&mut self, source: PeerId, record: Record) {
+        let key = record.key.clone();
+        let existing = self.kad().store_mut().get(&key).map(|r| r.value.clone());
+        let now = crate::records::now();
+        let quota = &self.quota;
+        let allow = |p: &PeerId| {
+            quota
+                .get(p)
+                .is_none_or(|keys| keys.len() < crate::records::MAX_KEYS_PER_PUBLISHER || keys.contains(key.as_ref()))
+        };
+        match crate::records::merge_for_store(key.as_ref(), &record.value, existing.as_deref(), now, allow) {
+            Ok(value) => {
+                for p in crate::records::publishers(key.as_ref(), &value, now) {
+                    self.quota.entry(p).or_default().insert(key.to_vec());
+                }
+                let merged = Record { key, value, publisher: record.publisher, expires: record.expires };
+                if let Err(e) = self.kad().store_mut().put(merged) {
+                    self.shared.events.warn(format!("record from {source} not stored: {e}"));
+                }
+            }
+            Err(reason) => self.shared.events.warn(format!("record from {source} rejected: {reason}")),
         }
     }
 

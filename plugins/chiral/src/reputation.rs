@@ -6,7 +6,16 @@
 //! transfer, loses a fifth on a failure and is halved (and the peer banned from the current
 //! download) on data that fails verification.
 
-use std::time::Duration;
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use chiral_sdk::Events;
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+/// The file in the data dir that keeps scores across runs.
+pub const FILE: &str = "reputation.json";
+/// Most peers kept in it (the least active go first).
+pub const MAX_KEPT: usize = 4096;
 
 /// Score of a peer never seen.
 pub const INITIAL_SCORE: f64 = 0.5;
@@ -93,6 +102,83 @@ impl PeerMetrics {
     }
 }
 
+/// What lasts of a peer across runs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct Kept {
+    score: f64,
+    successes: u64,
+    failures: u64,
+    bad_data: u64,
+    bytes: u64,
+    #[serde(default)]
+    throughput: Option<f64>,
+}
+
+/// The scores kept in `dir` (none when the file is missing; a damaged file is logged and
+/// ignored). Every value is checked: scores are clamped to `[0, 1]`.
+pub fn load(dir: &Path, events: &Events) -> HashMap<PeerId, PeerMetrics> {
+    let path = dir.join(FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) => {
+            events.warn(format!("{}: {e}; starting with no reputation", path.display()));
+            return HashMap::new();
+        }
+    };
+    let kept: HashMap<String, Kept> = match serde_json::from_slice(&bytes) {
+        Ok(k) => k,
+        Err(e) => {
+            events.warn(format!("{}: {e}; starting with no reputation", path.display()));
+            return HashMap::new();
+        }
+    };
+    kept.into_iter()
+        .take(MAX_KEPT)
+        .filter_map(|(p, k)| {
+            let peer: PeerId = p.parse().ok()?;
+            let score = if k.score.is_finite() { k.score.clamp(0.0, 1.0) } else { INITIAL_SCORE };
+            let m = PeerMetrics {
+                score,
+                successes: k.successes,
+                failures: k.failures,
+                bad_data: k.bad_data,
+                bytes: k.bytes,
+                throughput: k.throughput.filter(|t| t.is_finite() && *t > 0.0),
+                ..PeerMetrics::default()
+            };
+            Some((peer, m))
+        })
+        .collect()
+}
+
+/// Writes the scores of the peers this node has exchanged data with to `dir` (atomically).
+pub fn save(dir: &Path, metrics: &HashMap<PeerId, PeerMetrics>) -> std::io::Result<()> {
+    let mut peers: Vec<(&PeerId, &PeerMetrics)> =
+        metrics.iter().filter(|(_, m)| m.successes + m.failures + m.bad_data > 0).collect();
+    peers.sort_by_key(|(_, m)| std::cmp::Reverse(m.successes + m.failures + m.bad_data));
+    let kept: HashMap<String, Kept> = peers
+        .into_iter()
+        .take(MAX_KEPT)
+        .map(|(p, m)| {
+            let k = Kept {
+                score: m.score,
+                successes: m.successes,
+                failures: m.failures,
+                bad_data: m.bad_data,
+                bytes: m.bytes,
+                throughput: m.throughput,
+            };
+            (p.to_string(), k)
+        })
+        .collect();
+    let body = serde_json::to_vec_pretty(&kept).map_err(std::io::Error::other)?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, dir.join(FILE))
+}
+
 /// Picks among candidates `(metrics, in_flight)`: the highest weight wins; ties go to the first.
 pub fn pick(candidates: &[(PeerMetrics, usize)]) -> Option<usize> {
     let mut speeds: Vec<f64> = candidates.iter().filter_map(|(m, _)| m.throughput).collect();
@@ -112,6 +198,34 @@ pub fn pick(candidates: &[(PeerMetrics, usize)]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scores_survive_a_restart_and_bad_files_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut m = HashMap::new();
+        let mut good = PeerMetrics::default();
+        good.success(1 << 20, Duration::from_millis(3));
+        let mut bad = PeerMetrics::default();
+        bad.bad_data();
+        m.insert(a, good.clone());
+        m.insert(b, bad.clone());
+        m.insert(PeerId::random(), PeerMetrics::default()); // never used: not kept
+        save(dir.path(), &m).unwrap();
+        let back = load(dir.path(), &Events::none());
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[&a].score, good.score);
+        assert_eq!(back[&b].bad_data, 1);
+        std::fs::write(dir.path().join(FILE), br#"{"nope": {"score": 9}}"#).unwrap();
+        assert!(load(dir.path(), &Events::none()).is_empty());
+        let p = PeerId::random();
+        std::fs::write(
+            dir.path().join(FILE),
+            format!(r#"{{"{p}": {{"score": 7.5, "successes": 1, "failures": 0, "bad_data": 0, "bytes": 3}}}}"#),
+        )
+        .unwrap();
+        assert_eq!(load(dir.path(), &Events::none())[&p].score, 1.0, "clamped");
+    }
 
     #[test]
     fn score_rises_with_good_transfers_and_falls_with_failures() {

@@ -20,7 +20,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::{
     node::Node,
-    records::{chunk_count, content_id, FileMeta},
+    records::{self, chunk_count, content_id, FileMeta},
     reputation,
     wire::{Request, Response},
 };
@@ -34,7 +34,15 @@ struct ProviderState {
     banned: bool,
     bytes: u64,
     chunks: u64,
+    /// The wallet its signed metadata record publishes, if any.
+    wallet: Option<String>,
+    /// Verified bytes not yet reported in a `PaymentRequired` event.
+    unpaid: u64,
 }
+
+/// Verified bytes of one provider reported together in one `PaymentRequired` event (the rest
+/// at the end of the download).
+const PAYMENT_BATCH: u64 = 4 << 20;
 
 /// The source handed to the engine (cheap to clone into fetch futures).
 pub struct ChiralSource {
@@ -74,6 +82,25 @@ pub enum ChunkError {
     Leaf(u32),
     #[error("chunk {0} came with a wrong Merkle proof")]
     Proof(u32),
+}
+
+/// The file length the root commits to: every chunk but the last is `CHUNK_SIZE` long, and the
+/// last one's bytes (checked against its leaf and the root) give the rest. A manifest's `size`
+/// is only a claim; this is what decides.
+pub fn committed_size(root: &Hash32, leaves: &[Hash32], last: &[u8], proof: &[Hash32]) -> Result<u64, ChunkError> {
+    let index = leaves.len().checked_sub(1).ok_or(ChunkError::NoChunk(0))?;
+    let i32 = index as u32;
+    if last.len() as u64 > CHUNK_SIZE || (last.is_empty() && index > 0) {
+        return Err(ChunkError::Length { index: i32, got: last.len(), want: CHUNK_SIZE });
+    }
+    let leaf = leaf_hash(last);
+    if leaf != leaves[index] {
+        return Err(ChunkError::Leaf(i32));
+    }
+    if !verify_proof(root, index, leaves.len(), &leaf, proof) {
+        return Err(ChunkError::Proof(i32));
+    }
+    Ok(index as u64 * CHUNK_SIZE + last.len() as u64)
 }
 
 /// Checks a manifest against the root it was asked for.
@@ -125,7 +152,8 @@ impl ChiralSource {
         node.join().await;
         let cid = content_id(&root);
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut meta: Option<FileMeta> = None;
+        // Metadata records, one per publisher (signed; each lists its publisher as the seeder).
+        let mut metas_by: Vec<(PeerId, FileMeta)> = Vec::new();
         let mut candidates: Vec<PeerId> = Vec::new();
         let mut round = 0u32;
         loop {
@@ -135,14 +163,16 @@ impl ChiralSource {
                 node.get_record(crate::records::meta_key(&root))
             );
             let providers = providers?;
-            for (from, value) in metas? {
-                match FileMeta::decode(&crate::records::meta_key(&root), &value) {
-                    Ok(m) => match &mut meta {
-                        Some(old) if old.size == m.size => old.merge(&m),
-                        Some(_) => events.warn(format!("metadata record from {from:?} disagrees on the size; ignored")),
-                        None => meta = Some(m),
-                    },
-                    Err(reason) => events.warn(format!("metadata record from {from:?} rejected: {reason}")),
+            let copies = metas?;
+            let mkey = records::meta_key(&root);
+            let (found, refused) =
+                records::meta_entries(&mkey, copies.iter().map(|(_, v)| v.as_slice()), records::now());
+            for r in refused {
+                events.warn(format!("metadata record rejected: {r}"));
+            }
+            for m in found {
+                if !metas_by.iter().any(|(p, _)| *p == m.publisher) {
+                    metas_by.push((m.publisher, m.body));
                 }
             }
             let mut seen: HashSet<PeerId> = candidates.iter().copied().collect();
@@ -151,7 +181,7 @@ impl ChiralSource {
                     candidates.push(p);
                 }
             }
-            if let Some(m) = &meta {
+            for (_, m) in &metas_by {
                 for s in &m.seeders {
                     let Ok(p) = s.peer_id.parse::<PeerId>() else { continue };
                     let addrs: Vec<Multiaddr> = s.addrs.iter().filter_map(|a| a.parse().ok()).collect();
@@ -183,7 +213,7 @@ impl ChiralSource {
                 Ok(Response::Manifest { size, name, leaves }) => match check_manifest(&root, size, &leaves) {
                     Ok(()) => {
                         node.update_metrics(*p, |m| m.success(0, t0.elapsed()));
-                        manifest = Some((size, name, leaves));
+                        manifest = Some((*p, size, name, leaves));
                         break;
                     }
                     Err(e) => {
@@ -192,7 +222,7 @@ impl ChiralSource {
                         errors.push(format!("{p}: {e}"));
                     }
                 },
-                Ok(Response::Error { message }) => errors.push(format!("{p}: {message}")),
+                Ok(Response::Error { message }) => errors.push(format!("{p}: {}", chiral_sdk::text::line(&message))),
                 Ok(_) => errors.push(format!("{p}: unexpected answer")),
                 Err(e) => {
                     node.update_metrics(*p, |m| m.failure());
@@ -200,20 +230,63 @@ impl ChiralSource {
                 }
             }
         }
-        let Some((size, name, leaves)) = manifest else {
+        let Some((from, claimed, name, leaves)) = manifest else {
             return Err(PluginError::network(format!("no provider of {cid} gave its manifest: {}", errors.join("; "))));
         };
-        let name = meta.as_ref().map(|m| m.name.clone()).filter(|n| !n.is_empty()).unwrap_or(name);
-        let torrent = match (magnet_info_hash, &meta) {
-            (Some(ih), Some(m)) if m.info_hash.as_deref() == Some(ih) && m.size == size => m.torrent_info(),
+        // The length the root commits to, from the last chunk (verified), whoever claimed what.
+        let size = committed_size_from(&node, &root, &leaves, from, &candidates, &events).await?;
+        let mut banned = HashSet::new();
+        if claimed != size {
+            node.update_metrics(from, |m| m.bad_data());
+            banned.insert(from);
+            events.warn(format!(
+                "{from} sent bad data, dropped: its manifest claims {claimed} bytes where the root commits to {size}"
+            ));
+        }
+        let meta = metas_by.iter().map(|(_, m)| m).find(|m| m.size == size);
+        let name = meta.map(|m| m.name.clone()).filter(|n| !n.is_empty()).unwrap_or(name);
+        let torrent = match (magnet_info_hash, meta) {
+            (Some(ih), Some(m)) if m.info_hash.as_deref() == Some(ih) => metas_by
+                .iter()
+                .filter(|(_, m)| m.size == size && m.info_hash.as_deref() == Some(ih))
+                .find_map(|(_, m)| m.torrent_info()),
             _ => None,
         };
         if magnet_info_hash.is_some() && torrent.is_none() {
             events.info(format!("{cid}: no info dictionary for the magnet in its record; its bytes count only once the torrent's hashes are known"));
         }
-        let providers = candidates.into_iter().map(|p| (p, ProviderState::default())).collect();
+        let wallets: HashMap<PeerId, Option<String>> = metas_by
+            .iter()
+            .map(|(p, m)| {
+                let w = m.wallet();
+                if w.is_none() && m.wallet.is_some() {
+                    events.warn(format!(
+                        "{p} published a malformed wallet {:?}: ignored",
+                        chiral_sdk::text::line(m.wallet.as_deref().unwrap_or(""))
+                    ));
+                }
+                (*p, w)
+            })
+            .collect();
+        let providers = candidates
+            .into_iter()
+            .map(|p| {
+                let st = ProviderState {
+                    banned: banned.contains(&p),
+                    wallet: wallets.get(&p).cloned().flatten(),
+                    ..ProviderState::default()
+                };
+                (p, st)
+            })
+            .collect();
         let inner = Inner { node, root, name, size, leaves, providers: Mutex::new(providers), events, torrent };
         Ok(Arc::new(Self { inner: Arc::new(inner) }))
+    }
+
+    /// Whether the source describes itself as the torrent of the magnet it was opened for (its
+    /// record's info dictionary hashes to the info hash).
+    pub fn proven_torrent(&self) -> bool {
+        self.inner.torrent.is_some()
     }
 
     /// Bytes and chunks each provider delivered so far.
@@ -222,10 +295,52 @@ impl ChiralSource {
     }
 }
 
+/// Fetches the last chunk (the manifest's sender first, then the others) and returns the length
+/// the root commits to.
+async fn committed_size_from(
+    node: &Node,
+    root: &Hash32,
+    leaves: &[Hash32],
+    first: PeerId,
+    candidates: &[PeerId],
+    events: &Events,
+) -> Result<u64, PluginError> {
+    let index = (leaves.len() - 1) as u32;
+    let order = std::iter::once(first).chain(candidates.iter().copied().filter(|p| *p != first));
+    let mut errors = Vec::new();
+    for p in order {
+        match node.request(p, Request::Chunk { root: *root, index }).await {
+            Ok(Response::Chunk { index: got, proof, data }) if got == index => {
+                match committed_size(root, leaves, &data, &proof) {
+                    Ok(size) => return Ok(size),
+                    Err(e) => {
+                        node.update_metrics(p, |m| m.bad_data());
+                        events.warn(format!("{p} sent bad data: {e}"));
+                        errors.push(format!("{p}: {e}"));
+                    }
+                }
+            }
+            Ok(Response::Error { message }) => errors.push(format!("{p}: {}", chiral_sdk::text::line(&message))),
+            Ok(_) => errors.push(format!("{p}: unexpected answer")),
+            Err(e) => errors.push(e.message.to_string()),
+        }
+    }
+    Err(PluginError::network(format!("no provider of {} gave its last chunk: {}", content_id(root), errors.join("; "))))
+}
+
 impl Inner {
     fn pick(&self) -> Option<PeerId> {
         let mut provs = lock(&self.providers);
-        let live: Vec<PeerId> = provs.iter().filter(|(_, s)| !s.banned).map(|(p, _)| *p).collect();
+        // Protocol-aware: a peer whose identify lists protocols without the chunk protocol is
+        // not asked (one not identified yet is).
+        let live: Vec<PeerId> = provs
+            .iter()
+            .filter(|(p, s)| {
+                let m = self.node.metrics_of(p);
+                !s.banned && (m.protocols.is_empty() || m.supports(crate::wire::PROTOCOL.as_ref()))
+            })
+            .map(|(p, _)| *p)
+            .collect();
         let cands: Vec<_> = live.iter().map(|p| (self.node.metrics_of(p), provs[p].in_flight)).collect();
         let i = reputation::pick(&cands)?;
         let peer = live[i];
@@ -249,7 +364,13 @@ impl Inner {
                         Ok(()) => {
                             st.bytes += data.len() as u64;
                             st.chunks += 1;
+                            st.unpaid += data.len() as u64;
+                            let due = (st.unpaid >= PAYMENT_BATCH)
+                                .then(|| (st.wallet.clone(), std::mem::take(&mut st.unpaid)));
                             drop(provs);
+                            if let Some((wallet, bytes)) = due {
+                                self.events.payment_required(peer.to_string(), wallet, bytes);
+                            }
                             self.node.update_metrics(peer, |m| m.success(data.len() as u64, took));
                             return Ok(data);
                         }
@@ -271,7 +392,7 @@ impl Inner {
                 Ok(Response::Error { message }) => {
                     drop(provs);
                     self.node.update_metrics(peer, |m| m.failure());
-                    format!("{peer}: {message}")
+                    format!("{peer}: {}", chiral_sdk::text::line(&message))
                 }
                 Ok(Response::Manifest { .. }) => {
                     drop(provs);
@@ -304,6 +425,18 @@ impl Drop for Inner {
     fn drop(&mut self) {
         for (peer, bytes, chunks) in self.per_provider() {
             self.events.info(format!("chiral provider {peer}: {bytes} bytes in {chunks} chunks"));
+        }
+        // The rest of the verified bytes, per provider.
+        for (peer, st) in lock(&self.providers).iter_mut() {
+            // Only verified chunks were counted; those are owed even to a peer banned later.
+            if st.unpaid > 0 {
+                self.events.payment_required(peer.to_string(), st.wallet.clone(), std::mem::take(&mut st.unpaid));
+            }
+        }
+        // Reputation lasts: scores are written to the data dir.
+        let metrics = lock(&self.node.shared.metrics).clone();
+        if let Err(e) = reputation::save(&self.node.shared.data_dir, &metrics) {
+            self.events.warn(format!("cannot keep peer reputation: {e}"));
         }
     }
 }
@@ -352,6 +485,12 @@ impl PieceSource for ChiralSource {
             }
             let first = (offset / CHUNK_SIZE) as u32;
             let last = ((end - 1) / CHUNK_SIZE) as u32;
+            if first == last && offset == first as u64 * CHUNK_SIZE {
+                // One chunk from its start (what the engine asks): its buffer as it came.
+                let mut data = this.fetch_chunk(first).await?;
+                data.truncate(length as usize);
+                return Ok(data);
+            }
             let mut out = Vec::with_capacity(length as usize);
             for index in first..=last {
                 let data = this.fetch_chunk(index).await?;

@@ -240,7 +240,7 @@ impl libp2p::request_response::Codec for ChunkCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_response(&read_frame(io, MAX_RESPONSE).await?)
+        read_response(io).await
     }
 
     async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Request) -> io::Result<()>
@@ -254,8 +254,75 @@ impl libp2p::request_response::Codec for ChunkCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &encode_response(&resp)?).await
+        write_response(io, &resp).await
     }
+}
+
+/// Writes a response as one frame; a chunk's data goes out from its own buffer (no copy into a
+/// frame buffer).
+pub async fn write_response<T: AsyncWrite + Unpin>(io: &mut T, resp: &Response) -> io::Result<()> {
+    let Response::Chunk { index, proof, data } = resp else {
+        return write_frame(io, &encode_response(resp)?).await;
+    };
+    if proof.len() > MAX_PROOF || data.len() as u64 > CHUNK_SIZE {
+        return Err(bad("chunk beyond the protocol's bounds"));
+    }
+    let mut head = Vec::with_capacity(14 + 32 * proof.len());
+    let body_len = 1 + 4 + 1 + 32 * proof.len() + 4 + data.len();
+    head.extend_from_slice(&(body_len as u32).to_be_bytes());
+    head.push(2);
+    head.extend_from_slice(&index.to_be_bytes());
+    head.push(proof.len() as u8);
+    for p in proof {
+        head.extend_from_slice(p);
+    }
+    head.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    io.write_all(&head).await?;
+    io.write_all(data).await?;
+    io.flush().await
+}
+
+/// Reads one response frame; a chunk's data is read straight into its own buffer (no frame
+/// buffer, no copy). Every length is checked against its bound before anything is allocated.
+pub async fn read_response<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Response> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_RESPONSE {
+        return Err(bad(format!("frame of {len} bytes exceeds the bound of {MAX_RESPONSE}")));
+    }
+    if len < 6 {
+        let mut buf = vec![0u8; len];
+        io.read_exact(&mut buf).await?;
+        return decode_response(&buf);
+    }
+    let mut head = [0u8; 6];
+    io.read_exact(&mut head).await?;
+    if head[0] != 2 {
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(&head);
+        buf.resize(len, 0);
+        io.read_exact(&mut buf[6..]).await?;
+        return decode_response(&buf);
+    }
+    let index = u32::from_be_bytes(head[1..5].try_into().expect("4 bytes"));
+    let proof_len = head[5] as usize;
+    if proof_len > MAX_PROOF {
+        return Err(bad(format!("proof of {proof_len} hashes")));
+    }
+    let mut rest = vec![0u8; 32 * proof_len + 4];
+    io.read_exact(&mut rest).await?;
+    let proof = rest[..32 * proof_len].chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect();
+    let data_len = u32::from_be_bytes(rest[32 * proof_len..].try_into().expect("4 bytes")) as usize;
+    if data_len as u64 > CHUNK_SIZE {
+        return Err(bad(format!("chunk of {data_len} bytes")));
+    }
+    if 6 + rest.len() + data_len != len {
+        return Err(bad(format!("chunk frame of {len} bytes carries {data_len} bytes of data")));
+    }
+    let mut data = vec![0u8; data_len];
+    io.read_exact(&mut data).await?;
+    Ok(Response::Chunk { index, proof, data })
 }
 
 #[cfg(test)]
@@ -309,6 +376,34 @@ mod tests {
         m.extend_from_slice(&[0; 64]);
         assert!(decode_response(&m).unwrap_err().to_string().contains("truncated"));
         assert!(decode_response(&[0x7f]).is_err());
+    }
+
+    #[test]
+    fn streamed_responses_match_the_frame_codec() {
+        let rs = [
+            Response::Manifest { size: 9, name: "n".into(), leaves: vec![[1; 32]] },
+            Response::Chunk { index: 3, proof: vec![[4; 32]; 5], data: vec![5; 1000] },
+            Response::Chunk { index: 0, proof: vec![], data: vec![] },
+            Response::Error { message: "no".into() },
+        ];
+        for r in rs {
+            let mut wire = Vec::new();
+            block_on(write_response(&mut wire, &r)).unwrap();
+            let mut framed = Vec::new();
+            block_on(write_frame(&mut framed, &encode_response(&r).unwrap())).unwrap();
+            assert_eq!(wire, framed);
+            assert_eq!(block_on(read_response(&mut &wire[..])).unwrap(), r);
+        }
+        // A chunk frame whose lengths disagree, a data length over the bound: refused.
+        let mut wire = Vec::new();
+        block_on(write_response(&mut wire, &Response::Chunk { index: 1, proof: vec![], data: vec![1; 10] })).unwrap();
+        wire[3] += 1;
+        wire.push(0);
+        assert!(block_on(read_response(&mut &wire[..])).is_err());
+        let mut raw = 10u32.to_be_bytes().to_vec();
+        raw.extend_from_slice(&[2, 0, 0, 0, 0, 0]);
+        raw.extend_from_slice(&(CHUNK_SIZE as u32 + 1).to_be_bytes());
+        assert!(block_on(read_response(&mut &raw[..])).unwrap_err().to_string().contains("chunk of"));
     }
 
     #[test]
