@@ -9,7 +9,7 @@ use chiral_host::daemon::{self, api, Daemon, DaemonOptions};
 use super::{
     args::{DaemonArgs, Global},
     exit::UsageError,
-    setup::{build_host, settings},
+    setup::{build_host, payments, settings},
     shutdown_signal,
 };
 
@@ -40,7 +40,7 @@ pub(crate) async fn run(g: &Global, a: DaemonArgs) -> Result<ExitCode> {
         tracing::warn!("the API listens on {bound}, beyond this machine: anyone who has the token controls the node");
     }
     let d = Daemon::new(host, opts);
-    let router = api::router(d.clone(), api::Access { token: token.clone(), bound });
+    let router = api::router_with_payments(d.clone(), api::Access { token: token.clone(), bound }, payments(&s)?);
     let server = tokio::spawn(api::serve(listener, router));
     {
         let mut out = std::io::stdout().lock();
