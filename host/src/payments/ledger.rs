@@ -205,7 +205,7 @@ impl Ledger {
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
         v.retain(|(_, w)| !w.is_zero());
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|o| std::cmp::Reverse(o.1));
         Ok(v)
     }
 
