@@ -181,13 +181,29 @@ fn wei(bytes: u64) -> u128 {
     bytes as u128 * PRICE / MIB as u128
 }
 
-#[test]
-fn a_bittorrent_download_pays_its_seeder_to_the_wei() {
+/// A chain, a tracker and two nodes paying at `threshold`: the payer (with the funded dev
+/// key) and the payee (a new wallet), with their addresses.
+struct Pair {
+    chain: Anvil,
+    tracker: Tracker,
+    dl: Chiral,
+    sd: Chiral,
+    payer: String,
+    payee: String,
+}
+
+fn pair(threshold: u128) -> Pair {
     let chain = Anvil::start();
     let tracker = Tracker::start();
-    // Paid at 2 MiB owed during the download, the rest at its end.
-    let (dl, sd) = (node(&chain.url(), 2 * PRICE, ""), node(&chain.url(), 2 * PRICE, ""));
+    let (dl, sd) = (node(&chain.url(), threshold, ""), node(&chain.url(), threshold, ""));
     let (payer, payee) = wallets(&chain, &dl, &sd);
+    Pair { chain, tracker, dl, sd, payer, payee }
+}
+
+#[test]
+fn a_bittorrent_download_pays_its_seeder_to_the_wei() {
+    // Paid at 2 MiB owed during the download, the rest at its end.
+    let Pair { chain, tracker, dl, sd, payer, payee } = pair(2 * PRICE);
     let b0 = chain.balance(&payer);
     let (_seed, f, tor) = seed(&sd, &tracker, "paid.bin", 6, 61);
     let out = dl.data_dir.path().join("out");
@@ -221,11 +237,8 @@ fn a_bittorrent_download_pays_its_seeder_to_the_wei() {
 
 #[test]
 fn a_crash_at_any_ledger_state_never_pays_twice() {
-    let chain = Anvil::start();
-    let tracker = Tracker::start();
     // Paid only at the end of each download (the threshold is never reached).
-    let (dl, sd) = (node(&chain.url(), 1000 * PRICE, ""), node(&chain.url(), 1000 * PRICE, ""));
-    let (payer, payee) = wallets(&chain, &dl, &sd);
+    let Pair { chain, tracker, dl, sd, payer, payee } = pair(1000 * PRICE);
     let mut total = 0;
     for (i, crash) in ["signed", "sent"].into_iter().enumerate() {
         let (s, f, tor) = seed(&sd, &tracker, &format!("crash-{crash}.bin"), 2, 70 + i as u64);
@@ -270,11 +283,9 @@ fn a_malformed_peer_wallet_is_refused_and_never_paid() {
 
 #[test]
 fn with_the_chain_down_the_debt_is_kept_and_settled_later() {
-    let chain = Anvil::start();
-    let tracker = Tracker::start();
-    let down = format!("http://127.0.0.1:{}", free_port());
-    let (dl, sd) = (node(&down, PRICE, ""), node(&chain.url(), PRICE, ""));
-    let (payer, payee) = wallets(&chain, &dl, &sd);
+    let Pair { chain, tracker, dl, sd, payer, payee } = pair(PRICE);
+    // The chain is down for the downloader: nothing answers at its rpc.
+    write_config(&dl, &format!("http://127.0.0.1:{}", free_port()), PRICE, "");
     let (_seed, f, tor) = seed(&sd, &tracker, "down.bin", 3, 91);
     let out = dl.data_dir.path().join("out");
     let o = get(&dl, &tor, &out, &[]);
