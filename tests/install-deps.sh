@@ -51,3 +51,12 @@ if [ ! -f "$pw/node_modules/playwright-core/package.json" ]; then
     mkdir -p "$pw"
     npm install --prefix "$pw" --no-audit --no-fund --loglevel=error playwright-core@1 >&2
 fi
+# anvil (a local Ethereum dev chain: tests/tests/payments.rs) from npm, the package that ships
+# its binary, under target/test-tools/anvil.
+anvil_version=1.7.1
+anvil="$tools/anvil/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+if ! "$anvil" --version 2>/dev/null | grep -q "Version: $anvil_version"; then
+    echo "installing anvil $anvil_version into $tools/anvil" >&2
+    mkdir -p "$tools/anvil"
+    npm install --prefix "$tools/anvil" --no-audit --no-fund --loglevel=error "@foundry-rs/anvil-linux-amd64@$anvil_version" >&2
+fi

@@ -50,6 +50,9 @@ pub struct ConfigFile {
     /// `[daemon]`: how `chiral daemon` runs.
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// `[payments]`: the chain, the price and the wallet (see [`crate::payments`]).
+    #[serde(default)]
+    pub payments: crate::payments::PaymentsFile,
 }
 
 /// The `[daemon]` table.

@@ -15,6 +15,7 @@ pub mod control;
 pub mod daemon;
 pub mod lifecycle;
 pub mod loader;
+pub mod payments;
 pub mod registry;
 pub mod seedbook;
 pub mod session;

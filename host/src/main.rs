@@ -72,5 +72,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Search(a) => cli::search::run(g, a).await,
         Command::Demo(a) => cli::demo::run(g, a).await,
         Command::Daemon(a) => cli::daemon::run(g, a).await,
+        Command::Wallet(a) => cli::wallet::run(g, a).await,
+        Command::Payments(a) => cli::payments::run(g, a).await,
     }
 }

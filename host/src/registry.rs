@@ -349,6 +349,19 @@ impl Registry {
             .clone()
     }
 
+    /// Where the events of `plugin`'s requests go: the registry's event handler (the host's
+    /// logs, and its payment service), as for the plugin's own events.
+    pub fn sink(&self, plugin: &str) -> chiral_sdk::EventSinkBox {
+        let events = self.events.clone();
+        let n = plugin.to_string();
+        Events::sink_from_fn(move |e| events(&n, e))
+    }
+
+    /// The registry's event handler.
+    pub fn events(&self) -> EventHandler {
+        self.events.clone()
+    }
+
     /// The plugin's handler if it was already built.
     pub fn started_handler(&self, entry: &Entry) -> Option<Arc<HandlerBox>> {
         entry.handler.get().and_then(|h| h.as_ref().ok()).cloned()

@@ -320,8 +320,10 @@ impl Host {
         // their failures are only logged, and they never define what the content is.
         let primaries = routed.iter().filter(|r| r.2).map(|(id, plugin, _, handler)| (id, plugin, handler, false));
         let others = extras.iter().map(|(id, plugin, handler)| (id, plugin, handler, true));
-        let mut pending: FuturesUnordered<BoxFuture<'_, Opening>> =
-            primaries.chain(others).map(|(id, plugin, handler, extra)| open(id, plugin, handler, extra)).collect();
+        let mut pending: FuturesUnordered<BoxFuture<'_, Opening>> = primaries
+            .chain(others)
+            .map(|(id, plugin, handler, extra)| open(id, plugin, handler, extra, self.registry.sink(plugin)))
+            .collect();
         let mut known: Vec<String> = req.identifiers.iter().chain(extras.iter().map(|e| &e.0)).cloned().collect();
         for (entry, id) in seed_lists {
             pending.push(Box::pin(async move { Opening::WebSeeds(self.web_seeds(entry, &id).await) }));
@@ -487,7 +489,13 @@ impl Host {
             }
             match self.registry.handler(e) {
                 Ok(h) => {
-                    out.push(open(&url, e.name().unwrap_or_default(), &h, true));
+                    out.push(open(
+                        &url,
+                        e.name().unwrap_or_default(),
+                        &h,
+                        true,
+                        self.registry.sink(e.name().unwrap_or_default()),
+                    ));
                     known.push(url);
                 }
                 Err(m) => tracing::debug!("{m}"),
@@ -529,6 +537,7 @@ impl Host {
         // Map the plugin's progress events onto the engine's, so callers see one kind.
         let last = Arc::new(Mutex::new(None::<u64>));
         let (cb, name, p) = (on_event.clone(), plugin.to_string(), plugin.to_string());
+        let events = self.registry.events();
         let sink = Events::sink_from_fn(move |e| match e {
             Event::Progress { done, total, .. } => {
                 let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
@@ -549,7 +558,7 @@ impl Host {
                 }
                 *last = Some(done.max(prev));
             }
-            other => log_event(&p, &other),
+            other => events(&p, other),
         });
         let request = DownloadRequest {
             identifier: id.into(),
@@ -664,7 +673,7 @@ impl Host {
                 }
             };
             let req = SeedRequest { path: path.to_string_lossy().into_owned().into(), options: options(opts) };
-            match handler.seed(req, log_sink(name.clone())).await.into_result() {
+            match handler.seed(req, self.registry.sink(&name)).await.into_result() {
                 Ok(info) => lines.push(seed_line(&name, info)),
                 Err(err) => errors.push((err.kind, format!("{name}: {err}"))),
             }
@@ -775,8 +784,14 @@ enum Opening {
 const MAX_WEB_SEEDS: usize = 8;
 
 /// Opens `id` through `handler`; an extra source's failure is only logged.
-fn open(id: &str, plugin: &str, handler: &Arc<chiral_sdk::HandlerBox>, extra: bool) -> BoxFuture<'static, Opening> {
-    let f = handler.open_source(id.into(), log_sink(plugin.to_string()));
+fn open(
+    id: &str,
+    plugin: &str,
+    handler: &Arc<chiral_sdk::HandlerBox>,
+    extra: bool,
+    sink: chiral_sdk::EventSinkBox,
+) -> BoxFuture<'static, Opening> {
+    let f = handler.open_source(id.into(), sink);
     let caps = handler.descriptor().capabilities;
     let (reputed, pipelined) = (caps & capability::REPUTED_PEERS != 0, caps & capability::PIPELINED != 0);
     let (id, plugin) = (id.to_string(), plugin.to_string());

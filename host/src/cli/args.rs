@@ -98,6 +98,10 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Run the node as a service: many downloads and seeds, an HTTP API and the web page
     Daemon(DaemonArgs),
+    /// The node's wallet: make, import, show its address and balance
+    Wallet(WalletArgs),
+    /// What this node owes and paid per wallet; `settle` pays now, `received` shows what it was paid
+    Payments(PaymentsArgs),
 }
 
 impl Command {
@@ -113,7 +117,12 @@ impl Command {
                 | Command::Seeds(SeedsArgs { json: true })
                 | Command::Stop(TargetArgs { json: true, .. })
                 | Command::Remove(TargetArgs { json: true, .. })
-        )
+                | Command::Payments(PaymentsArgs { json: true, .. })
+        ) || match self {
+            Command::Wallet(w) => w.json(),
+            Command::Payments(PaymentsArgs { what: Some(PaymentsCommand::Received { json: true }), .. }) => true,
+            _ => false,
+        }
     }
 }
 
@@ -279,4 +288,62 @@ pub(crate) struct DaemonArgs {
     /// when --http listens beyond loopback. Other names are refused (DNS rebinding)
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allow_host: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct WalletArgs {
+    #[command(subcommand)]
+    pub what: WalletCommand,
+}
+
+impl WalletArgs {
+    fn json(&self) -> bool {
+        matches!(self.what, WalletCommand::Address { json: true } | WalletCommand::Balance { json: true })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum WalletCommand {
+    /// Make a new key in an encrypted keystore (<data dir>/wallet.json, or [payments] keystore);
+    /// passphrase from CHIRAL_WALLET_PASSPHRASE or a prompt
+    New,
+    /// Store the key in FILE (0x and 64 hex digits) in an encrypted keystore
+    Import {
+        /// File holding the private key
+        #[arg(long = "private-key-file", value_name = "FILE")]
+        private_key_file: PathBuf,
+    },
+    /// Print the wallet's address
+    Address {
+        /// Print {"address": ...}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the wallet's balance on the chain of [payments] rpc
+    Balance {
+        /// Print {"address": ..., "balance_wei": ...}
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PaymentsArgs {
+    #[command(subcommand)]
+    pub what: Option<PaymentsCommand>,
+    /// Print {"payments": [...]} on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PaymentsCommand {
+    /// Pay everything owed now and wait for the receipts
+    Settle,
+    /// Transfers into this node's wallet found on the chain, per payer, with the bytes served to it
+    Received {
+        /// Print {"received": [...], "total_wei": ...}
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -9,7 +9,7 @@ use chiral_host::daemon::{self, api, Daemon, DaemonOptions};
 use super::{
     args::{DaemonArgs, Global},
     exit::UsageError,
-    setup::{build_host, settings},
+    setup::{build_host, payments, settings},
     shutdown_signal,
 };
 
@@ -56,7 +56,8 @@ pub(crate) async fn run(g: &Global, a: DaemonArgs) -> Result<ExitCode> {
             }
         })
         .collect();
-    let router = api::router(d.clone(), api::Access { token: token.clone(), bound, extra_hosts });
+    let router =
+        api::router_with_payments(d.clone(), api::Access { token: token.clone(), bound, extra_hosts }, payments(&s)?);
     let server = tokio::spawn(api::serve(listener, router));
     {
         let mut out = std::io::stdout().lock();

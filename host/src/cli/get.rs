@@ -11,13 +11,14 @@ use super::{
     exit::Exit,
     fetch::{download, parse_sha256, summary_line},
     serve::{serve, Served},
-    setup::{build_host, settings},
+    setup::{build_host, payments, settings},
 };
 
 pub(crate) async fn run(g: &Global, a: GetArgs) -> Result<ExitCode> {
     let s = settings(g)?;
     let sha256 = a.sha256.as_deref().map(parse_sha256).transpose()?;
     let host = Arc::new(build_host(g, &s, false)?);
+    let paying = payments(&s)?;
     let req = GetRequest {
         identifiers: a.ids.clone(),
         out_dir: a.out_dir.clone(),
@@ -32,6 +33,11 @@ pub(crate) async fn run(g: &Global, a: GetArgs) -> Result<ExitCode> {
         eprintln!("chiral: interrupted; run the same command again to resume");
         return Ok(Exit::Interrupted.into());
     };
+    // What this download owes is paid before the exit (bounded by settle_timeout; the debt
+    // stays owed when the chain does not answer, and the download still succeeded).
+    if let Some(p) = &paying {
+        p.settle_before_exit().await;
+    }
     if a.json {
         println!("{}", serde_json::to_string(&json!({ "ok": true, "download": report }))?);
     } else {

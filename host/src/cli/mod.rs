@@ -15,12 +15,14 @@ pub(crate) mod daemon;
 pub(crate) mod demo;
 pub(crate) mod get;
 pub(crate) mod node;
+pub(crate) mod payments;
 pub(crate) mod plugins;
 pub(crate) mod remove;
 pub(crate) mod search;
 pub(crate) mod seed;
 pub(crate) mod seeds;
 pub(crate) mod stop;
+pub(crate) mod wallet;
 
 /// Resolves after SIGINT or SIGTERM.
 async fn shutdown_signal() {

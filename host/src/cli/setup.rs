@@ -1,11 +1,16 @@
 //! What every command starts from: settings from flags, environment and the config file, and
 //! the host with its plugins found.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+};
 
 use anyhow::{Context as _, Result};
 use chiral_host::{
     config::{default_data_dir, ConfigFile},
+    payments::{wallet_text, PaymentService, PaymentsConfig},
     registry::{search_dirs, Registry},
     session::log_event,
     Host,
@@ -77,8 +82,15 @@ pub(super) fn build_host(g: &Global, s: &Settings, loopback: bool) -> Result<Hos
         bootstrap: bootstrap.into_iter().map(Into::into).collect(),
         // The demo stays on loopback: no public DHT.
         no_dht: loopback || g.no_dht || c.no_dht.unwrap_or(false),
-        // Options every plugin gets (its `[plugins.<name>]` table comes after).
-        options: s.upload_rate.map(|r| Tuple2("max_upload_rate".into(), r.to_string().into())).into_iter().collect(),
+        // Options every plugin gets (its `[plugins.<name>]` table comes after): the upload
+        // rate, and our wallet, announced to peers (BEP 10 `chiral` message, Chiral records) so
+        // they can be paid; a `wallet` in a plugin's own table comes after it and wins.
+        options: s
+            .upload_rate
+            .map(|r| Tuple2("max_upload_rate".into(), r.to_string().into()))
+            .into_iter()
+            .chain(payments(s)?.and_then(|p| p.address()).map(|a| ("wallet".into(), wallet_text(&a).into()).into()))
+            .collect(),
     };
     let mut explicit = g.plugin_path.clone();
     explicit.extend(c.plugin_path.iter().cloned());
@@ -87,7 +99,35 @@ pub(super) fn build_host(g: &Global, s: &Settings, loopback: bool) -> Result<Hos
     let dirs = search_dirs(&explicit, env.as_deref(), exe.as_deref(), &s.data_dir);
     let plugin_options: BTreeMap<String, Vec<(String, String)>> =
         c.plugins.keys().map(|k| (k.clone(), c.plugin_options(k))).collect();
-    let registry =
-        Registry::discover(&dirs, host_config, c.backend.clone(), plugin_options, Arc::new(|p, e| log_event(p, &e)));
+    let paying = payments(s)?;
+    let events = Arc::new(move |p: &str, e: chiral_sdk::Event| {
+        log_event(p, &e);
+        if let Some(pay) = &paying {
+            pay.on_event(p, &e);
+        }
+    });
+    let registry = Registry::discover(&dirs, host_config, c.backend.clone(), plugin_options, events);
     Ok(Host::new(registry).with_download_rate(s.download_rate))
+}
+
+/// The process's payment service (one ledger per data dir), opened on first use and started
+/// (it pays what an earlier run left pending, and each wallet owed `threshold_wei`); unlocked
+/// when `CHIRAL_WALLET_PASSPHRASE` is set. Must be called on the runtime.
+pub(super) fn payments(s: &Settings) -> Result<Option<Arc<PaymentService>>> {
+    static SERVICE: OnceLock<Arc<PaymentService>> = OnceLock::new();
+    if let Some(p) = SERVICE.get() {
+        return Ok(Some(p.clone()));
+    }
+    let cfg = PaymentsConfig::from_file(&s.config.payments, &s.data_dir)?;
+    let service = PaymentService::open(cfg)?;
+    if service.address().is_some() {
+        if let Some(pass) = std::env::var("CHIRAL_WALLET_PASSPHRASE").ok().filter(|p| !p.is_empty()) {
+            if let Err(e) = service.unlock(&pass) {
+                tracing::warn!("payments: {e}");
+            }
+        }
+    }
+    let service = SERVICE.get_or_init(|| service).clone();
+    service.start();
+    Ok(Some(service))
 }

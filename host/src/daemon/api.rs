@@ -103,6 +103,7 @@ fn same(a: &str, b: &str) -> bool {
 struct Api {
     daemon: Arc<Daemon>,
     access: Access,
+    payments: Option<Arc<crate::payments::PaymentService>>,
 }
 
 type St = State<Arc<Api>>;
@@ -153,7 +154,17 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
 
 /// The API and the page over `daemon`.
 pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
-    let api = Arc::new(Api { daemon, access });
+    router_with_payments(daemon, access, None)
+}
+
+/// The API and the page over `daemon`, with `GET /api/v1/payments` and payment events from
+/// `payments`.
+pub fn router_with_payments(
+    daemon: Arc<Daemon>,
+    access: Access,
+    payments: Option<Arc<crate::payments::PaymentService>>,
+) -> Router {
+    let api = Arc::new(Api { daemon, access, payments });
     Router::new()
         .route("/", get(|| async { page(INDEX_HTML, "text/html; charset=utf-8") }))
         .route("/app.js", get(|| async { page(APP_JS, "text/javascript; charset=utf-8") }))
@@ -170,6 +181,7 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/plugins", get(plugins))
         .route("/api/v1/search", get(search))
+        .route("/api/v1/payments", get(payments_report))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such path".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(api.clone(), guard))
@@ -377,6 +389,15 @@ async fn search(State(api): St, RawQuery(q): RawQuery) -> ApiResult<Response> {
     Ok(Json(answer).into_response())
 }
 
+/// `GET /api/v1/payments`: what `chiral payments --json` prints.
+async fn payments_report(State(api): St) -> ApiResult<Response> {
+    let Some(p) = &api.payments else {
+        return Ok(Json(json!({ "wallet": null, "payments": [] })).into_response());
+    };
+    let r = p.report().await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(r).into_response())
+}
+
 /// `text/event-stream`: a snapshot (one event per download and seed), then the changes. A
 /// client too slow to keep up gets a fresh snapshot instead of what it missed.
 async fn events(State(api): St) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -394,7 +415,19 @@ async fn events(State(api): St) -> Sse<impl Stream<Item = Result<Event, Infallib
         }
     })
     .flat_map(futures::stream::iter);
-    let stream = futures::stream::iter(first).chain(rest).map(|c| Ok(Event::default().event(c.kind).data(c.data)));
+    let changes = futures::stream::iter(first).chain(rest).map(|c| Event::default().event(c.kind).data(c.data));
+    // `event: payment`: a debt, a transaction's new state or a refused wallet, as they happen.
+    let paid = futures::stream::unfold(api.payments.as_ref().map(|p| p.subscribe()), |rx| async move {
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(n) => return Some((Event::default().event("payment").data(json!(n).to_string()), Some(rx))),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stream = futures::stream::select(changes, paid).map(Ok);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 

@@ -225,10 +225,15 @@ fn chiral_peers_identify_each_other_and_payments_are_announced() {
     block_on(leecher.download(req, sink)).into_result().unwrap();
     assert_eq!(std::fs::read(dir.path().join("out/paid.bin")).unwrap(), data);
     let seen = seen.lock().unwrap();
-    assert!(seen.len() >= 3, "{seen:?}");
-    assert!(seen.iter().all(|(p, w, _)| *p == seed_id && w.as_deref() == Some("0xseeder")), "{seen:?}");
-    let bytes: Vec<u64> = seen.iter().map(|s| s.2).collect();
-    assert!(bytes.windows(2).all(|w| w[0] < w[1]) && bytes[0] >= 1 << 20, "{bytes:?}");
+    // One report per verified piece, each naming the piece: together exactly the content.
+    assert!(!seen.is_empty(), "{seen:?}");
+    let prefix = format!("{seed_id} piece ");
+    assert!(seen.iter().all(|(p, w, _)| p.starts_with(&prefix) && w.as_deref() == Some("0xseeder")), "{seen:?}");
+    let mut pieces: Vec<&str> = seen.iter().map(|s| s.0.rsplit_once(':').unwrap().0).collect();
+    pieces.sort();
+    pieces.dedup();
+    assert_eq!(pieces.len(), seen.len(), "a piece billed twice: {seen:?}");
+    assert_eq!(seen.iter().map(|s| s.2).sum::<u64>(), data.len() as u64, "{seen:?}");
 }
 
 /// A minimal HTTP/1.1 server with `Range` support serving `data` at any path; counts requests.

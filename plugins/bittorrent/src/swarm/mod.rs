@@ -122,7 +122,7 @@ pub struct Local {
     pub identity: Arc<Identity>,
     pub reputation: i64,
     pub wallet: Option<String>,
-    /// Bytes (up + down) with one peer between two `Payment` actions.
+    /// Bytes served to one Chiral peer between two `served` payment reports.
     pub payment_threshold: u64,
 }
 
@@ -170,7 +170,8 @@ pub enum Action<W> {
     /// The metadata of a magnet arrived (and verified against the info hash).
     Metadata(Arc<TorrentMetadata>),
     Log(Level, String),
-    /// Traffic with `peer` crossed another payment threshold.
+    /// A verified piece's bytes delivered by `peer`, or bytes served to it (see [`Swarm::bill`]
+    /// and [`Swarm::account`] for the form of `peer`).
     Payment {
         peer: String,
         wallet: Option<String>,
@@ -709,6 +710,9 @@ impl<W> Swarm<W> {
             for liar in self.pieces.blame(index, &data) {
                 self.ban(liar, "sent data that failed verification");
             }
+            // Billed before it is handed on: a host that records the debt before it saves the
+            // piece never has a saved piece it did not record.
+            self.bill(index, &job.from, meta.piece_len(index));
             if job.waiters.is_empty() {
                 self.pieces.keep(index, data, Self::prefetch_limit(&meta));
             } else {
@@ -946,7 +950,6 @@ impl<W> Swarm<W> {
         p.down += n;
         let b = begin / BLOCK;
         let asked = begin.is_multiple_of(BLOCK) && p.requests.remove(&(index, b));
-        self.account(key);
         let Some(job) = self.pieces.jobs.get_mut(&index).filter(|_| asked) else {
             self.totals.wasted += n;
             return;
@@ -1023,17 +1026,44 @@ impl<W> Swarm<W> {
         }
     }
 
-    /// Emits `Payment` each time a peer's traffic crosses another threshold.
+    /// Piece `index` verified: one `Payment` per peer that delivered blocks of it, with the
+    /// bytes it delivered (whole blocks; the last one may be short). The peer field carries
+    /// ` piece <info hash>:<index>:<verification>` after the peer's id, so that a host bills
+    /// each piece once even when a crash makes it download the piece again (the verification
+    /// tells the parts of one verification from a later one). Uploads never appear here.
+    fn bill(&mut self, index: u32, from: &[PeerKey], piece_len: u64) {
+        let mut per: Vec<(PeerKey, u64)> = Vec::new();
+        for (b, k) in from.iter().enumerate() {
+            let n = u64::from(Job::<W>::block_len(piece_len, b));
+            match per.iter_mut().find(|(p, _)| p == k) {
+                Some(e) => e.1 += n,
+                None => per.push((*k, n)),
+            }
+        }
+        let verification = self.random();
+        let ih = hex::encode(self.info_hash);
+        for (k, bytes) in per {
+            let Some(p) = self.peers.get(&k) else { continue };
+            let id = p.chiral.as_ref().map(|c| c.id.clone()).unwrap_or_else(|| p.addr.to_string());
+            let wallet = p.chiral.as_ref().and_then(|c| c.wallet.clone());
+            let peer = format!("{id} piece {ih}:{index}:{verification:016x}");
+            self.actions.push_back(Action::Payment { peer, wallet, bytes });
+        }
+    }
+
+    /// Serving a Chiral peer with a wallet: each time another `payment_threshold` bytes went
+    /// to it, a `Payment` with ` served` after its id and those bytes, so the host can match
+    /// what it served with what it is paid. It is no debt of anyone's.
     fn account(&mut self, key: PeerKey) {
         let threshold = self.local.payment_threshold.max(1);
         let Some(p) = self.peers.get_mut(&key) else { return };
-        let total = p.up + p.down;
-        let marks = total / threshold;
+        let Some(c) = p.chiral.as_ref().filter(|c| c.wallet.is_some()) else { return };
+        let marks = p.up / threshold;
         if marks > p.paid_marks {
+            let bytes = (marks - p.paid_marks) * threshold;
             p.paid_marks = marks;
-            let peer = p.chiral.as_ref().map(|c| c.id.clone()).unwrap_or_else(|| p.addr.to_string());
-            let wallet = p.chiral.as_ref().and_then(|c| c.wallet.clone());
-            self.actions.push_back(Action::Payment { peer, wallet, bytes: total });
+            let (peer, wallet) = (format!("{} served", c.id), c.wallet.clone());
+            self.actions.push_back(Action::Payment { peer, wallet, bytes });
         }
     }
 

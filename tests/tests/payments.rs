@@ -1,0 +1,326 @@
+//! Payments on a real chain: anvil (a local Ethereum dev node, chain id 98765, installed by
+//! tests/install-deps.sh) on loopback, two `chiral` processes moving a file over BitTorrent,
+//! the downloader paying the seeder for the verified bytes it delivered.
+//!
+//! Without anvil the tests fail (never skip): `bash tests/install-deps.sh` installs it.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use chiral_tests::{bt::*, *};
+use serde_json::{json, Value};
+
+const MIB: u64 = 1 << 20;
+const PRICE: u128 = 1_000_000_000_000_000; // wei per MiB
+const PASS: &str = "test passphrase";
+
+/// anvil on a free loopback port; killed when dropped.
+struct Anvil {
+    child: Child,
+    port: u16,
+    /// The first dev account's private key (funded).
+    key: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn anvil_bin() -> PathBuf {
+    let p = root().join("target/test-tools/anvil/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    assert!(p.is_file(), "anvil is missing at {}: `bash tests/install-deps.sh` installs it", p.display());
+    p
+}
+
+impl Anvil {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = dir.path().join("anvil.log");
+        let child = Command::new(anvil_bin())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", "98765", "--accounts", "2"])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn anvil");
+        let mut a = Anvil { child, port, key: String::new(), log, _dir: dir };
+        assert!(
+            wait_until(Duration::from_secs(30), || a.try_rpc("eth_chainId", json!([])).is_some()),
+            "anvil did not answer: {}",
+            std::fs::read_to_string(&a.log).unwrap_or_default()
+        );
+        assert_eq!(a.rpc("eth_chainId", json!([])), json!("0x181cd"));
+        let text = std::fs::read_to_string(&a.log).unwrap();
+        let keys = &text[text.find("Private Keys").expect("anvil lists its keys")..];
+        a.key = keys.lines().find_map(|l| l.strip_prefix("(0) ")).expect("dev key").trim().to_string();
+        a
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn try_rpc(&self, method: &str, params: Value) -> Option<Value> {
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }).to_string();
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let body = &resp[resp.find("\r\n\r\n")? + 4..];
+        let v: Value = serde_json::from_str(body.trim()).ok()?;
+        v.get("result").cloned()
+    }
+
+    fn rpc(&self, method: &str, params: Value) -> Value {
+        self.try_rpc(method, params.clone()).unwrap_or_else(|| panic!("anvil: {method} {params} failed"))
+    }
+
+    fn int(&self, method: &str, params: Value) -> u128 {
+        let v = self.rpc(method, params);
+        u128::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    }
+
+    fn balance(&self, a: &str) -> u128 {
+        self.int("eth_getBalance", json!([a, "latest"]))
+    }
+
+    fn sent(&self, a: &str) -> u128 {
+        self.int("eth_getTransactionCount", json!([a, "latest"]))
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node with `[payments]` on `rpc` (and `extra` config lines).
+fn node(rpc: &str, threshold: u128, extra: &str) -> Chiral {
+    let n = Chiral::new();
+    write_config(&n, rpc, threshold, extra);
+    n
+}
+
+fn write_config(n: &Chiral, rpc: &str, threshold: u128, extra: &str) {
+    let conf = format!(
+        "no_dht = true\nlisten = \"127.0.0.1\"\n{extra}\n[payments]\nrpc = \"{rpc}\"\nchain_id = 98765\nprice_per_mib = \"{PRICE}\"\nthreshold_wei = \"{threshold}\"\nmax_fee_wei = \"1000000000000000\"\nsettle_timeout = 20\n"
+    );
+    std::fs::write(n.data_dir.path().join("config/chiral/config.toml"), conf).unwrap();
+}
+
+fn run(n: &Chiral, args: &[&str]) -> std::process::Output {
+    run_with_timeout(n.cmd().env("CHIRAL_WALLET_PASSPHRASE", PASS).args(args), Duration::from_secs(240))
+}
+
+fn ok(n: &Chiral, args: &[&str]) -> std::process::Output {
+    let o = run(n, args);
+    assert!(o.status.success(), "chiral {args:?}: {}", stderr(&o));
+    o
+}
+
+fn address(n: &Chiral) -> String {
+    json_of(&ok(n, &["wallet", "address", "--json"]))["address"].as_str().unwrap().to_string()
+}
+
+/// A payer with the funded dev key, a payee with a new wallet.
+fn wallets(chain: &Anvil, payer: &Chiral, payee: &Chiral) -> (String, String) {
+    let key = payer.data_dir.path().join("key");
+    std::fs::write(&key, format!("{}\n", chain.key)).unwrap();
+    ok(payer, &["wallet", "import", "--private-key-file", key.to_str().unwrap()]);
+    ok(payee, &["wallet", "new"]);
+    (address(payer), address(payee))
+}
+
+/// Seeds a new file of `mib` MiB over BitTorrent from `seeder`; the torrent and the file's hash.
+fn seed(seeder: &Chiral, tracker: &Tracker, name: &str, mib: u64, tag: u64) -> (Proc, Fixture, PathBuf) {
+    let f = fixture(name, mib * MIB, tag);
+    let tor = f.dir.path().join(format!("{name}.torrent"));
+    mktorrent(&f.file, &tor, &tracker.url(), 18, true);
+    let (p, _) = start_seed(seeder, &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url()], 1);
+    let ih = info_hash_of(&tor);
+    assert!(wait_until(Duration::from_secs(30), || !tracker.ports(&ih).is_empty()), "the seed never announced");
+    (p, f, tor)
+}
+
+fn get(n: &Chiral, tor: &Path, out: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = n.cmd();
+    c.env("CHIRAL_WALLET_PASSPHRASE", PASS).args([
+        "get",
+        tor.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+        "-q",
+    ]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run_with_timeout(&mut c, Duration::from_secs(240))
+}
+
+/// `chiral payments --json`: (owed, paid, transaction count) for `wallet`.
+fn ledger(n: &Chiral, wallet: &str) -> (u128, u128, usize, Value) {
+    let v = json_of(&ok(n, &["payments", "--json"]));
+    let e = v["payments"].as_array().unwrap().iter().find(|e| e["wallet"] == wallet).cloned().unwrap_or(json!({}));
+    let num = |x: &Value| x.as_str().map_or(0, |s| s.parse::<u128>().unwrap());
+    (num(&e["owed_wei"]), num(&e["paid_wei"]), e["transactions"].as_array().map_or(0, Vec::len), v)
+}
+
+fn wei(bytes: u64) -> u128 {
+    bytes as u128 * PRICE / MIB as u128
+}
+
+/// A chain, a tracker and two nodes paying at `threshold`: the payer (with the funded dev
+/// key) and the payee (a new wallet), with their addresses.
+struct Pair {
+    chain: Anvil,
+    tracker: Tracker,
+    dl: Chiral,
+    sd: Chiral,
+    payer: String,
+    payee: String,
+}
+
+fn pair(threshold: u128) -> Pair {
+    let chain = Anvil::start();
+    let tracker = Tracker::start();
+    let (dl, sd) = (node(&chain.url(), threshold, ""), node(&chain.url(), threshold, ""));
+    let (payer, payee) = wallets(&chain, &dl, &sd);
+    Pair { chain, tracker, dl, sd, payer, payee }
+}
+
+#[test]
+fn a_bittorrent_download_pays_its_seeder_to_the_wei() {
+    // Paid at 2 MiB owed during the download, the rest at its end.
+    let Pair { chain, tracker, dl, sd, payer, payee } = pair(2 * PRICE);
+    let b0 = chain.balance(&payer);
+    let (_seed, f, tor) = seed(&sd, &tracker, "paid.bin", 6, 61);
+    let out = dl.data_dir.path().join("out");
+    let o = get(&dl, &tor, &out, &[]);
+    assert!(o.status.success(), "get: {}", stderr(&o));
+    assert_eq!(sha256_file(&out.join("paid.bin")), f.sha);
+    let want = wei(6 * MIB);
+    assert_eq!(chain.balance(&payee), want, "the seeder got exactly 6 MiB's worth");
+    let (owed, paid, ntx, v) = ledger(&dl, &payee);
+    assert_eq!((owed, paid), (0, want), "{v}");
+    assert!(ntx >= 2, "paid at the threshold and at the end: {v}");
+    assert_eq!(chain.sent(&payer), ntx as u128, "the ledger lists every transaction sent");
+    let spent = b0 - chain.balance(&payer);
+    assert!(spent > want && spent - want <= ntx as u128 * 1_000_000_000_000_000, "fees bounded: {spent}");
+    for t in v["payments"][0]["transactions"].as_array().unwrap() {
+        assert_eq!(t["state"], "confirmed", "{v}");
+        let tx = chain.rpc("eth_getTransactionByHash", json!([t["hash"]]));
+        assert_eq!(tx["chainId"], "0x181cd", "signed for chain 98765: {tx}");
+    }
+    // The seeder owes nothing, sent nothing, and sees what it received against what it served.
+    assert_eq!(chain.sent(&payee), 0);
+    let (owed, paid, ntx, v) = ledger(&sd, &payer);
+    assert_eq!((owed, paid, ntx), (0, 0, 0), "uploading creates no debt: {v}");
+    let r = json_of(&ok(&sd, &["payments", "received", "--json"]));
+    assert_eq!(r["total_wei"], want.to_string(), "{r}");
+    assert_eq!(r["received"][0]["from"], payer, "{r}");
+    assert!(r["received"][0]["served_bytes"].as_u64().unwrap() >= 5 * MIB, "{r}");
+    let b = json_of(&ok(&sd, &["wallet", "balance", "--json"]));
+    assert_eq!(b["balance_wei"], want.to_string(), "{b}");
+}
+
+#[test]
+fn a_crash_at_any_ledger_state_never_pays_twice() {
+    // Paid only at the end of each download (the threshold is never reached).
+    let Pair { chain, tracker, dl, sd, payer, payee } = pair(1000 * PRICE);
+    let mut total = 0;
+    for (i, crash) in ["signed", "sent"].into_iter().enumerate() {
+        let (s, f, tor) = seed(&sd, &tracker, &format!("crash-{crash}.bin"), 2, 70 + i as u64);
+        let out = dl.data_dir.path().join(format!("out-{crash}"));
+        // The process aborts right after the transaction reached `crash` in the ledger.
+        let o = get(&dl, &tor, &out, &[("CHIRAL_PAYMENTS_CRASH", crash)]);
+        assert!(!o.status.success() && stderr(&o).contains("test hook"), "{crash}: {}", stderr(&o));
+        assert_eq!(sha256_file(&out.join(format!("crash-{crash}.bin"))), f.sha);
+        drop(s);
+        total += wei(2 * MIB);
+        // A new process finishes the payment: the same transaction, never a second one.
+        ok(&dl, &["payments", "settle"]);
+        assert_eq!(chain.balance(&payee), total, "after a crash at {crash}");
+        let (owed, paid, ntx, v) = ledger(&dl, &payee);
+        assert_eq!((owed, paid, ntx as u128), (0, total, chain.sent(&payer)), "after a crash at {crash}: {v}");
+    }
+    assert_eq!(chain.sent(&payer), 2);
+}
+
+#[test]
+fn a_malformed_peer_wallet_is_refused_and_never_paid() {
+    let chain = Anvil::start();
+    let tracker = Tracker::start();
+    let dl = node(&chain.url(), PRICE, "");
+    let sd = node(&chain.url(), PRICE, "[plugins.bittorrent]\nwallet = \"0x12345-not-a-wallet\\u001b[31m\"\n");
+    let key = dl.data_dir.path().join("key");
+    std::fs::write(&key, &chain.key).unwrap();
+    ok(&dl, &["wallet", "import", "--private-key-file", key.to_str().unwrap()]);
+    let payer = address(&dl);
+    let (_seed, f, tor) = seed(&sd, &tracker, "bad-wallet.bin", 2, 81);
+    let out = dl.data_dir.path().join("out");
+    let o = get(&dl, &tor, &out, &[]);
+    assert!(o.status.success(), "get: {}", stderr(&o));
+    assert_eq!(sha256_file(&out.join("bad-wallet.bin")), f.sha);
+    let err = stderr(&o);
+    assert!(err.contains("refused the malformed wallet"), "{err}");
+    assert!(!err.contains('\u{1b}'), "the peer's text is not sent to the terminal as is: {err:?}");
+    let v = json_of(&ok(&dl, &["payments", "--json"]));
+    assert_eq!(v["payments"], json!([]), "nothing owed or paid: {v}");
+    assert_eq!(chain.sent(&payer), 0);
+}
+
+#[test]
+fn with_the_chain_down_the_debt_is_kept_and_settled_later() {
+    let Pair { chain, tracker, dl, sd, payer, payee } = pair(PRICE);
+    // The chain is down for the downloader: nothing answers at its rpc.
+    write_config(&dl, &format!("http://127.0.0.1:{}", free_port()), PRICE, "");
+    let (_seed, f, tor) = seed(&sd, &tracker, "down.bin", 3, 91);
+    let out = dl.data_dir.path().join("out");
+    let o = get(&dl, &tor, &out, &[]);
+    assert!(o.status.success(), "the download completes with the chain down: {}", stderr(&o));
+    assert_eq!(sha256_file(&out.join("down.bin")), f.sha);
+    let want = wei(3 * MIB);
+    let (owed, paid, _, v) = ledger(&dl, &payee);
+    assert_eq!((owed, paid), (want, 0), "owed while the chain is down: {v}");
+    // The chain is back (the config now names it): settle pays it once.
+    write_config(&dl, &chain.url(), PRICE, "");
+    ok(&dl, &["payments", "settle"]);
+    ok(&dl, &["payments", "settle"]);
+    assert_eq!(chain.balance(&payee), want);
+    let (owed, paid, ntx, v) = ledger(&dl, &payee);
+    assert_eq!((owed, paid, ntx as u128), (0, want, chain.sent(&payer)), "{v}");
+}
+
+#[test]
+fn wallets_are_encrypted_and_never_replaced() {
+    let n = Chiral::new();
+    let key = n.data_dir.path().join("key");
+    let hex_key = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+    std::fs::write(&key, hex_key).unwrap();
+    ok(&n, &["wallet", "import", "--private-key-file", key.to_str().unwrap()]);
+    assert_eq!(address(&n), "0x70997970c51812dc3a010c7d01b50e0d17dc79c8");
+    let ks = std::fs::read_to_string(n.data_dir.path().join("wallet.json")).unwrap();
+    assert!(!ks.contains(&hex_key[2..]), "encrypted");
+    let o = run(&n, &["wallet", "new"]);
+    assert!(!o.status.success(), "never replaced");
+    // No passphrase and no terminal: refused, nothing made.
+    let m = Chiral::new();
+    let o = run_with_timeout(
+        m.cmd().args(["wallet", "new"]).env_remove("CHIRAL_WALLET_PASSPHRASE"),
+        Duration::from_secs(60),
+    );
+    assert!(!o.status.success() && stderr(&o).contains("CHIRAL_WALLET_PASSPHRASE"), "{}", stderr(&o));
+    assert!(!m.data_dir.path().join("wallet.json").exists());
+}
