@@ -42,6 +42,8 @@ use crate::{
 pub const PROTOCOL_VERSION: &str = "/chiral/2.0.0";
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/chiral/kad/2.0.0");
 const IDENTITY_FILE: &str = "identity.ed25519";
+/// Most publishers whose entries one node stores (the store quota's bookkeeping).
+const MAX_QUOTA_PUBLISHERS: usize = 65_536;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -747,10 +749,11 @@ impl Task {
         let existing = self.kad().store_mut().get(&key).map(|r| r.value.clone());
         let now = crate::records::now();
         let quota = &self.quota;
-        let allow = |p: &PeerId| {
-            quota
-                .get(p)
-                .is_none_or(|keys| keys.len() < crate::records::MAX_KEYS_PER_PUBLISHER || keys.contains(key.as_ref()))
+        // The bookkeeping itself is bounded: past MAX_QUOTA_PUBLISHERS publishers, new ones are
+        // refused until the node restarts.
+        let allow = |p: &PeerId| match quota.get(p) {
+            Some(keys) => keys.len() < crate::records::MAX_KEYS_PER_PUBLISHER || keys.contains(key.as_ref()),
+            None => quota.len() < MAX_QUOTA_PUBLISHERS,
         };
         match crate::records::merge_for_store(key.as_ref(), &record.value, existing.as_deref(), now, allow) {
             Ok(value) => {

@@ -221,6 +221,14 @@ pub fn sign(keypair: &identity::Keypair, key: &[u8], body: String) -> Result<Sig
 }
 
 impl Signed {
+    /// The publisher named by the key, without checking the signature: for entries this node
+    /// checked when it stored them.
+    fn claimed_publisher(&self) -> Result<PeerId, RecordError> {
+        let pk = hex::decode(&self.pk).map_err(|_| RecordError::BadSignature("key is not hex"))?;
+        let pk = identity::PublicKey::try_decode_protobuf(&pk).map_err(|_| RecordError::BadSignature("bad key"))?;
+        Ok(pk.to_peer_id())
+    }
+
     /// The publisher, when the signature over `key` and the body holds.
     pub fn publisher(&self, key: &[u8]) -> Result<PeerId, RecordError> {
         let pk = hex::decode(&self.pk).map_err(|_| RecordError::BadSignature("key is not hex"))?;
@@ -431,8 +439,11 @@ struct Checked {
     signed: Signed,
 }
 
-fn check_entry(key: &[u8], s: &Signed, now: u64) -> Result<Checked, RecordError> {
-    let publisher = s.publisher(key)?;
+/// Checks an entry; `stored`: it comes from this node's own store, whose entries were all
+/// checked on the way in, so the signature is not verified again (a put costs the incoming
+/// entries' verifications, not the stored ones').
+fn check_entry(key: &[u8], s: &Signed, now: u64, stored: bool) -> Result<Checked, RecordError> {
+    let publisher = if stored { s.claimed_publisher()? } else { s.publisher(key)? };
     let (expires, what) = match key_kind(key) {
         KeyKind::Meta => (FileMeta::check(key, &s.body, &publisher, now)?.expires, String::new()),
         KeyKind::Index => {
@@ -510,6 +521,7 @@ fn merge_checked<'a>(
     key: &[u8],
     copies: impl IntoIterator<Item = &'a [u8]>,
     now: u64,
+    stored: bool,
 ) -> (Vec<Checked>, Vec<RecordError>) {
     let kind = key_kind(key);
     let mut kept = Vec::new();
@@ -518,7 +530,7 @@ fn merge_checked<'a>(
         match SignedSet::decode(copy) {
             Ok(set) => {
                 for s in &set.entries {
-                    match check_entry(key, s, now) {
+                    match check_entry(key, s, now, stored) {
                         Ok(c) => fold(kind, &mut kept, c),
                         Err(RecordError::Expired) => {}
                         Err(e) => refused.push(e),
@@ -546,11 +558,11 @@ pub fn merge_for_store(
         return Err(RecordError::UnknownKey(key.len()));
     }
     let set = SignedSet::decode(incoming)?;
-    let (mut kept, _) = merge_checked(key, existing, now);
+    let (mut kept, _) = merge_checked(key, existing, now, true);
     let mut added = 0;
     let mut first_error = None;
     for s in &set.entries {
-        match check_entry(key, s, now) {
+        match check_entry(key, s, now, false) {
             Ok(c) if !allow(&c.publisher) => {
                 first_error.get_or_insert(RecordError::Quota(c.publisher));
             }
@@ -572,17 +584,17 @@ pub fn merge_for_store(
 /// The merged value of the local copy and this node's new entries (what a publisher stores
 /// and sends).
 pub fn merge_local(key: &[u8], existing: Option<&[u8]>, own: Vec<Signed>, now: u64) -> Result<Vec<u8>, RecordError> {
-    let (mut kept, _) = merge_checked(key, existing, now);
+    let (mut kept, _) = merge_checked(key, existing, now, true);
     let kind = key_kind(key);
     for s in &own {
-        fold(kind, &mut kept, check_entry(key, s, now)?);
+        fold(kind, &mut kept, check_entry(key, s, now, false)?);
     }
     encode_bounded(kept)
 }
 
 /// The publishers of the entries of `value` (for the store quota's bookkeeping).
 pub fn publishers(key: &[u8], value: &[u8], now: u64) -> Vec<PeerId> {
-    let (kept, _) = merge_checked(key, Some(value), now);
+    let (kept, _) = merge_checked(key, Some(value), now, true);
     let mut out: Vec<PeerId> = kept.iter().map(|c| c.publisher).collect();
     out.sort();
     out.dedup();
@@ -597,7 +609,7 @@ pub fn entries<'a, T: serde::de::DeserializeOwned>(
     copies: impl IntoIterator<Item = &'a [u8]>,
     now: u64,
 ) -> (Vec<Entry<T>>, Vec<RecordError>) {
-    let (kept, refused) = merge_checked(key, copies, now);
+    let (kept, refused) = merge_checked(key, copies, now, false);
     let entries = kept
         .into_iter()
         .filter_map(|c| {
