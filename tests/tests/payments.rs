@@ -65,18 +65,7 @@ impl Anvil {
 
     fn try_rpc(&self, method: &str, params: Value) -> Option<Value> {
         let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }).to_string();
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(
-            s,
-            "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let body = &resp[resp.find("\r\n\r\n")? + 4..];
-        let v: Value = serde_json::from_str(body.trim()).ok()?;
+        let v: Value = serde_json::from_str(&http(self.port, "POST", "/", "", &body)?).ok()?;
         v.get("result").cloned()
     }
 
@@ -96,6 +85,25 @@ impl Anvil {
     fn sent(&self, a: &str) -> u128 {
         self.int("eth_getTransactionCount", json!([a, "latest"]))
     }
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` (extra header lines in `headers`); the body of
+/// a 200 answer.
+fn http(port: u16, method: &str, path: &str, headers: &str, body: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    if !resp.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    Some(resp[resp.find("\r\n\r\n")? + 4..].trim().to_string())
 }
 
 impl Drop for Anvil {
@@ -301,6 +309,15 @@ fn with_the_chain_down_the_debt_is_kept_and_settled_later() {
     assert_eq!(chain.balance(&payee), want);
     let (owed, paid, ntx, v) = ledger(&dl, &payee);
     assert_eq!((owed, paid, ntx as u128), (0, want, chain.sent(&payer)), "{v}");
+
+    // The daemon's API shows the same ledger.
+    let (daemon, rx) = spawn_printing(&dl, "daemon", &["--http", "127.0.0.1:0"]);
+    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("{}", daemon.log_text()));
+    let rest = line.strip_prefix("http://127.0.0.1:").unwrap_or_else(|| panic!("first line {line:?}"));
+    let (port, token) = rest.split_once("/#token=").unwrap();
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let api = http(port.parse().unwrap(), "GET", "/api/v1/payments", &auth, "").expect("GET /api/v1/payments");
+    assert_eq!(serde_json::from_str::<Value>(&api).unwrap(), v, "the API and `chiral payments --json` agree");
 }
 
 #[test]

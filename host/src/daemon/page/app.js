@@ -256,13 +256,23 @@ async function loadAll() {
     d.downloads.forEach(update);
     s.seeds.forEach(seedUpdate);
 }
+// One line: what this node owes and paid the peers it downloaded from (docs/payments.md).
+async function loadPayments() {
+    const r = await api('/api/v1/payments');
+    let owed = 0n, paid = 0n;
+    for (const w of r.payments) { owed += BigInt(w.owed_wei); paid += BigInt(w.paid_wei); }
+    $('#payments').textContent = r.payments.length
+        ? `Payments: ${paid} wei paid, ${owed} wei owed, to ${r.payments.length} wallet(s)`
+        : '';
+}
 function listen() {
     const es = new EventSource('/api/v1/events');
     const parse = (fn) => (ev) => { try { fn(JSON.parse(ev.data)); } catch (e) { say(String(e), true); } };
     es.addEventListener('download', parse(update));
     es.addEventListener('seed', parse(seedUpdate));
     es.addEventListener('removed', parse((r) => (r.kind === 'seed' ? seedForget(r.id) : forget(r.id))));
-    es.addEventListener('open', () => { say(''); loadAll().catch(() => {}); });
+    es.addEventListener('payment', () => { loadPayments().catch(() => {}); });
+    es.addEventListener('open', () => { say(''); loadAll().catch(() => {}); loadPayments().catch(() => {}); });
     es.addEventListener('error', () => say('Connection to the daemon lost; retrying…', true));
 }
 
