@@ -341,3 +341,51 @@ fn wallets_are_encrypted_and_never_replaced() {
     assert!(!o.status.success() && stderr(&o).contains("CHIRAL_WALLET_PASSPHRASE"), "{}", stderr(&o));
     assert!(!m.data_dir.path().join("wallet.json").exists());
 }
+
+/// `chiral node` (the bootstrap of a small Chiral network) and its address.
+fn chiral_network_node(n: &Chiral) -> (Proc, String) {
+    let (proc, rx) = spawn_printing(n, "node", &[]);
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.starts_with("/ip4/") && l.contains("/p2p/") => return (proc, l.trim().to_string()),
+            Ok(_) => {}
+            Err(_) => panic!("chiral node printed no address; stderr:\n{}", proc.log_text()),
+        }
+    }
+}
+
+#[test]
+fn a_chiral_network_download_pays_its_provider_to_the_wei() {
+    // The provider's wallet travels in its signed records; the downloader owes it for each
+    // verified chunk it delivered and pays at 2 MiB owed and at the end.
+    let chain = Anvil::start();
+    let (dl, sd) = (node(&chain.url(), 2 * PRICE, ""), node(&chain.url(), 2 * PRICE, ""));
+    let (payer, payee) = wallets(&chain, &dl, &sd);
+    let boot = Chiral::new();
+    let (_boot, addr) = chiral_network_node(&boot);
+    let f = fixture("net-paid.bin", 6 * MIB, 71);
+    let (_seed, lines) = start_seed(&sd, &[f.file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr], 1);
+    let cid = lines.iter().find(|l| l.starts_with("chiral:")).expect("a chiral: id").trim().to_string();
+    let out = dl.data_dir.path().join("out");
+    let o = run_with_timeout(
+        dl.cmd().env("CHIRAL_WALLET_PASSPHRASE", PASS).args([
+            "get",
+            &cid,
+            "--bootstrap",
+            &addr,
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+            "-q",
+        ]),
+        Duration::from_secs(240),
+    );
+    assert!(o.status.success(), "get {cid}: {}", stderr(&o));
+    assert_eq!(sha256_file(&out.join("net-paid.bin")), f.sha);
+    let want = wei(6 * MIB);
+    let (owed, paid, ntx, v) = ledger(&dl, &payee);
+    assert_eq!((owed, paid), (0, want), "the provider is paid for the 6 MiB it delivered: {v}");
+    assert!(ntx >= 2, "paid at the threshold and at the end: {v}");
+    assert_eq!(chain.balance(&payee), want, "the chain agrees");
+    assert_eq!(chain.sent(&payer), ntx as u128);
+}

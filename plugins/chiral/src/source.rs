@@ -36,13 +36,21 @@ struct ProviderState {
     chunks: u64,
     /// The wallet its signed metadata record publishes, if any.
     wallet: Option<String>,
-    /// Verified bytes not yet reported in a `PaymentRequired` event.
-    unpaid: u64,
 }
 
-/// Verified bytes of one provider reported together in one `PaymentRequired` event (the rest
-/// at the end of the download).
-const PAYMENT_BATCH: u64 = 4 << 20;
+/// A tag for each chunk verification, unique in this process (a random start, then counted):
+/// the host bills a chunk once per content, and a chunk verified again after a crash, under
+/// another tag, is recognised as billed already (docs/payments.md).
+fn next_verification() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40)
+    });
+    start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
+}
 
 /// The source handed to the engine (cheap to clone into fetch futures).
 pub struct ChiralSource {
@@ -364,12 +372,16 @@ impl Inner {
                         Ok(()) => {
                             st.bytes += data.len() as u64;
                             st.chunks += 1;
-                            st.unpaid += data.len() as u64;
-                            let due = (st.unpaid >= PAYMENT_BATCH)
-                                .then(|| (st.wallet.clone(), std::mem::take(&mut st.unpaid)));
+                            let wallet = st.wallet.clone();
                             drop(provs);
-                            if let Some((wallet, bytes)) = due {
-                                self.events.payment_required(peer.to_string(), wallet, bytes);
+                            // Owed for this verified chunk, tagged so that it is billed once.
+                            if wallet.is_some() {
+                                let tag = format!(
+                                    "{peer} piece {}:{index}:{:016x}",
+                                    hex::encode(self.root),
+                                    next_verification()
+                                );
+                                self.events.payment_required(tag, wallet, data.len() as u64);
                             }
                             self.node.update_metrics(peer, |m| m.success(data.len() as u64, took));
                             return Ok(data);
@@ -425,13 +437,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         for (peer, bytes, chunks) in self.per_provider() {
             self.events.info(format!("chiral provider {peer}: {bytes} bytes in {chunks} chunks"));
-        }
-        // The rest of the verified bytes, per provider.
-        for (peer, st) in lock(&self.providers).iter_mut() {
-            // Only verified chunks were counted; those are owed even to a peer banned later.
-            if st.unpaid > 0 {
-                self.events.payment_required(peer.to_string(), st.wallet.clone(), std::mem::take(&mut st.unpaid));
-            }
         }
         // Reputation lasts: scores are written to the data dir.
         let metrics = lock(&self.node.shared.metrics).clone();
