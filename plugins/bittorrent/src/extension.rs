@@ -8,6 +8,9 @@ use crate::bencode::{self, dict, Limits, Value};
 /// Our local ids for the extensions we offer (peers use these ids when sending to us).
 pub const UT_METADATA_ID: u8 = 1;
 pub const CHIRAL_ID: u8 = 2;
+pub const UT_PEX_ID: u8 = 3;
+/// Most peers one PEX message may add (or drop); more are ignored, never stored.
+pub const MAX_PEX: usize = 50;
 /// Largest metadata (info dictionary) we accept from a peer.
 pub const MAX_METADATA: u64 = 16 << 20;
 pub const METADATA_PIECE: usize = 16 * 1024;
@@ -37,6 +40,7 @@ impl ExtHandshake {
         let mut m = BTreeMap::new();
         m.insert("ut_metadata".to_string(), UT_METADATA_ID);
         m.insert("chiral".to_string(), CHIRAL_ID);
+        m.insert("ut_pex".to_string(), UT_PEX_ID);
         Self {
             m,
             metadata_size,
@@ -210,6 +214,65 @@ impl ChiralHello {
     }
 }
 
+/// BEP 11 peer exchange: peers the sender connected to (`added`, `added6`) and left (`dropped`,
+/// `dropped6`) since its last message, compact addresses. At most [`MAX_PEX`] of each are kept.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pex {
+    pub added: Vec<std::net::SocketAddr>,
+    pub dropped: Vec<std::net::SocketAddr>,
+}
+
+impl Pex {
+    pub fn encode(&self) -> Vec<u8> {
+        let pack = |v4: bool, list: &[std::net::SocketAddr]| {
+            let mut b = Vec::new();
+            for a in list.iter().take(MAX_PEX) {
+                match a.ip() {
+                    std::net::IpAddr::V4(ip) if v4 => b.extend_from_slice(&ip.octets()),
+                    std::net::IpAddr::V6(ip) if !v4 => b.extend_from_slice(&ip.octets()),
+                    _ => continue,
+                }
+                b.extend_from_slice(&a.port().to_be_bytes());
+            }
+            Value::Bytes(b)
+        };
+        let n4 = self.added.iter().take(MAX_PEX).filter(|a| a.is_ipv4()).count();
+        bencode::encode(&dict([
+            ("added", pack(true, &self.added)),
+            ("added.f", Value::Bytes(vec![0; n4])),
+            ("added6", pack(false, &self.added)),
+            ("dropped", pack(true, &self.dropped)),
+            ("dropped6", pack(false, &self.dropped)),
+        ]))
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, ExtensionError> {
+        let v = bencode::decode(b, Limits::MESSAGE)?;
+        if v.as_dict().is_none() {
+            return Err(ExtensionError::NotADictionary);
+        }
+        let unpack = |k4: &str, k6: &str| {
+            let mut out = Vec::new();
+            let v4 = v.get(k4).and_then(Value::as_bytes).unwrap_or_default();
+            for c in v4.chunks_exact(6).take(MAX_PEX) {
+                let ip = std::net::Ipv4Addr::new(c[0], c[1], c[2], c[3]);
+                out.push(std::net::SocketAddr::from((ip, u16::from_be_bytes([c[4], c[5]]))));
+            }
+            let v6 = v.get(k6).and_then(Value::as_bytes).unwrap_or_default();
+            for c in v6.chunks_exact(18).take(MAX_PEX - out.len().min(MAX_PEX)) {
+                let ip: [u8; 16] = c[..16].try_into().unwrap_or([0; 16]);
+                out.push(std::net::SocketAddr::from((
+                    std::net::Ipv6Addr::from(ip),
+                    u16::from_be_bytes([c[16], c[17]]),
+                )));
+            }
+            out.retain(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast());
+            out
+        };
+        Ok(Self { added: unpack("added", "added6"), dropped: unpack("dropped", "dropped6") })
+    }
+}
+
 /// Why an extension message (BEP 10 handshake, BEP 9 `ut_metadata`, the `chiral` hello) is
 /// refused; the peer that sent it is dropped.
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +414,27 @@ impl MetadataAssembly {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pex_round_trip_and_bounds() {
+        let a: std::net::SocketAddr = "10.0.0.1:6881".parse().unwrap();
+        let b: std::net::SocketAddr = "[2001:db8::1]:51413".parse().unwrap();
+        let m = Pex { added: vec![a, b], dropped: vec!["10.0.0.2:1".parse().unwrap()] };
+        assert_eq!(Pex::decode(&m.encode()).unwrap(), m);
+        // 1000 peers in: 50 kept; port 0 and garbage tails dropped.
+        let mut many = Vec::new();
+        for i in 1..=1000u32 {
+            many.extend_from_slice(&i.to_be_bytes());
+            many.extend_from_slice(&[0x1a, 0xe1]);
+        }
+        many.extend_from_slice(&[1, 2, 3]);
+        let msg = bencode::encode(&dict([("added", Value::Bytes(many))]));
+        let p = Pex::decode(&msg).unwrap();
+        assert_eq!(p.added.len(), MAX_PEX);
+        let zero = bencode::encode(&dict([("added", Value::Bytes(vec![1, 2, 3, 4, 0, 0]))]));
+        assert!(Pex::decode(&zero).unwrap().added.is_empty());
+        assert!(Pex::decode(b"i3e").is_err());
+    }
 
     #[test]
     fn handshake_round_trip() {

@@ -227,6 +227,11 @@ impl Session {
                     let _ = w.send(Err(PluginError::cancelled()));
                 }
             }
+            Action::Dial(addrs) => {
+                for a in addrs {
+                    self.connect(a);
+                }
+            }
             Action::Metadata(m) => {
                 let mut m = (*m).clone();
                 m.trackers = lock(&self.trackers).clone();

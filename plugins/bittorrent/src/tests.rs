@@ -126,12 +126,16 @@ fn liar(info_hash: [u8; 20], piece_count: u32) -> (u16, std::thread::JoinHandle<
     let port = l.local_addr().unwrap().port();
     let t = std::thread::spawn(move || {
         let mut served = 0u64;
-        let Ok((mut s, _)) = l.accept() else { return 0 };
-        s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
-        let mut hs = [0u8; 68];
-        if s.read_exact(&mut hs).is_err() {
-            return 0;
-        }
+        // The first connection with a plain handshake (an MSE attempt is dropped: the liar
+        // speaks plaintext only, and the client dials it again in plaintext).
+        let mut s = loop {
+            let Ok((mut s, _)) = l.accept() else { return 0 };
+            s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+            let mut hs = [0u8; 68];
+            if s.read_exact(&mut hs).is_ok() && hs[0] == 19 && &hs[1..20] == crate::peer_wire::PROTOCOL {
+                break s;
+            }
+        };
         let ours = crate::peer_wire::Handshake { reserved: [0; 8], info_hash, peer_id: *b"-XX0001-liarliarliar" };
         let mut out = ours.encode().to_vec();
         crate::peer_wire::encode(

@@ -26,7 +26,8 @@ use self::pieces::{BlockState, Job, Pieces};
 use crate::{
     choker::{Choker, PeerView, ROTATE_EVERY},
     extension::{
-        ChiralHello, ExtHandshake, Metadata, MetadataAssembly, MetadataError, CHIRAL_ID, METADATA_PIECE, UT_METADATA_ID,
+        ChiralHello, ExtHandshake, Metadata, MetadataAssembly, MetadataError, Pex, CHIRAL_ID, MAX_PEX, METADATA_PIECE,
+        UT_METADATA_ID, UT_PEX_ID,
     },
     identity::Identity,
     metainfo::TorrentMetadata,
@@ -58,6 +59,10 @@ pub const MAX_QUEUED_BYTES: usize = UPLOAD_BUFFER + (4 << 20);
 pub const CHIRAL_UPLOAD_BUFFER: usize = 16 << 20;
 /// Most metadata sizes assembled at once (peers may announce different ones).
 const MAX_METADATA_SIZES: usize = 4;
+/// How often each peer is told of our other peers (BEP 11), and the least time between two
+/// PEX messages from one peer that we act on.
+pub const PEX_EVERY: Duration = Duration::from_secs(60);
+const PEX_HEARD_MIN: Duration = Duration::from_secs(45);
 /// A block requested this long ago may be asked of a second peer (end game).
 pub const ENDGAME_AFTER: Duration = Duration::from_millis(1500);
 /// A request unanswered this long goes back to the pool.
@@ -169,6 +174,8 @@ pub enum Action<W> {
     },
     /// The metadata of a magnet arrived (and verified against the info hash).
     Metadata(Arc<TorrentMetadata>),
+    /// Peers learnt by PEX to dial (at most [`MAX_PEX`] at once).
+    Dial(Vec<SocketAddr>),
     Log(Level, String),
     /// A verified piece's bytes delivered by `peer`, or bytes served to it (see [`Swarm::bill`]
     /// and [`Swarm::account`] for the form of `peer`).
@@ -488,8 +495,8 @@ impl<W> Swarm<W> {
                 p.send(&Message::Interested, now);
             }
         }
+        p.dialled = self.connecting.remove(&addr);
         self.peers.insert(key, p);
-        self.connecting.remove(&addr);
         Ok(key)
     }
 
@@ -1249,6 +1256,7 @@ impl<W> Swarm<W> {
                 }
             }
             UT_METADATA_ID => self.on_metadata(key, Metadata::decode(payload)?, now)?,
+            UT_PEX_ID => self.on_pex(key, Pex::decode(payload)?, now),
             CHIRAL_ID => {
                 let hello = ChiralHello::decode(payload)?;
                 let p = self.peers.get_mut(&key).expect("checked by the caller");
@@ -1286,6 +1294,71 @@ impl<W> Swarm<W> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A private torrent (BEP 27) uses its trackers only: no PEX either way.
+    fn private(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| m.private)
+    }
+
+    /// Peers a peer told us of (BEP 11): dialled if new, at most [`MAX_PEX`] per message and
+    /// one message per peer every [`PEX_HEARD_MIN`].
+    fn on_pex(&mut self, key: PeerKey, pex: Pex, now: Instant) {
+        if self.private() {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&key) else { return };
+        if p.pex_heard.is_some_and(|t| now.duration_since(t) < PEX_HEARD_MIN) {
+            return;
+        }
+        p.pex_heard = Some(now);
+        let known: HashSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
+        let fresh: Vec<SocketAddr> = pex
+            .added
+            .into_iter()
+            .filter(|a| !known.contains(a) && !self.connecting.contains(a) && !self.is_banned(a))
+            .take(MAX_PEX)
+            .collect();
+        if !fresh.is_empty() {
+            self.actions.push_back(Action::Dial(fresh));
+        }
+    }
+
+    /// Where a peer listens, as far as we know (the address we dialled, else the port its
+    /// extended handshake gave).
+    fn listen_addr(p: &Peer) -> Option<SocketAddr> {
+        if p.dialled {
+            return Some(p.addr);
+        }
+        p.ext.as_ref().and_then(|e| e.port).filter(|&port| port != 0).map(|port| SocketAddr::new(p.addr.ip(), port))
+    }
+
+    /// Tells each peer that speaks `ut_pex` of the peers we connected to and left since we last
+    /// did, every [`PEX_EVERY`].
+    fn send_pex(&mut self, now: Instant) {
+        if self.private() {
+            return;
+        }
+        let all: Vec<(PeerKey, Option<SocketAddr>)> =
+            self.peers.iter().map(|(k, p)| (*k, Self::listen_addr(p))).collect();
+        for (key, p) in self.peers.iter_mut() {
+            let Some(their) = p.ext.as_ref().and_then(|e| e.id_of("ut_pex")) else { continue };
+            if p.pex_at.is_some_and(|t| now.duration_since(t) < PEX_EVERY) {
+                continue;
+            }
+            let now_known: HashSet<SocketAddr> = all.iter().filter(|(k, _)| k != key).filter_map(|(_, a)| *a).collect();
+            let added: Vec<SocketAddr> = now_known.difference(&p.pex_sent).copied().take(MAX_PEX).collect();
+            let dropped: Vec<SocketAddr> = p.pex_sent.difference(&now_known).copied().take(MAX_PEX).collect();
+            p.pex_at = Some(now);
+            if added.is_empty() && dropped.is_empty() {
+                continue;
+            }
+            for a in &dropped {
+                p.pex_sent.remove(a);
+            }
+            p.pex_sent.extend(added.iter().copied());
+            p.send(&Message::Extended { id: their, payload: Pex { added, dropped }.encode() }, now);
+        }
     }
 
     fn on_metadata(&mut self, key: PeerKey, m: Metadata, now: Instant) -> Result<(), Violation> {
@@ -1403,6 +1476,7 @@ impl<W> Swarm<W> {
                 self.request_metadata(key, now);
             }
         }
+        self.send_pex(now);
         self.pump_all();
         if self.seeding {
             match self.last_rotate {

@@ -58,6 +58,12 @@ pub struct Peer {
     pub up: u64,
     pub paid_marks: u64,
     pub metadata_asked: HashSet<u32>,
+    /// We dialled it (its address is a listening one, fit for PEX).
+    pub dialled: bool,
+    /// PEX: the peers we last told it about, when we last told it, when it last told us.
+    pub pex_sent: HashSet<std::net::SocketAddr>,
+    pub pex_at: Option<Instant>,
+    pub pex_heard: Option<Instant>,
     pub last_seen: Instant,
     pub last_sent: Instant,
     /// Frames encoded for this peer and not yet handed out as an action.
@@ -89,6 +95,10 @@ impl Peer {
             up: 0,
             paid_marks: 0,
             metadata_asked: HashSet::new(),
+            dialled: false,
+            pex_sent: HashSet::new(),
+            pex_at: None,
+            pex_heard: None,
             last_seen: now,
             last_sent: now,
             out: Vec::new(),

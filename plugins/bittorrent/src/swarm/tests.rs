@@ -11,7 +11,7 @@ use chiral_sdk::testkit::content;
 
 use super::*;
 use crate::{
-    extension::{ChiralHello, ExtHandshake, Metadata, CHIRAL_ID, UT_METADATA_ID},
+    extension::{ChiralHello, ExtHandshake, Metadata, Pex, CHIRAL_ID, UT_METADATA_ID, UT_PEX_ID},
     identity::Identity,
     metainfo::{self, CreateOptions, TorrentMetadata},
     peer_wire::{self, Message, BLOCK},
@@ -67,6 +67,7 @@ struct T {
     disconnected: Vec<(PeerKey, String)>,
     metadata: Vec<Arc<TorrentMetadata>>,
     logs: Vec<String>,
+    dials: Vec<SocketAddr>,
 }
 
 impl T {
@@ -85,6 +86,7 @@ impl T {
             disconnected: vec![],
             metadata: vec![],
             logs: vec![],
+            dials: vec![],
         }
     }
 
@@ -120,6 +122,7 @@ impl T {
                 Action::Metadata(m) => self.metadata.push(m),
                 Action::Log(_, m) => self.logs.push(m),
                 Action::Payment { .. } => {}
+                Action::Dial(a) => self.dials.extend(a),
             }
         }
     }
@@ -786,4 +789,46 @@ fn a_proven_chiral_leecher_gets_a_larger_but_bounded_upload_buffer() {
     assert!(read > UPLOAD_BUFFER as u64, "more than an ordinary peer's {UPLOAD_BUFFER}");
     assert!(read <= CHIRAL_UPLOAD_BUFFER as u64, "{read} bytes handed out before the socket took any");
     assert!(t.disconnected.is_empty(), "a full buffer of blocks is not a peer that does not read");
+}
+
+#[test]
+fn pex_tells_peers_of_each_other_and_dials_what_it_hears_bounded() {
+    let mut t = T::leech(2 * PIECE as usize);
+    let (a, b) = (t.connect_from(addr(1), pid(1), true), t.connect_from(addr(2), pid(2), true));
+    let mut h = ExtHandshake::default();
+    h.m.insert("ut_pex".into(), 9);
+    h.port = Some(7000);
+    for k in [a, b] {
+        t.recv(k, Message::Extended { id: 0, payload: h.encode() });
+    }
+    t.take(a);
+    t.s.tick(t.now);
+    t.run();
+    let told = |t: &mut T, k| -> Vec<Pex> {
+        t.take(k)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Extended { id: 9, payload } => Pex::decode(&payload).ok(),
+                _ => None,
+            })
+            .collect()
+    };
+    // b accepted (not dialled): its listening port comes from its extended handshake.
+    let b_listens = SocketAddr::new(addr(2).ip(), 7000);
+    assert_eq!(told(&mut t, a), vec![Pex { added: vec![b_listens], dropped: vec![] }]);
+    // Nothing new before PEX_EVERY; b leaves, then a is told it dropped.
+    t.s.tick(t.now);
+    t.run();
+    assert!(told(&mut t, a).is_empty());
+    t.s.disconnected(b);
+    t.later(PEX_EVERY);
+    t.s.tick(t.now);
+    t.run();
+    assert_eq!(told(&mut t, a), vec![Pex { added: vec![], dropped: vec![b_listens] }]);
+    // What a tells us is dialled, once per 45 s, known peers left out.
+    let heard = Pex { added: vec![addr(7), addr(1)], dropped: vec![] };
+    t.recv(a, Message::Extended { id: UT_PEX_ID, payload: heard.encode() });
+    assert_eq!(t.dials, vec![addr(7)]);
+    t.recv(a, Message::Extended { id: UT_PEX_ID, payload: Pex { added: vec![addr(8)], dropped: vec![] }.encode() });
+    assert_eq!(t.dials, vec![addr(7)]);
 }
