@@ -462,9 +462,20 @@ fn unsafe_is_root() -> bool {
 /// Starts `chiral COMMAND ARGS...` (a long-running `seed` or `node`) and returns it with a
 /// channel of the lines it prints on stdout, as they come.
 pub fn spawn_printing(node: &Chiral, command: &str, args: &[&str]) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    spawn_printing_env(node, command, args, &[])
+}
+
+/// [`spawn_printing`] with more environment variables for the process.
+pub fn spawn_printing_env(
+    node: &Chiral,
+    command: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, std::sync::mpsc::Receiver<String>) {
     let log = node.data_dir.path().join(format!("{command}-{}.stderr", free_port()));
     let mut child = node
         .cmd()
+        .envs(env.iter().copied())
         .arg(command)
         .args(args)
         .stdout(Stdio::piped())

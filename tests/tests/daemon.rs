@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use chiral_tests::*;
+use chiral_tests::{bt::*, *};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
@@ -407,6 +407,83 @@ fn the_page_in_headless_chromium() {
         d.proc.log_text()
     );
     assert!(shot.is_file(), "no screenshot");
+}
+
+/// A download's own options through the API: a rate limit holds while it runs and can be
+/// lifted mid-run; the file selection of a multi-file torrent can be widened mid-run (the run
+/// restarts from what is verified, nothing fetched twice), and only the chosen files are
+/// written. Bad values are one-line 400s; a completed download cannot change its files.
+#[test]
+fn a_downloads_rate_and_files_change_while_it_runs() {
+    let tracker = Tracker::start();
+    let base = tempfile::tempdir().unwrap();
+    let set = base.path().join("set");
+    std::fs::create_dir_all(&set).unwrap();
+    make_file(&set.join("a.bin"), 6 * MIB + MIB / 2, 51);
+    make_file(&set.join("b.bin"), 12 * MIB + MIB / 4, 52);
+    make_file(&set.join("c.bin"), 3 * MIB + 3 * MIB / 4, 53);
+    let (tor, _ih, seeder) = aria2_swarm(&set, &tracker, 18, &[]);
+    let node = Chiral::new();
+    let d = Daemon::start(&node);
+    let out = node.data_dir.path().join("out");
+    let add = json!({ "identifiers": [tor], "out_dir": out, "backend": "bittorrent",
+                      "file_selection": "1", "max_download_rate": "1M" });
+    let (status, v) = d.api("POST", "/api/v1/downloads", Some(&add));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["max_download_rate"], MIB, "{v}");
+    assert_eq!(v["file_selection"], "1", "{v}");
+
+    // At 1 MiB/s, the first file (6.5 MiB) is still under way after the first MiB or two.
+    let mut first = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            first = d.download(&id);
+            first["bytes_done"].as_u64().unwrap_or(0) > 0
+        }),
+        "no progress: {first}\n{}",
+        d.proc.log_text()
+    );
+    let t0 = std::time::Instant::now();
+    let done0 = first["bytes_done"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let now = d.download(&id);
+    let moved = now["bytes_done"].as_u64().unwrap().saturating_sub(done0);
+    let allowed = (t0.elapsed().as_secs_f64() * MIB as f64) as u64 + 2 * MIB;
+    assert!(moved <= allowed, "{moved} bytes in {:?} under a 1 MiB/s limit: {now}", t0.elapsed());
+    assert_eq!(now["state"], "running", "{now}");
+
+    // Bad values: one line each, nothing changed.
+    for bad in [json!({ "max_download_rate": "fast" }), json!({ "file_selection": "0" }), json!({ "colour": 1 })] {
+        let (status, v) = d.api("PATCH", &format!("/api/v1/downloads/{id}"), Some(&bad));
+        assert_eq!(status, 400, "{bad} -> {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.contains('\n')), "{v}");
+    }
+
+    // Lift the limit and add the third file, mid-run.
+    let (status, v) = d.api(
+        "PATCH",
+        &format!("/api/v1/downloads/{id}"),
+        Some(&json!({ "max_download_rate": null, "file_selection": "1,3" })),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["max_download_rate"], Value::Null, "{v}");
+    assert_eq!(v["file_selection"], "1,3", "{v}");
+    let done = d.wait_state(&id, "completed", Duration::from_secs(120));
+    // The new run started from what the first one had verified.
+    assert!(done["bytes_resumed"].as_u64().unwrap_or(0) >= done0, "{done}");
+    for f in ["a.bin", "c.bin"] {
+        assert_eq!(sha256_file(&out.join("set").join(f)), sha256_file(&set.join(f)), "{f}");
+    }
+    let left: Vec<String> = std::fs::read_dir(out.join("set"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.iter().all(|n| !n.contains("b.bin")), "the unchosen file left something: {left:?}");
+    let (status, v) = d.api("PATCH", &format!("/api/v1/downloads/{id}"), Some(&json!({ "file_selection": "1-3" })));
+    assert_eq!(status, 409, "{v}");
+    drop(seeder);
 }
 
 /// A small deterministic generator for the kill points (seeded from the clock; the seed is

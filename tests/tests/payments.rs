@@ -88,7 +88,7 @@ impl Anvil {
 }
 
 /// One HTTP/1.1 request to 127.0.0.1:`port` (extra header lines in `headers`); the body of
-/// a 200 answer.
+/// a 2xx answer.
 fn http(port: u16, method: &str, path: &str, headers: &str, body: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -100,7 +100,7 @@ fn http(port: u16, method: &str, path: &str, headers: &str, body: &str) -> Optio
     .ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
-    if !resp.starts_with("HTTP/1.1 200") {
+    if !resp.starts_with("HTTP/1.1 2") {
         return None;
     }
     Some(resp[resp.find("\r\n\r\n")? + 4..].trim().to_string())
@@ -241,6 +241,57 @@ fn a_bittorrent_download_pays_its_seeder_to_the_wei() {
     assert!(r["received"][0]["served_bytes"].as_u64().unwrap() >= 5 * MIB, "{r}");
     let b = json_of(&ok(&sd, &["wallet", "balance", "--json"]));
     assert_eq!(b["balance_wei"], want.to_string(), "{b}");
+}
+
+/// `chiral daemon` pays what a download owes as soon as it completes, below the threshold
+/// too (as `chiral get` does before it exits), and its API shows the payment.
+#[test]
+fn the_daemon_pays_a_finished_download_below_the_threshold() {
+    let Pair { chain, tracker, dl, sd, payer: _, payee } = pair(1000 * PRICE);
+    let (_seed, f, tor) = seed(&sd, &tracker, "daemon-paid.bin", 3, 63);
+    let (daemon, rx) =
+        spawn_printing_env(&dl, "daemon", &["--http", "127.0.0.1:0"], &[("CHIRAL_WALLET_PASSPHRASE", PASS)]);
+    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no URL: {}", daemon.log_text()));
+    let (port, token) = line.strip_prefix("http://127.0.0.1:").and_then(|r| r.split_once("/#token=")).expect("URL");
+    let port: u16 = port.parse().unwrap();
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let api = |method: &str, path: &str, body: &Value| -> Value {
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let text = http(port, method, path, &auth, &body)
+            .unwrap_or_else(|| panic!("{method} {path} failed: {}", daemon.log_text()));
+        serde_json::from_str(&text).unwrap()
+    };
+    let out = dl.data_dir.path().join("out");
+    let added = api("POST", "/api/v1/downloads", &json!({ "identifiers": [tor], "out_dir": out }));
+    let id = added["id"].as_str().expect("id").to_string();
+    let mut last = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            last = api("GET", &format!("/api/v1/downloads/{id}"), &Value::Null);
+            last["state"] == "completed"
+        }),
+        "not completed: {last}\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(sha256_file(&out.join("daemon-paid.bin")), f.sha);
+    let want = wei(3 * MIB);
+    assert!(
+        wait_until(Duration::from_secs(60), || chain.balance(&payee) == want),
+        "the seeder has {} wei, not {want}: {}",
+        chain.balance(&payee),
+        daemon.log_text()
+    );
+    let paid = |v: &Value| {
+        v["payments"].as_array().and_then(|a| a.iter().find(|e| e["wallet"] == payee)).map(|e| e["paid_wei"].clone())
+    };
+    let mut report = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            report = api("GET", "/api/v1/payments", &Value::Null);
+            paid(&report) == Some(json!(want.to_string()))
+        }),
+        "the API does not show the payment: {report}"
+    );
 }
 
 #[test]

@@ -56,8 +56,11 @@ pub(crate) async fn run(g: &Global, a: DaemonArgs) -> Result<ExitCode> {
             }
         })
         .collect();
-    let router =
-        api::router_with_payments(d.clone(), api::Access { token: token.clone(), bound, extra_hosts }, payments(&s)?);
+    let pay = payments(&s)?;
+    if let Some(p) = &pay {
+        d.set_payments(p.clone());
+    }
+    let router = api::router_with_payments(d.clone(), api::Access { token: token.clone(), bound, extra_hosts }, pay);
     let server = tokio::spawn(api::serve(listener, router));
     {
         let mut out = std::io::stdout().lock();

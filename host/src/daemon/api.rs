@@ -171,7 +171,7 @@ pub fn router_with_payments(
         .route("/style.css", get(|| async { page(STYLE_CSS, "text/css; charset=utf-8") }))
         .route("/api/v1/session", post(session))
         .route("/api/v1/downloads", get(list_downloads).post(add_download))
-        .route("/api/v1/downloads/{id}", get(one_download).delete(delete_download))
+        .route("/api/v1/downloads/{id}", get(one_download).patch(update_download).delete(delete_download))
         .route("/api/v1/downloads/{id}/pause", post(pause))
         .route("/api/v1/downloads/{id}/resume", post(resume))
         .route("/api/v1/seeds", get(list_seeds).post(add_seed))
@@ -277,6 +277,64 @@ struct AddBody {
     out_dir: Option<PathBuf>,
     #[serde(default)]
     backend: Option<String>,
+    /// Bytes per second, or a size string (`2M`, `500K`); 0 or null: no limit of its own.
+    #[serde(default)]
+    max_download_rate: Option<serde_json::Value>,
+    /// `1,3-5` or a glob.
+    #[serde(default)]
+    file_selection: Option<String>,
+    #[serde(default)]
+    sequential: bool,
+}
+
+/// A rate as given: a number of bytes per second or a size string; 0, `""` or null: none.
+fn rate_value(v: &serde_json::Value) -> ApiResult<Option<u64>> {
+    let r = match v {
+        serde_json::Value::Null => 0,
+        serde_json::Value::Number(n) => {
+            n.as_u64().ok_or_else(|| bad(format!("max_download_rate {n} is not a size")))?
+        }
+        serde_json::Value::String(s) if s.trim().is_empty() => 0,
+        serde_json::Value::String(s) => chiral_sdk::options::parse_size(s.trim())
+            .ok_or_else(|| bad(format!("max_download_rate {:?} is not a size", chiral_sdk::text::line(s))))?,
+        other => return Err(bad(format!("max_download_rate {other} is not a size"))),
+    };
+    Ok(Some(r).filter(|&r| r > 0))
+}
+
+/// `PATCH /api/v1/downloads/{id}`: each field given replaces the download's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    /// Absent: unchanged; null, 0 or `""`: no limit of its own.
+    #[serde(default, deserialize_with = "present")]
+    max_download_rate: Option<serde_json::Value>,
+    /// Absent: unchanged; null or `""`: every file.
+    #[serde(default, deserialize_with = "present")]
+    file_selection: Option<serde_json::Value>,
+    #[serde(default)]
+    sequential: Option<bool>,
+}
+
+/// A field that is present, even as null (`Some(Value::Null)`), apart from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+async fn update_download(State(api): St, Path(id): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let b: UpdateBody = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+    let file_selection = match b.file_selection {
+        None => None,
+        Some(serde_json::Value::Null) => Some(None),
+        Some(serde_json::Value::String(s)) => Some(Some(s)),
+        Some(other) => return Err(bad(format!("file_selection must be a string, not {other}"))),
+    };
+    let u = crate::daemon::Update {
+        max_download_rate: b.max_download_rate.as_ref().map(rate_value).transpose()?,
+        file_selection,
+        sequential: b.sequential,
+    };
+    Ok(Json(api.daemon.update(&id, u).await?).into_response())
 }
 
 /// JSON `{"identifiers", "out_dir"?, "backend"?}`, or a multipart form with a `torrent` file.
@@ -291,6 +349,9 @@ async fn add_download(State(api): St, headers: HeaderMap, body: Bytes) -> ApiRes
                     "torrent" => req.torrent = Some(p.data.clone()),
                     "out_dir" if !text().is_empty() => req.out_dir = Some(PathBuf::from(text())),
                     "backend" if !text().is_empty() => req.backend = Some(text()),
+                    "max_download_rate" => req.max_download_rate = rate_value(&serde_json::Value::String(text()))?,
+                    "file_selection" if !text().is_empty() => req.file_selection = Some(text()),
+                    "sequential" => req.sequential = matches!(text().as_str(), "true" | "1" | "on"),
                     "identifier" | "identifiers" => req.identifiers.extend(text().lines().map(str::to_string)),
                     _ => {}
                 }
@@ -302,7 +363,15 @@ async fn add_download(State(api): St, headers: HeaderMap, body: Bytes) -> ApiRes
         }
         None => {
             let b: AddBody = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
-            AddRequest { identifiers: b.identifiers, out_dir: b.out_dir, backend: b.backend, torrent: None }
+            AddRequest {
+                identifiers: b.identifiers,
+                out_dir: b.out_dir,
+                backend: b.backend,
+                torrent: None,
+                max_download_rate: b.max_download_rate.as_ref().map(rate_value).transpose()?.flatten(),
+                file_selection: b.file_selection,
+                sequential: b.sequential,
+            }
         }
     };
     let view = api.daemon.add(req)?;

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chiral_sdk::{engine::EngineEvent, text};
+use chiral_sdk::{engine::EngineEvent, rate::RateLimiter, select::FileSelection, text};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::{sync::broadcast, task::JoinHandle};
@@ -113,6 +113,11 @@ pub struct DownloadView {
     pub sources: Vec<SourceView>,
     pub added_at: u64,
     pub completed_at: Option<u64>,
+    /// Its own download limit in bytes per second (null: only the daemon's global one).
+    pub max_download_rate: Option<u64>,
+    /// The files chosen of a multi-file content (null: all, or what a magnet's `so=` says).
+    pub file_selection: Option<String>,
+    pub sequential: bool,
 }
 
 /// A seed as the API shows it.
@@ -143,6 +148,20 @@ pub struct AddRequest {
     pub backend: Option<String>,
     /// The bytes of an uploaded `.torrent` (kept in the data dir and used as the identifier).
     pub torrent: Option<Vec<u8>>,
+    /// Bytes per second (0 or none: no limit of its own).
+    pub max_download_rate: Option<u64>,
+    /// `1,3-5` or a glob.
+    pub file_selection: Option<String>,
+    pub sequential: bool,
+}
+
+/// A change to a download's options (`PATCH`): each field given replaces the one it had;
+/// `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    pub max_download_rate: Option<Option<u64>>,
+    pub file_selection: Option<Option<String>>,
+    pub sequential: Option<bool>,
 }
 
 /// Live figures of a download that runs.
@@ -172,6 +191,8 @@ struct LiveSource {
 
 struct Dl {
     rec: DownloadRecord,
+    /// Its own rate, inside the host's; changed in place while it runs.
+    rate: Arc<RateLimiter>,
     /// The run in flight and its generation (events of an older run are ignored).
     task: Option<JoinHandle<()>>,
     gen: u64,
@@ -205,6 +226,8 @@ pub struct Daemon {
     inner: Mutex<Inner>,
     events: broadcast::Sender<Change>,
     control: Arc<ServedSeeds>,
+    /// Pays what a finished download owes (below the threshold too), when set.
+    payments: std::sync::OnceLock<Arc<crate::payments::PaymentService>>,
 }
 
 /// Peers shown per source of a running download (the ones that gave most).
@@ -242,7 +265,9 @@ impl Daemon {
                 if rec.state == DownloadState::Running {
                     rec.state = DownloadState::Queued;
                 }
-                Dl { rec, task: None, gen: 0, live: Live::default() }
+                let rate =
+                    Arc::new(RateLimiter::within(rec.max_download_rate.unwrap_or(0), host.download_rate.clone()));
+                Dl { rec, rate, task: None, gen: 0, live: Live::default() }
             })
             .collect();
         let seeds = saved.seeds.into_iter().map(|entry| Sd { entry, live_id: None, error: None, served: 0 }).collect();
@@ -255,7 +280,15 @@ impl Daemon {
             events,
             control,
             opts,
+            payments: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The payment service that settles each download's debt when it completes (as
+    /// `chiral get` does before it exits); debts over the threshold are paid as they grow by
+    /// the service itself.
+    pub fn set_payments(&self, p: Arc<crate::payments::PaymentService>) {
+        let _ = self.payments.set(p);
     }
 
     pub fn host(&self) -> &Arc<Host> {
@@ -366,6 +399,11 @@ impl Daemon {
         for id in &identifiers {
             self.host.registry.route(id, req.backend.as_deref()).map_err(|e| DaemonError::host(e.into()))?;
         }
+        let file_selection = req.file_selection.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        if let Some(spec) = &file_selection {
+            FileSelection::parse(spec).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+        }
+        let max_download_rate = req.max_download_rate.filter(|&r| r > 0);
         let torrent_name = match &req.torrent {
             Some(bytes) => Some(torrent_name(bytes).ok_or_else(|| {
                 DaemonError::BadRequest("the uploaded file is not a torrent (no info dictionary with a name)".into())
@@ -399,8 +437,12 @@ impl Daemon {
             torrent_file,
             added_at: seedbook::now(),
             completed_at: None,
+            max_download_rate,
+            file_selection,
+            sequential: req.sequential,
         };
-        inner.downloads.push(Dl { rec, task: None, gen: 0, live: Live::default() });
+        let rate = Arc::new(RateLimiter::within(max_download_rate.unwrap_or(0), self.host.download_rate.clone()));
+        inner.downloads.push(Dl { rec, rate, task: None, gen: 0, live: Live::default() });
         self.start_queued(&mut inner);
         self.save_locked(&mut inner);
         let view =
@@ -464,6 +506,57 @@ impl Daemon {
         Ok(view)
     }
 
+    /// Changes a download's options. A new rate holds at once, even mid-run; a new file
+    /// selection or order restarts a running download's run, which resumes from what is
+    /// verified on disk (the files no longer chosen keep what they have and get no more).
+    pub async fn update(self: &Arc<Self>, id: &str, u: Update) -> Result<DownloadView, DaemonError> {
+        let file_selection = u.file_selection.map(|s| s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
+        if let Some(Some(spec)) = &file_selection {
+            FileSelection::parse(spec).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+        }
+        let (view, task) = {
+            let mut inner = self.lock();
+            let d = inner.downloads.iter_mut().find(|d| d.rec.id == id).ok_or_else(|| not_found(id))?;
+            let reorder = (file_selection.is_some() && file_selection.as_ref() != Some(&d.rec.file_selection))
+                || u.sequential.is_some_and(|s| s != d.rec.sequential);
+            if reorder && d.rec.state == DownloadState::Completed {
+                return Err(DaemonError::Conflict(format!(
+                    "download {id} is completed: add it again to choose other files"
+                )));
+            }
+            if let Some(rate) = u.max_download_rate {
+                let rate = rate.filter(|&r| r > 0);
+                d.rec.max_download_rate = rate;
+                d.rate.set_bytes_per_sec(rate.unwrap_or(0));
+            }
+            if let Some(sel) = file_selection {
+                d.rec.file_selection = sel;
+            }
+            if let Some(seq) = u.sequential {
+                d.rec.sequential = seq;
+            }
+            let mut task = None;
+            if reorder && d.rec.state == DownloadState::Running {
+                // Its run ends here; the queue starts a new one with the new choice.
+                d.rec.state = DownloadState::Queued;
+                d.gen = 0;
+                d.live = Live { resumed: d.live.resumed, ..Live::default() };
+                task = d.task.take();
+            }
+            let view = self.view(d);
+            self.save_locked(&mut inner);
+            (view, task)
+        };
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+            self.schedule();
+            return self.download(id);
+        }
+        self.emit(change("download", &view));
+        Ok(view)
+    }
+
     /// Forgets a download, stopping it first; with `delete_files`, its files go too (with their
     /// `.part` and resume files).
     pub async fn delete(self: &Arc<Self>, id: &str, delete_files: bool) -> Result<(), DaemonError> {
@@ -514,7 +607,7 @@ impl Daemon {
             d.rec.state = DownloadState::Running;
             d.gen = gen;
             d.live = Live { dirty: true, ..Live::default() };
-            d.task = Some(self.spawn_run(&d.rec, gen));
+            d.task = Some(self.spawn_run(&d.rec, &d.rate, gen));
             running += 1;
             started.push(self.view(d));
         }
@@ -524,14 +617,17 @@ impl Daemon {
         !started.is_empty()
     }
 
-    fn spawn_run(self: &Arc<Self>, rec: &DownloadRecord, gen: u64) -> JoinHandle<()> {
+    fn spawn_run(self: &Arc<Self>, rec: &DownloadRecord, rate: &Arc<RateLimiter>, gen: u64) -> JoinHandle<()> {
         let req = GetRequest {
             identifiers: rec.identifiers.clone(),
             out_dir: rec.out_dir.clone(),
             backend: rec.backend.clone(),
             connections: self.opts.connections.max(1),
             sha256: None,
-            ..Default::default()
+            // (checked when it was given)
+            files: rec.file_selection.as_deref().and_then(|s| FileSelection::parse(s).ok()),
+            sequential: rec.sequential,
+            download_rate: Some(rate.clone()),
         };
         let id = rec.id.clone();
         let (me, host) = (self.clone(), self.host.clone());
@@ -611,6 +707,11 @@ impl Daemon {
             d.gen = 0;
             match outcome {
                 Ok(r) => {
+                    if let Some(p) = self.payments.get().cloned() {
+                        // Off this task: the chain may be slow or down (the debt then stays
+                        // owed, and the next settlement pays it).
+                        tokio::spawn(async move { p.settle_before_exit().await });
+                    }
                     d.rec.state = DownloadState::Completed;
                     if !r.name.is_empty() {
                         d.rec.name = text::line(&r.name);
@@ -720,6 +821,9 @@ impl Daemon {
             sources,
             added_at: r.added_at,
             completed_at: r.completed_at,
+            max_download_rate: r.max_download_rate,
+            file_selection: r.file_selection.clone(),
+            sequential: r.sequential,
         }
     }
 
@@ -1218,6 +1322,9 @@ mod tests {
             torrent_file: None,
             added_at: 0,
             completed_at: None,
+            max_download_rate: None,
+            file_selection: None,
+            sequential: false,
         };
         remove_files(&rec);
         assert!(!out.join("a.bin.part").exists() && !out.join("a.bin.chiral-resume").exists());

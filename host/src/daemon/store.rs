@@ -87,6 +87,15 @@ pub struct DownloadRecord {
     pub added_at: u64,
     #[serde(default)]
     pub completed_at: Option<u64>,
+    /// Its own download limit in bytes per second (inside the daemon's global one).
+    #[serde(default)]
+    pub max_download_rate: Option<u64>,
+    /// Which files of a multi-file content (`1,3-5` or a glob, as `chiral get --files`).
+    #[serde(default)]
+    pub file_selection: Option<String>,
+    /// Pieces in order (`chiral get --sequential`).
+    #[serde(default)]
+    pub sequential: bool,
 }
 
 /// A seed as remembered: one path through one plugin.
@@ -222,6 +231,9 @@ mod tests {
         let saved = Saved {
             next_id: 3,
             downloads: vec![DownloadRecord {
+                max_download_rate: Some(1 << 20),
+                file_selection: Some("1,3-5".into()),
+                sequential: true,
                 id: "d1".into(),
                 identifiers: vec!["http://h/a.bin".into()],
                 out_dir: "/o".into(),

@@ -141,6 +141,13 @@ function forget(id) {
 // ---- the detail: sources and peers, filtered by protocol --------------------------------------------
 function openDetail(id) {
     detailId = id;
+    // The options are filled in once, as the dialog opens, so live updates do not undo typing.
+    const d = downloads.get(id);
+    if (d) {
+        $('#opt-rate').value = d.max_download_rate ? String(d.max_download_rate) : '';
+        $('#opt-files').value = d.file_selection || '';
+        $('#opt-sequential').checked = !!d.sequential;
+    }
     renderDetail();
     const dlg = $('#detail');
     if (!dlg.open) dlg.showModal();
@@ -155,6 +162,8 @@ function renderDetail() {
     fact('State', d.error ? `${d.state}: ${d.error}` : d.state);
     fact('Done', `${bytes(d.bytes_done)} of ${bytes(d.bytes_total)}`);
     fact('Folder', d.out_dir);
+    fact('Limit', d.max_download_rate ? `${bytes(d.max_download_rate)}/s` : 'none of its own');
+    if (d.file_selection) fact('Chosen files', d.file_selection);
     if (d.files.length) fact('Files', d.files.join('\n'));
     const shown = new Set([...document.querySelectorAll('#detail-filter input:checked')].map((c) => c.value));
     const body = $('#detail-sources tbody');
@@ -280,6 +289,17 @@ async function main() {
     for (const t of document.querySelectorAll('[role=tab]')) t.addEventListener('click', () => show(t.id.slice(4)));
     $('#detail-filter').addEventListener('change', renderDetail);
     $('#detail').addEventListener('close', () => { detailId = null; });
+    $('#detail-options').addEventListener('submit', attempt(async (ev) => {
+        ev.preventDefault();
+        if (!detailId) return;
+        const body = {
+            max_download_rate: $('#opt-rate').value.trim() || null,
+            file_selection: $('#opt-files').value.trim() || null,
+            sequential: $('#opt-sequential').checked,
+        };
+        update(await api(`/api/v1/downloads/${encodeURIComponent(detailId)}`, { method: 'PATCH', body }));
+        say('Options applied');
+    }));
     $('#add-form').addEventListener('submit', attempt(async (ev) => {
         ev.preventDefault();
         const input = $('#add-input');
