@@ -716,6 +716,18 @@ impl Host {
             .map_err(|e| HostError::plugin(ErrorKind::Other, format!("{pname} answered {name} with invalid JSON: {e}")))
     }
 
+    /// Sends a command to every started plugin (one never started is not started for it);
+    /// a plugin that does not know the command answers an error, logged at debug level.
+    pub async fn command_started(&self, name: &str, args: &[(String, String)]) {
+        for e in self.registry.loaded() {
+            let Some(h) = self.registry.started_handler(e) else { continue };
+            let pname = e.name().unwrap_or_default().to_string();
+            if let Err(err) = h.command(name.into(), options(args), log_sink(pname.clone())).await.into_result() {
+                tracing::debug!(plugin = %pname, "{name}: {err}");
+            }
+        }
+    }
+
     /// Every seed every started plugin is running (a plugin never started has none, and is not
     /// started to be asked).
     pub fn list_seeds(&self) -> Vec<SeedLine> {

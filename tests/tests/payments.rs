@@ -294,6 +294,68 @@ fn the_daemon_pays_a_finished_download_below_the_threshold() {
     );
 }
 
+/// `[payments] fast_lane = "paid"` on the seeder: a Chiral downloader that does not pay
+/// (its wallet stays locked) is judged behind once it owes more than two thresholds, and its
+/// next connection gets no fast lane; once it has paid, the fast lane is back.
+#[test]
+fn the_fast_lane_is_kept_for_peers_that_pay() {
+    let Pair { chain: _chain, tracker, dl, sd, payer: _, payee } = pair(PRICE);
+    let conf = sd.data_dir.path().join("config/chiral/config.toml");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{text}fast_lane = \"paid\"\n")).unwrap();
+    // Two contents, each served by its own `chiral seed` (one ledger, in the seeder's data dir).
+    let mut seeds = Vec::new();
+    for (name, tag) in [("lane-a.bin", 64), ("lane-b.bin", 65)] {
+        let f = fixture(name, 8 * MIB, tag);
+        let tor = f.dir.path().join(format!("{name}.torrent"));
+        mktorrent(&f.file, &tor, &tracker.url(), 18, true);
+        let args = [f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url(), "-v"];
+        let (p, _) = start_seed(&sd, &args, 1);
+        let ih = info_hash_of(&tor);
+        assert!(wait_until(Duration::from_secs(30), || !tracker.ports(&ih).is_empty()), "the seed never announced");
+        seeds.push((p, f, tor));
+    }
+    let log = || seeds.iter().map(|(p, ..)| p.log_text()).collect::<Vec<_>>().join("\n");
+    let lanes = |with: &str| log().lines().filter(|l| l.contains("proven;") && l.contains(with)).count();
+    let get = |tor: &Path, out: &str, pass: bool| {
+        let mut c = dl.cmd();
+        if pass {
+            c.env("CHIRAL_WALLET_PASSPHRASE", PASS);
+        }
+        c.args(["get", tor.to_str().unwrap(), "-o", dl.data_dir.path().join(out).to_str().unwrap(), "-q"]);
+        let o = run_with_timeout(&mut c, Duration::from_secs(120));
+        assert!(o.status.success(), "get: {}", stderr(&o));
+    };
+    // Without the passphrase the downloader cannot pay: its debt stays owed.
+    get(&seeds[0].2, "one", false);
+    assert_eq!(lanes("; fast lane)"), 1, "a Chiral peer with a wallet starts with the fast lane:\n{}", log());
+    let owed = || {
+        let o = run_with_timeout(dl.cmd().args(["payments", "--json"]), Duration::from_secs(60));
+        let v = json_of(&o);
+        let e = v["payments"].as_array().and_then(|a| a.iter().find(|e| e["wallet"] == payee).cloned());
+        (e.as_ref().and_then(|e| e["owed_wei"].as_str()).unwrap_or("0").parse::<u128>().unwrap(), v)
+    };
+    let (debt, v) = owed();
+    assert_eq!(debt, wei(8 * MIB), "the debt is kept: {v}");
+    assert!(
+        wait_until(Duration::from_secs(40), || log().matches("1 wallet(s) behind on payment").count() == 2),
+        "the seeders never judged the downloader behind:\n{}",
+        log()
+    );
+    get(&seeds[1].2, "two", false);
+    assert_eq!(lanes("no fast lane"), 1, "the debtor got the fast lane again:\n{}", log());
+    // It pays both contents' worth, and the seeders see it on the chain.
+    ok(&dl, &["payments", "settle"]);
+    assert_eq!(ledger(&dl, &payee).1, wei(16 * MIB));
+    assert!(
+        wait_until(Duration::from_secs(40), || log().matches("0 wallet(s) behind on payment").count() == 2),
+        "the seeders never saw the payment:\n{}",
+        log()
+    );
+    get(&seeds[0].2, "three", true);
+    assert_eq!(lanes("; fast lane)"), 2, "the fast lane is not back after paying:\n{}", log());
+}
+
 #[test]
 fn a_crash_at_any_ledger_state_never_pays_twice() {
     // Paid only at the end of each download (the threshold is never reached).

@@ -59,6 +59,7 @@ pub(crate) async fn run(g: &Global, a: DaemonArgs) -> Result<ExitCode> {
     let pay = payments(&s)?;
     if let Some(p) = &pay {
         d.set_payments(p.clone());
+        chiral_host::payments::spawn_fast_lane(p.clone(), d.host().clone());
     }
     let router = api::router_with_payments(d.clone(), api::Access { token: token.clone(), bound, extra_hosts }, pay);
     let server = tokio::spawn(api::serve(listener, router));

@@ -12,7 +12,7 @@ use chiral_host::{
 use super::{
     args::{Global, SeedArgs},
     serve::{serve, Served},
-    setup::{build_host, settings, Settings},
+    setup::{build_host, payments, settings, Settings},
 };
 
 pub(crate) async fn run(g: &Global, a: SeedArgs) -> Result<ExitCode> {
@@ -29,8 +29,17 @@ pub(crate) async fn run(g: &Global, a: SeedArgs) -> Result<ExitCode> {
     let seeds = host.seed(&canonical, &a.via, &opts).await?;
     let served =
         Served { path: canonical.to_string_lossy().into_owned(), via: a.via.clone(), options: opts, lines: seeds };
+    keep_fast_lane(&s, &host)?;
     serve(host, &s.data_dir, vec![served], a.json).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `[payments] fast_lane = "paid"`, the peers behind on payment lose the Chiral fast lane.
+fn keep_fast_lane(s: &Settings, host: &Arc<chiral_host::Host>) -> Result<()> {
+    if let Some(p) = payments(s)? {
+        chiral_host::payments::spawn_fast_lane(p, host.clone());
+    }
+    Ok(())
 }
 
 /// `chiral seed --all`: every remembered seed that is not running, served again in this process.
@@ -62,6 +71,7 @@ async fn seed_all(g: &Global, s: &Settings, json: bool) -> Result<ExitCode> {
     for e in errors {
         tracing::warn!("not served again: {e}");
     }
+    keep_fast_lane(s, &host)?;
     serve(host, &s.data_dir, served, json).await;
     Ok(ExitCode::SUCCESS)
 }

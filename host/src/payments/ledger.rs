@@ -377,16 +377,7 @@ impl Ledger {
 
     /// Per payer: what it sent us and what we served it.
     pub fn received(&self) -> Result<Vec<ReceivedLine>, PaymentError> {
-        let rows: Vec<(String, String)> = self.with(|db| {
-            let mut st = db.prepare("SELECT from_wallet, amount_wei FROM received")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })?;
-        let served: Vec<(String, i64)> = self.with(|db| {
-            let mut st = db.prepare("SELECT wallet, bytes FROM served")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })?;
+        let (rows, served) = (self.received_rows()?, self.served_rows()?);
         let mut out: Vec<(String, U256)> = Vec::new();
         for (from, amount) in rows {
             match out.iter_mut().find(|o| o.0 == from) {
@@ -400,6 +391,41 @@ impl Ledger {
                 served_bytes: served.iter().find(|s| s.0 == from).map_or(0, |s| s.1.max(0) as u64),
                 from,
                 received_wei: amount.to_string(),
+            })
+            .collect())
+    }
+}
+
+impl Ledger {
+    /// (payer, amount in wei as text) of every transfer into our wallet found.
+    fn received_rows(&self) -> Result<Vec<(String, String)>, PaymentError> {
+        self.with(|db| {
+            let mut st = db.prepare("SELECT from_wallet, amount_wei FROM received")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// (wallet, bytes) we served.
+    fn served_rows(&self) -> Result<Vec<(String, i64)>, PaymentError> {
+        self.with(|db| {
+            let mut st = db.prepare("SELECT wallet, bytes FROM served")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Per wallet we served: the bytes served and what it sent us, in all.
+    pub fn standing(&self) -> Result<Vec<(String, u64, U256)>, PaymentError> {
+        let (served, received) = (self.served_rows()?, self.received_rows()?);
+        Ok(served
+            .into_iter()
+            .map(|(w, bytes)| {
+                let paid = received
+                    .iter()
+                    .filter(|(from, _)| from.eq_ignore_ascii_case(&w))
+                    .fold(U256::ZERO, |a, (_, amount)| a.saturating_add(wei(amount)));
+                (w, bytes.max(0) as u64, paid)
             })
             .collect())
     }

@@ -59,6 +59,8 @@ pub struct PaymentsFile {
     pub max_fee_wei: Option<toml::Value>,
     pub keystore: Option<PathBuf>,
     pub settle_timeout: Option<toml::Value>,
+    /// `"all"` (default) or `"paid"`: who gets the Chiral fast lane when we seed.
+    pub fast_lane: Option<String>,
 }
 
 /// Default chain: the Chiral chain's id.
@@ -87,6 +89,8 @@ pub struct PaymentsConfig {
     pub settle_timeout: Duration,
     /// The ledger database (`<data dir>/payments.sqlite`).
     pub ledger: PathBuf,
+    /// Keep the Chiral fast lane for peers that are not behind on payment (`fast_lane = "paid"`).
+    pub fast_lane_paid: bool,
 }
 
 impl PaymentsConfig {
@@ -110,6 +114,16 @@ impl PaymentsConfig {
                     .map_err(|_| PaymentError::Config("settle_timeout is too large".into()))?,
             ),
         };
+        let fast_lane_paid = match f.fast_lane.as_deref().map(str::trim) {
+            None | Some("all") => false,
+            Some("paid") => true,
+            Some(other) => {
+                return Err(PaymentError::Config(format!(
+                    "fast_lane = {:?}: \"all\" or \"paid\"",
+                    chiral_sdk::text::for_terminal(other, 20)
+                )))
+            }
+        };
         let opt = |v: &Option<toml::Value>, name: &str, default: u128| -> Result<U256, PaymentError> {
             v.as_ref().map_or(Ok(U256::from(default)), |v| amount(v, name))
         };
@@ -126,8 +140,41 @@ impl PaymentsConfig {
             },
             settle_timeout,
             ledger: data_dir.join("payments.sqlite"),
+            fast_lane_paid,
         })
     }
+}
+
+/// How often the seeder judges again who is behind on payment (`fast_lane = "paid"`).
+pub const STANDING_EVERY: Duration = Duration::from_secs(10);
+
+/// With `fast_lane = "paid"`: keeps the Chiral fast lane of every started plugin for the
+/// peers not behind on payment ([`service::PaymentService::behind`]), judged again every
+/// [`STANDING_EVERY`] for as long as the process runs. Plugins without a fast lane answer
+/// the command with an error, which is ignored. While the chain cannot be read, the last
+/// judgement stays (at first: only Chiral peers with a wallet have it).
+pub fn spawn_fast_lane(service: std::sync::Arc<service::PaymentService>, host: std::sync::Arc<crate::Host>) {
+    if !service.config().fast_lane_paid {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut last: Vec<String> = Vec::new();
+        loop {
+            match service.behind().await {
+                Ok(behind) => {
+                    if behind != last {
+                        tracing::info!("payments: {} wallet(s) behind on payment: no fast lane for them", behind.len());
+                    }
+                    last = behind;
+                }
+                Err(e) => tracing::debug!("payments: who is behind on payment is not known now: {e}"),
+            }
+            // Every round, so that a plugin started since gets it too (unchanged, it is a no-op).
+            let args = vec![("mode".to_string(), "paid".to_string()), ("behind".to_string(), last.join(","))];
+            host.command_started("fast_lane", &args).await;
+            tokio::time::sleep(STANDING_EVERY).await;
+        }
+    });
 }
 
 /// A non-negative decimal integer: a string of digits (TOML integers overflow at about 9.2

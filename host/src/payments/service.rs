@@ -406,6 +406,22 @@ impl PaymentService {
         Ok(ReceivedReport { wallet: wallet_text(&me), received, total_wei: total.to_string() })
     }
 
+    /// The wallets we served that are behind on payment: what we served them, at our own
+    /// `price_per_mib`, is more than what they sent us (scanned from the chain now) by over
+    /// two `threshold_wei` (a payer pays once it owes its threshold; one more may be on its
+    /// way). Lowercase.
+    pub async fn behind(&self) -> Result<Vec<String>, PaymentError> {
+        self.received().await?;
+        let allowance = self.cfg.threshold_wei.saturating_mul(U256::from(2u64));
+        Ok(self
+            .ledger
+            .standing()?
+            .into_iter()
+            .filter(|(_, bytes, paid)| super::price(*bytes, self.cfg.price_per_mib) > paid.saturating_add(allowance))
+            .map(|(w, ..)| w.to_ascii_lowercase())
+            .collect())
+    }
+
     /// Our wallet's balance on the chain.
     pub async fn balance(&self) -> Result<(Address, U256), PaymentError> {
         let me = self.me.ok_or_else(|| PaymentError::NoWallet(self.cfg.keystore.clone()))?;

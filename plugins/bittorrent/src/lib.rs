@@ -133,6 +133,8 @@ pub struct Shared {
     pub encryption: mse::Policy,
     /// Upload rate shared by every peer connection (option `max_upload_rate`, bytes/s).
     pub upload_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
+    /// Who gets the Chiral fast lane (the host's `fast_lane` command changes it).
+    pub fast_lane: Mutex<swarm::FastLane>,
     sessions: Mutex<HashMap<[u8; 20], Weak<Session>>>,
 }
 
@@ -150,6 +152,13 @@ impl Shared {
     fn info_hashes(&self) -> Vec<[u8; 20]> {
         let m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         m.iter().filter(|(_, w)| w.strong_count() > 0).map(|(k, _)| *k).collect()
+    }
+    /// Every live session.
+    fn live_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().filter_map(Weak::upgrade).collect()
+    }
+    pub fn fast_lane(&self) -> swarm::FastLane {
+        self.fast_lane.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     fn find(&self, info_hash: &[u8; 20]) -> Option<Arc<Session>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(info_hash).and_then(Weak::upgrade)
@@ -282,6 +291,7 @@ impl Plugin for BitTorrentPlugin {
             proxy,
             encryption,
             upload_rate: chiral_sdk::rate::limiter(options.get_bytes("max_upload_rate")?),
+            fast_lane: Mutex::new(swarm::FastLane::default()),
             sessions: Mutex::new(HashMap::new()),
         });
         let listener = {
@@ -346,6 +356,37 @@ impl Plugin for BitTorrentPlugin {
                 "create" => {
                     let opts = Opts::from_pairs(args.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                     create_command(opts).await
+                }
+                // Who gets the Chiral fast lane: `mode=all` (every proven Chiral peer) or
+                // `mode=paid` with `behind=` the wallets behind on payment, comma-separated
+                // (the host's payment service sends it, docs/payments.md).
+                "fast_lane" => {
+                    let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+                    let policy = match arg("mode") {
+                        Some("all") | None => swarm::FastLane::AllChiral,
+                        Some("paid") => {
+                            let behind = arg("behind").unwrap_or_default();
+                            let behind: std::collections::HashSet<String> = behind
+                                .split(',')
+                                .map(|w| w.trim().to_ascii_lowercase())
+                                .filter(|w| !w.is_empty())
+                                .take(100_000)
+                                .collect();
+                            swarm::FastLane::Paid { behind }
+                        }
+                        Some(other) => {
+                            return Err(PluginError::invalid(format!(
+                                "fast_lane mode {:?}: all or paid",
+                                chiral_sdk::text::for_terminal(other, 20)
+                            )))
+                        }
+                    };
+                    *self.shared.fast_lane.lock().unwrap_or_else(|p| p.into_inner()) = policy.clone();
+                    let sessions = self.shared.live_sessions();
+                    for s in &sessions {
+                        s.set_fast_lane(policy.clone());
+                    }
+                    Ok(serde_json::json!({ "sessions": sessions.len() }).to_string())
                 }
                 // The info dictionary of a torrent this plugin seeds, for other networks to
                 // publish beside the info hash (the Chiral network's info_hash_idx).

@@ -137,7 +137,8 @@ impl Session {
             payment_threshold: shared.payment_threshold,
         };
         let seeding = matches!(mode, Mode::Seed(_));
-        let swarm = Swarm::new(info_hash, local, seeding, meta.clone(), trackers.clone(), crate::random_u64());
+        let mut swarm = Swarm::new(info_hash, local, seeding, meta.clone(), trackers.clone(), crate::random_u64());
+        swarm.set_fast_lane(shared.fast_lane(), Instant::now());
         let policy = if shared.allow_local_peers {
             DialPolicy::any()
         } else {
@@ -362,6 +363,11 @@ impl Session {
         let r = rx.await.unwrap_or_else(|_| Err(PluginError::cancelled()));
         waiting.ticket = None;
         r
+    }
+
+    /// Who gets the Chiral fast lane from now on.
+    pub fn set_fast_lane(self: &Arc<Self>, policy: crate::swarm::FastLane) {
+        self.with(|s| s.set_fast_lane(policy, Instant::now()));
     }
 
     /// Reads ahead of the engine only when `on`: the engine says whether this swarm is the

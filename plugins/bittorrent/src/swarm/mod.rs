@@ -131,6 +131,26 @@ pub struct Local {
     pub payment_threshold: u64,
 }
 
+/// Who gets the Chiral fast lane when we upload (always unchoked first, a deeper upload
+/// buffer): every proven Chiral peer, or (`Paid`) only a proven one with a wallet the host does
+/// not list as behind on payment (`[payments] fast_lane = "paid"`, docs/payments.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum FastLane {
+    #[default]
+    AllChiral,
+    /// Wallets behind on payment, lowercase.
+    Paid { behind: HashSet<String> },
+}
+
+impl FastLane {
+    pub fn admits(&self, c: &ChiralPeer) -> bool {
+        match self {
+            FastLane::AllChiral => true,
+            FastLane::Paid { behind } => c.wallet.as_ref().is_some_and(|w| !behind.contains(&w.to_ascii_lowercase())),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
     Debug,
@@ -217,6 +237,7 @@ pub struct Totals {
 pub struct Swarm<W> {
     info_hash: [u8; 20],
     local: Local,
+    fast_lane: FastLane,
     seeding: bool,
     meta: Option<Arc<TorrentMetadata>>,
     trackers: Vec<Vec<String>>,
@@ -278,6 +299,7 @@ impl<W> Swarm<W> {
             totals: Totals::default(),
             stopped: false,
             choker: Choker::new(UPLOAD_SLOTS),
+            fast_lane: FastLane::default(),
             last_rotate: None,
             rng: seed | 1,
             now: None,
@@ -663,6 +685,34 @@ impl<W> Swarm<W> {
     }
 
     /// Reads ahead of the engine (fetches the pieces after the last one asked for) only when
+    /// Who gets the Chiral fast lane from now on: each peer is judged again, and a change is
+    /// logged and acted on at once (a peer that loses it competes for the regular slots).
+    pub fn set_fast_lane(&mut self, policy: FastLane, now: Instant) {
+        self.now = Some(now);
+        if self.fast_lane == policy {
+            return;
+        }
+        self.fast_lane = policy;
+        let mut changed = Vec::new();
+        for p in self.peers.values_mut() {
+            let Some(c) = &p.chiral else { continue };
+            let lane = self.fast_lane.admits(c);
+            if lane != p.fast_lane {
+                p.fast_lane = lane;
+                changed.push((c.id.clone(), c.wallet.clone(), lane));
+            }
+        }
+        for (id, wallet, lane) in &changed {
+            let wallet =
+                wallet.as_deref().map_or_else(|| "no wallet".to_string(), |w| chiral_sdk::text::for_terminal(w, 60));
+            let what = if *lane { "given back to" } else { "withdrawn from" };
+            self.log(Level::Info, format!("{}: fast lane {what} Chiral peer {id} ({wallet})", self.label()));
+        }
+        if !changed.is_empty() {
+            self.rechoke(false);
+        }
+    }
+
     /// `on`: the engine says whether this swarm is the download's only source. Turning it off
     /// abandons the pieces being read ahead.
     pub fn set_read_ahead(&mut self, on: bool, now: Instant) {
@@ -1086,7 +1136,7 @@ impl<W> Swarm<W> {
             .map(|(id, p)| PeerView {
                 id: *id,
                 interested: p.peer_interested,
-                chiral: p.chiral.is_some(),
+                chiral: p.fast_lane,
                 unchoked: !p.am_choking,
             })
             .collect();
@@ -1273,15 +1323,19 @@ impl<W> Swarm<W> {
                 }
                 if p.chiral.is_none() {
                     let reputation = hello.reputation_score.clamp(0, 1000);
-                    p.chiral = Some(ChiralPeer {
+                    let c = ChiralPeer {
                         id: hello.chiral_peer_id.clone(),
                         reputation,
                         wallet: hello.wallet_address.clone(),
-                    });
+                    };
+                    let lane = self.fast_lane.admits(&c);
+                    p.fast_lane = lane;
+                    p.chiral = Some(c);
+                    let lane = if lane { "fast lane" } else { "no fast lane: behind on payment or no wallet" };
                     self.log(
                         Level::Info,
                         format!(
-                            "{}: {addr} is Chiral peer {} (reputation {reputation}, proven)",
+                            "{}: {addr} is Chiral peer {} (reputation {reputation}, proven; {lane})",
                             self.label(),
                             hello.chiral_peer_id
                         ),

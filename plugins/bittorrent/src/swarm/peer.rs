@@ -54,6 +54,9 @@ pub struct Peer {
     /// The nonce we sent it in our extended handshake (it signs it to prove its Chiral id).
     pub nonce: Vec<u8>,
     pub chiral: Option<ChiralPeer>,
+    /// It has the Chiral fast lane when we seed (always unchoked first, the deeper upload
+    /// buffer): a proven Chiral peer the [`super::FastLane`] policy admits.
+    pub fast_lane: bool,
     pub down: u64,
     pub up: u64,
     pub paid_marks: u64,
@@ -91,6 +94,7 @@ impl Peer {
             ext: None,
             nonce: Vec::new(),
             chiral: None,
+            fast_lane: false,
             down: 0,
             up: 0,
             paid_marks: 0,
@@ -119,7 +123,7 @@ impl Peer {
 
     /// Bytes of blocks read for it and not yet taken by its socket, at most.
     pub fn upload_buffer(&self) -> usize {
-        if self.chiral.is_some() {
+        if self.fast_lane {
             super::CHIRAL_UPLOAD_BUFFER
         } else {
             super::UPLOAD_BUFFER

@@ -665,6 +665,11 @@ fn blocks_in_any_order_and_borrowed_make_the_piece() {
 impl T {
     /// A peer (extension bit set) that proves a Chiral id by signing our nonce.
     fn chiral_peer(&mut self, n: u8) -> PeerKey {
+        self.chiral_peer_with(n, None)
+    }
+
+    /// The same, announcing `wallet`.
+    fn chiral_peer_with(&mut self, n: u8, wallet: Option<&str>) -> PeerKey {
         let them = Identity::generate();
         let k = self.connect_from(addr(n), pid(n), true);
         let nonce = self.s.peer(k).unwrap().nonce.clone();
@@ -677,7 +682,7 @@ impl T {
             msg_type: "hello".into(),
             chiral_peer_id: them.id(),
             reputation_score: 500,
-            wallet_address: None,
+            wallet_address: wallet.map(str::to_string),
             signature: Some(them.prove(&nonce, &self.meta.info_hash)),
         };
         self.recv(k, Message::Extended { id: CHIRAL_ID, payload: hello.encode() });
@@ -831,4 +836,42 @@ fn pex_tells_peers_of_each_other_and_dials_what_it_hears_bounded() {
     assert_eq!(t.dials, vec![addr(7)]);
     t.recv(a, Message::Extended { id: UT_PEX_ID, payload: Pex { added: vec![addr(8)], dropped: vec![] }.encode() });
     assert_eq!(t.dials, vec![addr(7)]);
+}
+
+#[test]
+fn the_fast_lane_can_be_kept_for_peers_that_pay() {
+    let (payer, debtor) = ("0xabc0000000000000000000000000000000000001", "0xABC0000000000000000000000000000000000002");
+    let mut t = T::seed(4 * PIECE as usize);
+    let a = t.chiral_peer_with(1, Some(payer));
+    let b = t.chiral_peer_with(2, Some(debtor));
+    let c = t.chiral_peer_with(3, None);
+    let plain = t.connect_from(addr(4), pid(4), true);
+    // By default every proven Chiral peer has it, and only they do.
+    let lanes = |t: &T| [a, b, c, plain].map(|k| t.s.peer(k).unwrap().fast_lane);
+    assert_eq!(lanes(&t), [true, true, true, false]);
+    assert!(t.s.peer(a).unwrap().upload_buffer() > t.s.peer(plain).unwrap().upload_buffer());
+    // Paid only: the debtor (listed lowercase, announced in capitals) and the peer with no
+    // wallet lose it.
+    t.logs.clear();
+    let behind = HashSet::from([debtor.to_ascii_lowercase()]);
+    t.s.set_fast_lane(FastLane::Paid { behind }, t.now);
+    t.run();
+    assert_eq!(lanes(&t), [true, false, false, false]);
+    assert_eq!(t.s.peer(b).unwrap().upload_buffer(), t.s.peer(plain).unwrap().upload_buffer());
+    assert_eq!(t.logs.iter().filter(|l| l.contains("fast lane withdrawn")).count(), 2, "{:?}", t.logs);
+    // A peer proven later is judged by the policy in force.
+    let d = t.chiral_peer_with(5, Some(debtor));
+    assert!(!t.s.peer(d).unwrap().fast_lane);
+    // The debt is paid: it is given back.
+    t.logs.clear();
+    t.s.set_fast_lane(FastLane::Paid { behind: HashSet::new() }, t.now);
+    t.run();
+    assert_eq!(lanes(&t), [true, true, false, false]);
+    assert!(t.s.peer(d).unwrap().fast_lane);
+    assert!(t.logs.iter().any(|l| l.contains("fast lane given back")), "{:?}", t.logs);
+    // The same policy again changes nothing and says nothing.
+    t.logs.clear();
+    t.s.set_fast_lane(FastLane::Paid { behind: HashSet::new() }, t.now);
+    t.run();
+    assert!(t.logs.iter().all(|l| !l.contains("fast lane")), "{:?}", t.logs);
 }
