@@ -642,3 +642,55 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Open files of a process, from /proc.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Raises this test process's soft open-files limit to what `want` needs (or the hard limit).
+pub fn allow_open_files(want: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain get/setrlimit on a struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        assert!(lim.rlim_max >= want, "this test needs {want} open files; the hard limit is {}", lim.rlim_max);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+}
+
+/// TCP connections to a loopback port that never send a byte (a listener's idle crowd).
+pub struct IdleCrowd(Vec<std::net::TcpStream>);
+
+impl IdleCrowd {
+    /// `n` connections to 127.0.0.1:`port` (the test fails if one cannot connect).
+    pub fn open(port: u16, n: usize) -> Self {
+        let crowd: Vec<std::net::TcpStream> = (0..n)
+            .map(|i| {
+                std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+            })
+            .collect();
+        for s in &crowd {
+            s.set_nonblocking(true).unwrap();
+        }
+        Self(crowd)
+    }
+
+    /// How many the other end has closed.
+    pub fn closed(&self) -> usize {
+        self.0.iter().filter(|s| closed_by_peer(s)).count()
+    }
+}
+
+/// Whether the other end closed a nonblocking socket (end of file or reset; nothing to read
+/// yet means open).
+fn closed_by_peer(mut s: &std::net::TcpStream) -> bool {
+    match std::io::Read::read(&mut s, &mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}

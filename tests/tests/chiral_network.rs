@@ -401,3 +401,45 @@ fn a_finisher_with_seed_becomes_a_provider() {
     let totals = provider_totals(&json_of(&out));
     assert!(totals.get(&e_id).is_some_and(|t| t.0 > 0), "the finisher served it: {totals:?}");
 }
+
+/// The node's listener under an idle crowd: 1,400 TCP connections that never start a
+/// handshake. Past 1,024 being set up, more are refused at once; the others end at the 10 s
+/// connection timeout; the node's open files stay bounded all along, and afterwards a seed
+/// bootstraps from it and a download finds the file through it.
+#[test]
+fn an_idle_crowd_costs_a_chiral_node_at_most_its_connection_caps() {
+    const CAP: usize = 1024;
+    const CROWD: usize = 1400;
+    allow_open_files(CROWD as u64 + 256);
+    let a = Chiral::new();
+    let (pa, addr_a) = start_node(&a, &[]);
+    let parts: Vec<&str> = addr_a.split('/').collect();
+    assert_eq!(parts.get(3), Some(&"tcp"), "{addr_a}");
+    let port: u16 = parts[4].parse().expect("a port");
+    let pid = pa.child.id();
+    let base = open_files(pid);
+    let crowd = IdleCrowd::open(port, CROWD);
+    // Refused at once, long before the 10 s connection timeout would close them.
+    let refused = wait_until(Duration::from_secs(5), || crowd.closed() >= CROWD - CAP);
+    let now_open = open_files(pid);
+    assert!(refused, "the node closed {} of {CROWD} idle connections; it has {now_open} files open", crowd.closed());
+    assert!(now_open <= base + CAP + 16, "the node holds {now_open} open files (it had {base} before the crowd)");
+    assert!(
+        wait_until(Duration::from_secs(40), || crowd.closed() == CROWD),
+        "{} of {CROWD} idle connections outlived the connection timeout",
+        CROWD - crowd.closed()
+    );
+    drop(crowd);
+
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("after-crowd.bin");
+    make_file(&file, 3 * MIB + 17, 31);
+    let b = Chiral::new();
+    let (_s, lines) = start_seed(&b, &[file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr_a], 1);
+    let cid = cid_of(&lines);
+    let e = Chiral::new();
+    let out_dir = e.data_dir.path().join("dl");
+    let out = e.run(&["get", &cid, "--bootstrap", &addr_a, "-o", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256_file(&out_dir.join("after-crowd.bin")), sha256_file(&file));
+}

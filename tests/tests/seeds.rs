@@ -313,25 +313,6 @@ fn a_seeded_path_with_escapes_is_printed_escaped() {
     assert!(!log.contains('\x1b') && !log.contains('\x07'), "raw escapes on stderr: {log:?}");
 }
 
-/// Open files of a process, from /proc.
-fn open_files(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
-/// Raises this test process's soft open-files limit to what `want` needs (or the hard limit).
-fn allow_open_files(want: u64) {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain get/setrlimit on a struct we own.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        assert!(lim.rlim_max >= want, "this test needs {want} open files; the hard limit is {}", lim.rlim_max);
-        if lim.rlim_cur < want {
-            lim.rlim_cur = want;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-        }
-    }
-}
-
 #[test]
 fn an_idle_crowd_costs_the_seeder_at_most_its_connection_cap() {
     // The HTTP seed server holds 1,024 connections; 1,400 that never send a byte arrive, then
@@ -351,19 +332,13 @@ fn an_idle_crowd_costs_the_seeder_at_most_its_connection_cap() {
     let pid = seed.child.id();
     let base = open_files(pid);
 
-    let crowd: Vec<TcpStream> = (0..CROWD)
-        .map(|i| TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("idle connection {i}: {e}")))
-        .collect();
-    for s in &crowd {
-        s.set_nonblocking(true).unwrap();
-    }
-    let closed = |crowd: &[TcpStream]| crowd.iter().filter(|s| closed_by_peer(s)).count();
-    let evicted_enough = wait_until(Duration::from_secs(60), || closed(&crowd) >= CROWD - CAP);
+    let crowd = IdleCrowd::open(port, CROWD);
+    let evicted_enough = wait_until(Duration::from_secs(60), || crowd.closed() >= CROWD - CAP);
     let now_open = open_files(pid);
     assert!(
         evicted_enough,
         "the seeder closed {} of {CROWD} idle connections (a cap of {CAP} closes at least {}); it has {now_open} files open",
-        closed(&crowd),
+        crowd.closed(),
         CROWD - CAP
     );
     assert!(now_open <= base + CAP + 8, "the seeder holds {now_open} open files (it had {base} before the crowd)");
@@ -371,14 +346,4 @@ fn an_idle_crowd_costs_the_seeder_at_most_its_connection_cap() {
     let out = files.path().join("got.bin");
     curl_matches(&url, &out, &want);
     drop(crowd);
-}
-
-/// Whether the other end closed a nonblocking socket (end of file or reset; nothing to read
-/// yet means open).
-fn closed_by_peer(mut s: &TcpStream) -> bool {
-    match s.read(&mut [0u8; 1]) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-    }
 }

@@ -45,8 +45,18 @@ const IDENTITY_FILE: &str = "identity.ed25519";
 /// Most publishers whose entries one node stores (the store quota's bookkeeping).
 const MAX_QUOTA_PUBLISHERS: usize = 65_536;
 
+/// Connections being set up from outside (TCP accepted, the handshake not done), at most: more
+/// are refused until some finish or reach the builder's 10 s connection timeout.
+const MAX_PENDING_INCOMING: u32 = 1024;
+/// Established connections from outside, at most (each holds a socket and its streams).
+const MAX_ESTABLISHED_INCOMING: u32 = 1024;
+/// Connections with one peer, at most.
+const MAX_PER_PEER: u32 = 8;
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// First: a connection over the limits is refused before any other behaviour sees it.
+    limits: libp2p::connection_limits::Behaviour,
     identify: identify::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     chunks: request_response::Behaviour<ChunkCodec>,
@@ -229,7 +239,13 @@ fn behaviour(key: &identity::Keypair) -> Behaviour {
             .with_request_timeout(Duration::from_secs(30))
             .with_max_concurrent_streams(256),
     );
-    Behaviour { identify, kad, chunks }
+    let limits = libp2p::connection_limits::Behaviour::new(
+        libp2p::connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+            .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+            .with_max_established_per_peer(Some(MAX_PER_PEER)),
+    );
+    Behaviour { limits, identify, kad, chunks }
 }
 
 /// The swarm: the transports (all built here, in one place) and the behaviour.
