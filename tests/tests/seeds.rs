@@ -347,3 +347,51 @@ fn an_idle_crowd_costs_the_seeder_at_most_its_connection_cap() {
     curl_matches(&url, &out, &want);
     drop(crowd);
 }
+
+/// `--max-upload-rate` holds for the HTTP, FTP and Chiral network seeders (the BitTorrent one
+/// has its own test): 12 MiB at 4 MiB/s takes about three seconds whoever downloads it, where
+/// loopback unlimited takes a fraction of one.
+#[test]
+fn max_upload_rate_holds_for_the_http_ftp_and_chiral_seeders() {
+    const SIZE: u64 = 12 * 1024 * KIB;
+    let files = tempfile::tempdir().unwrap();
+    let f = files.path().join("paced.bin");
+    make_file(&f, SIZE, 41);
+    let want = sha256_file(&f);
+    let node = Chiral::new();
+    let (bootstrap, rx) = spawn_printing(&node, "node", &[]);
+    let addr = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(30)).ok())
+        .find(|l| l.starts_with("/ip4/") && l.contains("/p2p/"))
+        .unwrap_or_else(|| panic!("chiral node printed no address: {}", bootstrap.log_text()));
+    let seeder = Chiral::new();
+    let mut seeds = Vec::new();
+    let mut ids = Vec::new();
+    for via in ["http", "ftp", "chiral"] {
+        let args = [f.to_str().unwrap(), "--via", via, "--max-upload-rate", "4M", "--bootstrap", &addr];
+        let (p, lines) = start_seed(&seeder, &args, 1);
+        let id = lines[0].split_whitespace().find(|w| w.contains(':')).expect("an identifier").to_string();
+        ids.push((via, id));
+        seeds.push(p);
+    }
+    let curl = require("curl", "curl");
+    for (via, id) in &ids {
+        let out = files.path().join(format!("got-{via}.bin"));
+        let t0 = Instant::now();
+        if *via == "chiral" {
+            let getter = Chiral::new();
+            let dir = files.path().join("chiral-out");
+            let o = getter.run(&["get", id, "--bootstrap", &addr, "-o", dir.to_str().unwrap()]);
+            assert!(o.status.success(), "chiral get {id}: {}", stderr(&o));
+            std::fs::rename(dir.join("paced.bin"), &out).unwrap();
+        } else {
+            let o =
+                run_with_timeout(Command::new(&curl).args(["-sSf", "-o"]).arg(&out).arg(id), Duration::from_secs(60));
+            assert!(o.status.success(), "curl {id}: {}", stderr(&o));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!(sha256_file(&out), want, "{via}");
+        // 12 MiB at 4 MiB/s: 3 s, less what may go before the bucket starts to count.
+        assert!(secs >= 2.0, "{via}: 12 MiB in {secs:.2} s under --max-upload-rate 4M");
+    }
+    drop(seeds);
+}

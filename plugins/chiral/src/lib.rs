@@ -50,6 +50,8 @@ pub struct ChiralPlugin {
     config: HostConfig,
     events: Events,
     node: tokio::sync::OnceCell<Node>,
+    /// `max_upload_rate` (the host's `--max-upload-rate`): shared by every seed of the plugin.
+    upload_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
 }
 
 /// What an identifier names: a content id, or a magnet's info hash to resolve through
@@ -146,7 +148,8 @@ impl ChiralPlugin {
         let cid = content_id(&root);
         let node = self.node().await?;
         let entry = Arc::new(
-            SeedEntry::open(&path, name.clone(), vec![cid.clone()], tree, size)?.with_upload_rate(upload_rate),
+            SeedEntry::open(&path, name.clone(), vec![cid.clone()], tree, size)?
+                .with_upload_rate(upload_rate, self.upload_rate.clone()),
         );
         node.add_seed(root, entry.clone());
 
@@ -326,8 +329,10 @@ impl Plugin for ChiralPlugin {
     }
 
     fn new(config: HostConfig, events: Events) -> Result<Self, PluginError> {
-        let runtime = PluginRuntime::for_plugin("chiral", &Opts::from_abi(&config.options))?;
-        Ok(Self { runtime, config, events, node: tokio::sync::OnceCell::new() })
+        let opts = Opts::from_abi(&config.options);
+        let runtime = PluginRuntime::for_plugin("chiral", &opts)?;
+        let upload_rate = chiral_sdk::rate::limiter(opts.get_bytes("max_upload_rate")?);
+        Ok(Self { runtime, config, events, node: tokio::sync::OnceCell::new(), upload_rate })
     }
 
     fn runtime(&self) -> tokio::runtime::Handle {

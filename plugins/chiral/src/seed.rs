@@ -6,10 +6,14 @@ use std::{
     io::Read as _,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use chiral_sdk::{
+    rate::RateLimiter,
     verify::{leaf_hash, node_hash, Hash32, CHUNK_SIZE},
     PluginError,
 };
@@ -100,29 +104,8 @@ pub struct SeedEntry {
     pub identifiers: Vec<String>,
     pub served: AtomicU64,
     file: File,
-    /// Upload cap of this seed (`upload_rate` option), if any.
-    pacer: Option<Pacer>,
-}
-
-/// Spaces chunk answers so a seed sends at most `rate` bytes per second on average.
-pub struct Pacer {
-    rate: u64,
-    next: std::sync::Mutex<std::time::Instant>,
-}
-
-impl Pacer {
-    pub fn new(rate: u64) -> Self {
-        Self { rate: rate.max(1), next: std::sync::Mutex::new(std::time::Instant::now()) }
-    }
-
-    /// Reserves `bytes` of the budget; returns how long to wait before sending them.
-    pub fn reserve(&self, bytes: u64) -> std::time::Duration {
-        let now = std::time::Instant::now();
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let start = (*next).max(now);
-        *next = start + std::time::Duration::from_secs_f64(bytes as f64 / self.rate as f64);
-        start - now
-    }
+    /// Upload cap of this seed (`upload_rate` option) inside the plugin's (`max_upload_rate`).
+    pacer: Option<Arc<RateLimiter>>,
 }
 
 impl SeedEntry {
@@ -147,9 +130,15 @@ impl SeedEntry {
         })
     }
 
-    /// Caps what this seed sends to `rate` bytes per second.
-    pub fn with_upload_rate(mut self, rate: Option<u64>) -> Self {
-        self.pacer = rate.map(Pacer::new);
+    /// Caps what this seed sends to `rate` bytes per second, inside `shared` (the plugin's
+    /// rate, which every seed pays too).
+    pub fn with_upload_rate(mut self, rate: Option<u64>, shared: Option<Arc<RateLimiter>>) -> Self {
+        self.pacer = match (rate.filter(|&r| r > 0), shared) {
+            (None, None) => None,
+            (Some(r), None) => Some(Arc::new(RateLimiter::new(r))),
+            (None, Some(s)) => Some(s),
+            (r, s) => Some(Arc::new(RateLimiter::within(r.unwrap_or(0), s))),
+        };
         self
     }
 
@@ -179,15 +168,20 @@ impl SeedEntry {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn rates_and_pacing() {
-        use super::Pacer;
-        let p = Pacer::new(1 << 20);
-        assert_eq!(p.reserve(1 << 19), std::time::Duration::ZERO);
-        let wait = p.reserve(1 << 19);
-        assert!(
-            wait > std::time::Duration::from_millis(400) && wait <= std::time::Duration::from_millis(500),
-            "{wait:?}"
-        );
+    fn a_seed_pays_its_own_rate_and_the_plugins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, vec![7u8; 3 * CHUNK_SIZE as usize]).unwrap();
+        let (leaves, size) = hash_file(&path).unwrap();
+        let open = || SeedEntry::open(&path, "f.bin".into(), vec![], MerkleTree::new(leaves.clone()), size).unwrap();
+        assert!(open().with_upload_rate(None, None).pacer.is_none());
+        let plugin = Arc::new(RateLimiter::new(CHUNK_SIZE));
+        let seed = open().with_upload_rate(Some(CHUNK_SIZE * 1000), Some(plugin.clone()));
+        // The first chunk goes at once; the plugin's bucket is paid for it too.
+        let t0 = std::time::Instant::now();
+        assert!(matches!(seed.chunk(0), Response::Chunk { .. }));
+        assert!(t0.elapsed() < std::time::Duration::from_millis(500));
+        assert!(plugin.reserve(1) >= std::time::Duration::from_millis(900));
     }
 
     use super::*;

@@ -114,8 +114,9 @@ impl Plugin for FtpPlugin {
         if let Some(p) = &proxy {
             events.info(format!("ftp: every connection goes through the proxy {p}"));
         }
+        let upload_rate = options.get_bytes("max_upload_rate")?;
         let settings = Arc::new(Settings::new(options, real_env).with_proxy(proxy));
-        let seeder = seed::Seeder::new(&config, events);
+        let seeder = seed::Seeder::new(&config, events, upload_rate);
         Ok(Self { runtime, settings, seeder })
     }
 

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use chiral_sdk::{
     listen::ConnLimit,
     options::Opts,
+    rate::RateLimiter,
     seeds::{check_file, listen_host, url_host, SeedTable, Seeded},
     Events, HostConfig, PluginError, SeedInfo,
 };
@@ -66,6 +67,8 @@ struct Seed {
     fs: Option<Arc<Filesystem>>,
     url: String,
     bytes_served: AtomicU64,
+    /// The plugin's upload rate (`max_upload_rate`), shared by every transfer of every seed.
+    upload_rate: Option<Arc<RateLimiter>>,
 }
 
 impl Seeded for Seed {
@@ -93,10 +96,12 @@ pub struct Seeder {
     seeds: Arc<SeedTable<Seed>>,
     server: OnceCell<Bound>,
     events: Events,
+    upload_rate: Option<Arc<RateLimiter>>,
 }
 
 impl Seeder {
-    pub fn new(config: &HostConfig, events: Events) -> Self {
+    /// `upload_rate`: bytes per second all transfers of this plugin's seeds share (none: no limit).
+    pub fn new(config: &HostConfig, events: Events, upload_rate: Option<u64>) -> Self {
         Self {
             listen_addr: config.listen_addr.trim().to_string(),
             listen_port: config.listen_port,
@@ -104,6 +109,7 @@ impl Seeder {
             seeds: Arc::new(SeedTable::new()),
             server: OnceCell::new(),
             events,
+            upload_rate: chiral_sdk::rate::limiter(upload_rate),
         }
     }
 
@@ -141,6 +147,7 @@ impl Seeder {
                 fs: Some(Arc::new(fs)),
                 url,
                 bytes_served: AtomicU64::new(0),
+                upload_rate: self.upload_rate.clone(),
             }
         });
         if new {
@@ -180,6 +187,7 @@ impl Seeder {
                 fs: None,
                 url,
                 bytes_served: AtomicU64::new(sent),
+                upload_rate: None,
             },
         );
         events.info(format!("uploaded {} ({sent} bytes) to {}", seed.path.display(), seed.url));
@@ -491,7 +499,7 @@ impl StorageBackend<DefaultUser> for SeedFs {
         start_pos: u64,
     ) -> unftp_core::storage::Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
         let (reader, seed) = self.open(path.as_ref(), start_pos).await?;
-        Ok(Box::new(Counting { inner: reader, seed }))
+        Ok(Box::new(Counting { inner: reader, seed, pause: None }))
     }
 
     /// Large reads and writes (the default copies 8 KiB at a time).
@@ -515,6 +523,10 @@ impl StorageBackend<DefaultUser> for SeedFs {
                 break;
             }
             let n = chunk.len();
+            // The chunk goes once its bytes fit the upload rate.
+            if let Some(rate) = &seed.upload_rate {
+                rate.acquire(n as u64).await;
+            }
             output.write_all(chunk).await?;
             tokio::io::AsyncBufReadExt::consume(&mut reader, n);
             total += n as u64;
@@ -583,14 +595,26 @@ impl StorageBackend<DefaultUser> for SeedFs {
 struct Counting {
     inner: Box<dyn AsyncRead + Send + Sync + Unpin>,
     seed: Arc<Seed>,
+    /// Held back by the upload rate until then, after the bytes read before.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl AsyncRead for Counting {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Some(pause) = self.pause.as_mut() {
+            std::task::ready!(std::future::Future::poll(pause.as_mut(), cx));
+            self.pause = None;
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.seed.bytes_served.fetch_add(n as u64, Ordering::Relaxed);
+        let n = (buf.filled().len() - before) as u64;
+        self.seed.bytes_served.fetch_add(n, Ordering::Relaxed);
+        if let Some(rate) = self.seed.upload_rate.clone().filter(|_| n > 0) {
+            let wait = rate.reserve(n);
+            if !wait.is_zero() {
+                self.pause = Some(Box::pin(tokio::time::sleep(wait)));
+            }
+        }
         r
     }
 }

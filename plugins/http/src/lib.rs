@@ -51,7 +51,8 @@ impl Plugin for HttpPlugin {
             let _entered = runtime.handle().enter();
             client::build_client(&config)?
         };
-        let seeder = server::Seeder::new(&config, events.clone());
+        let upload_rate = Opts::from_abi(&config.options).get_bytes("max_upload_rate")?;
+        let seeder = server::Seeder::new(&config, events.clone(), upload_rate);
         Ok(Self { runtime, client, seeder })
     }
 

@@ -23,6 +23,7 @@ use std::{
 use bytes::Bytes;
 use chiral_sdk::{
     listen::ConnLimit,
+    rate::RateLimiter,
     seeds::{check_file, listen_host, url_host, SeedTable, Seeded},
     Events, HostConfig, PluginError, SeedInfo,
 };
@@ -55,6 +56,8 @@ struct Seed {
     name: String,
     url: String,
     bytes_served: AtomicU64,
+    /// The plugin's upload rate (`max_upload_rate`), shared by every transfer of every seed.
+    upload_rate: Option<Arc<RateLimiter>>,
 }
 
 impl Seeded for Seed {
@@ -82,10 +85,12 @@ pub struct Seeder {
     seeds: Arc<SeedTable<Seed>>,
     server: OnceCell<Bound>,
     events: Events,
+    upload_rate: Option<Arc<RateLimiter>>,
 }
 
 impl Seeder {
-    pub fn new(config: &HostConfig, events: Events) -> Self {
+    /// `upload_rate`: bytes per second all transfers of this plugin's seeds share (none: no limit).
+    pub fn new(config: &HostConfig, events: Events, upload_rate: Option<u64>) -> Self {
         Self {
             listen_addr: config.listen_addr.trim().to_string(),
             listen_port: config.listen_port,
@@ -93,6 +98,7 @@ impl Seeder {
             seeds: Arc::new(SeedTable::new()),
             server: OnceCell::new(),
             events,
+            upload_rate: chiral_sdk::rate::limiter(upload_rate),
         }
     }
 
@@ -109,7 +115,13 @@ impl Seeder {
             |s| s.path == path,
             |id, _| {
                 let url = format!("http://{}/{}/{}", bound.authority, id, encode_segment(&name));
-                Seed { path: path.clone(), name, url, bytes_served: AtomicU64::new(0) }
+                Seed {
+                    path: path.clone(),
+                    name,
+                    url,
+                    bytes_served: AtomicU64::new(0),
+                    upload_rate: self.upload_rate.clone(),
+                }
             },
         );
         if new {
@@ -302,11 +314,20 @@ impl FileBody {
         }
         let n = self.unread.min(CHUNK);
         let (file, offset) = (self.file.clone(), self.next_offset);
-        self.pending = Some(tokio::task::spawn_blocking(move || {
-            // At most CHUNK, so it fits in usize.
-            let mut buf = vec![0u8; n as usize];
-            file.read_exact_at(&mut buf, offset)?;
-            Ok(Bytes::from(buf))
+        let rate = self.seed.upload_rate.clone();
+        self.pending = Some(tokio::spawn(async move {
+            // The chunk is read once its bytes fit the upload rate.
+            if let Some(rate) = rate {
+                rate.acquire(n).await;
+            }
+            tokio::task::spawn_blocking(move || {
+                // At most CHUNK, so it fits in usize.
+                let mut buf = vec![0u8; n as usize];
+                file.read_exact_at(&mut buf, offset)?;
+                Ok(Bytes::from(buf))
+            })
+            .await
+            .map_err(io::Error::other)?
         }));
         self.next_offset += n;
         self.unread -= n;
