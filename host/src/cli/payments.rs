@@ -8,14 +8,15 @@ use serde_json::json;
 
 use super::{
     args::{Global, PaymentsArgs, PaymentsCommand},
-    setup::{payments, settings},
+    setup::{payment_ledger, settings},
     shown,
     wallet::passphrase,
 };
 
 pub(crate) async fn run(g: &Global, a: PaymentsArgs) -> Result<ExitCode> {
     let s = settings(g)?;
-    let Some(service) = payments(&s)? else { anyhow::bail!("payments are off") };
+    // Listing never pays; `settle` pays, itself, below.
+    let Some(service) = payment_ledger(&s)? else { anyhow::bail!("payments are off") };
     match a.what {
         None => {
             let r = service.report().await?;

@@ -114,6 +114,18 @@ pub(super) fn build_host(g: &Global, s: &Settings, loopback: bool) -> Result<Hos
 /// (it pays what an earlier run left pending, and each wallet owed `threshold_wei`); unlocked
 /// when `CHIRAL_WALLET_PASSPHRASE` is set. Must be called on the runtime.
 pub(super) fn payments(s: &Settings) -> Result<Option<Arc<PaymentService>>> {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    let service = payment_ledger(s)?;
+    if let Some(p) = &service {
+        // Once per process, however many callers ask for the service.
+        STARTED.call_once(|| p.start());
+    }
+    Ok(service)
+}
+
+/// The same service, not started: for commands that only read the ledger (`chiral payments`,
+/// `payments received`), which must not pay anything as a side effect of listing it.
+pub(super) fn payment_ledger(s: &Settings) -> Result<Option<Arc<PaymentService>>> {
     static SERVICE: OnceLock<Arc<PaymentService>> = OnceLock::new();
     if let Some(p) = SERVICE.get() {
         return Ok(Some(p.clone()));
@@ -127,7 +139,5 @@ pub(super) fn payments(s: &Settings) -> Result<Option<Arc<PaymentService>>> {
             }
         }
     }
-    let service = SERVICE.get_or_init(|| service).clone();
-    service.start();
-    Ok(Some(service))
+    Ok(Some(SERVICE.get_or_init(|| service).clone()))
 }

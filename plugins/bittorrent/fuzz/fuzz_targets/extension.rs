@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = ChiralHello::decode(data);
     if let Ok(Metadata::Data { piece, total_size, data: bytes }) = Metadata::decode(data) {
         if let Ok(mut asm) = MetadataAssembly::new(total_size) {
-            let _ = asm.add(piece, bytes, &[0u8; 20]);
+            let _ = asm.add(piece, bytes, 1, &[0u8; 20]);
         }
     }
 });
