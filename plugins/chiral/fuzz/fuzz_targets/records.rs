@@ -1,16 +1,23 @@
-//! DHT records other nodes put and we read: metadata (JSON under a 32-byte root) and keyword /
-//! info-hash indexes (JSON lists of roots). Never panics; what a node stores after a put is a
-//! record that itself passes the checks, within the bounds; identifiers and keywords parse
-//! within theirs.
+//! DHT records other nodes put and we read (version 2: signed entries per publisher). Never
+//! panics; what a node stores after a put passes its own checks again, within the bounds;
+//! what a reader merges is bounded; identifiers and keywords parse within theirs.
+//!
+//! Input: `<mode><incoming>[0xff<existing>]` (0xff never occurs in UTF-8 JSON). Modes 0-2 take
+//! `incoming` as a stored value (a signed set, as a peer sends it: mostly signatures that do not
+//! verify); modes 3-5 take it as an entry's body and sign it with a fixed key, so the body
+//! checks (metadata, keyword and info-hash entries) are reached.
 #![no_main]
 use chiral_plugin_chiral::records::{
-    content_id, info_hash_key, keyword_key, keywords, merge_for_store, parse_content_id, parse_hex32, parse_info_hash,
-    FileMeta, RootList, MAX_MIRRORS, MAX_RECORD, MAX_ROOTS, MAX_SEEDERS,
+    content_id, index_entries, info_hash_key, keyword_key, keywords, merge_for_store, meta_entries, parse_content_id,
+    parse_hex32, parse_info_hash, publishers, sign, SignedSet, MAX_ENTRIES_PER_KEY, MAX_MIRRORS, MAX_RECORD,
+    MAX_SEEDERS,
 };
 use libfuzzer_sys::fuzz_target;
 
+/// A fixed clock, inside the expiry window of the seeds.
+const NOW: u64 = 1_800_000_000;
+
 fuzz_target!(|data: &[u8]| {
-    // `<mode><incoming>[0xff<existing>]`: 0xff never occurs in UTF-8 JSON.
     let Some((&mode, rest)) = data.split_first() else { return };
     let (incoming, existing) = match rest.iter().position(|b| *b == 0xff) {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
@@ -22,19 +29,45 @@ fuzz_target!(|data: &[u8]| {
             .ok()
             .and_then(|v| v.get("root")?.as_str().and_then(parse_hex32))
             .map(|r| r.to_vec())
-            .unwrap_or_else(|| incoming.iter().take(32).copied().collect()),
+            .unwrap_or_else(|| {
+                let mut k: Vec<u8> = incoming.iter().take(32).copied().collect();
+                k.resize(32, 0);
+                k
+            }),
         1 => keyword_key("word"),
         _ => info_hash_key("0123456789abcdef0123456789abcdef01234567"),
     };
-    if let Ok(stored) = merge_for_store(&key, incoming, existing) {
+    let signed_value;
+    let value: &[u8] = if mode % 6 >= 3 {
+        let Ok(body) = std::str::from_utf8(incoming) else { return };
+        let keypair = libp2p::identity::Keypair::ed25519_from_bytes([7u8; 32]).expect("a key");
+        let Ok(s) = sign(&keypair, &key, body.to_string()) else { return };
+        let Ok(v) = SignedSet::of(vec![s]).encode() else { return };
+        signed_value = v;
+        &signed_value
+    } else {
+        incoming
+    };
+
+    if let Ok(stored) = merge_for_store(&key, value, existing, NOW, |_| true) {
         assert!(stored.len() <= MAX_RECORD);
-        if mode % 3 == 0 {
-            let m = FileMeta::decode(&key, &stored).expect("a stored record passes the checks");
-            assert!(m.seeders.len() <= MAX_SEEDERS && m.mirrors.len() <= MAX_MIRRORS);
-        } else {
-            let l = RootList::decode(&stored).expect("a stored index passes the checks");
-            assert!(l.roots.len() <= MAX_ROOTS);
+        let set = SignedSet::decode(&stored).expect("a stored value decodes");
+        assert!(set.entries.len() <= MAX_ENTRIES_PER_KEY, "{} entries stored", set.entries.len());
+        // What a node stores passes its own checks when put again.
+        let again = merge_for_store(&key, &stored, None, NOW, |_| true).expect("a stored value is accepted again");
+        assert!(again.len() <= MAX_RECORD);
+        assert!(!publishers(&key, &stored, NOW).is_empty());
+    }
+    // A reader merging copies from several nodes: bounded, whatever they hold.
+    let copies: Vec<&[u8]> = [Some(value), existing].into_iter().flatten().collect();
+    if mode % 3 == 0 {
+        let (metas, _) = meta_entries(&key, copies, NOW);
+        for m in &metas {
+            assert!(m.body.seeders.len() <= MAX_SEEDERS && m.body.mirrors.len() <= MAX_MIRRORS);
         }
+    } else {
+        let (entries, _) = index_entries(&key, copies, NOW);
+        assert!(entries.len() <= 2 * MAX_ENTRIES_PER_KEY);
     }
 
     let Ok(text) = std::str::from_utf8(incoming) else { return };
