@@ -230,6 +230,23 @@ pub struct Daemon {
     payments: std::sync::OnceLock<Arc<crate::payments::PaymentService>>,
 }
 
+impl Dl {
+    /// A download not running, with its own rate limiter inside the host's.
+    fn new(rec: DownloadRecord, host: &Host) -> Self {
+        let rate = Arc::new(RateLimiter::within(rec.max_download_rate.unwrap_or(0), host.download_rate.clone()));
+        Dl { rec, rate, task: None, gen: 0, live: Live::default() }
+    }
+}
+
+/// A file selection as given: trimmed, none when empty, refused (400) when it does not parse.
+fn checked_selection(spec: Option<&str>) -> Result<Option<String>, DaemonError> {
+    let spec = spec.map(str::trim).filter(|s| !s.is_empty());
+    if let Some(s) = spec {
+        FileSelection::parse(s).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+    }
+    Ok(spec.map(str::to_string))
+}
+
 /// Peers shown per source of a running download (the ones that gave most).
 const MAX_LIVE_PEERS: usize = 200;
 
@@ -265,9 +282,7 @@ impl Daemon {
                 if rec.state == DownloadState::Running {
                     rec.state = DownloadState::Queued;
                 }
-                let rate =
-                    Arc::new(RateLimiter::within(rec.max_download_rate.unwrap_or(0), host.download_rate.clone()));
-                Dl { rec, rate, task: None, gen: 0, live: Live::default() }
+                Dl::new(rec, &host)
             })
             .collect();
         let seeds = saved.seeds.into_iter().map(|entry| Sd { entry, live_id: None, error: None, served: 0 }).collect();
@@ -399,10 +414,7 @@ impl Daemon {
         for id in &identifiers {
             self.host.registry.route(id, req.backend.as_deref()).map_err(|e| DaemonError::host(e.into()))?;
         }
-        let file_selection = req.file_selection.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
-        if let Some(spec) = &file_selection {
-            FileSelection::parse(spec).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-        }
+        let file_selection = checked_selection(req.file_selection.as_deref())?;
         let max_download_rate = req.max_download_rate.filter(|&r| r > 0);
         let torrent_name = match &req.torrent {
             Some(bytes) => Some(torrent_name(bytes).ok_or_else(|| {
@@ -441,8 +453,7 @@ impl Daemon {
             file_selection,
             sequential: req.sequential,
         };
-        let rate = Arc::new(RateLimiter::within(max_download_rate.unwrap_or(0), self.host.download_rate.clone()));
-        inner.downloads.push(Dl { rec, rate, task: None, gen: 0, live: Live::default() });
+        inner.downloads.push(Dl::new(rec, &self.host));
         self.start_queued(&mut inner);
         self.save_locked(&mut inner);
         let view =
@@ -510,10 +521,7 @@ impl Daemon {
     /// selection or order restarts a running download's run, which resumes from what is
     /// verified on disk (the files no longer chosen keep what they have and get no more).
     pub async fn update(self: &Arc<Self>, id: &str, u: Update) -> Result<DownloadView, DaemonError> {
-        let file_selection = u.file_selection.map(|s| s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
-        if let Some(Some(spec)) = &file_selection {
-            FileSelection::parse(spec).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-        }
+        let file_selection = u.file_selection.map(|s| checked_selection(s.as_deref())).transpose()?;
         let (view, task) = {
             let mut inner = self.lock();
             let d = inner.downloads.iter_mut().find(|d| d.rec.id == id).ok_or_else(|| not_found(id))?;

@@ -382,6 +382,17 @@ impl PaymentService {
     /// Transfers into our wallet found on the chain (scanned on from where the last scan
     /// stopped), per payer, with the bytes we served each.
     pub async fn received(&self) -> Result<ReceivedReport, PaymentError> {
+        let me = self.scan_incoming().await?;
+        let received = self.ledger.received()?;
+        let total = received
+            .iter()
+            .fold(U256::ZERO, |a, r| a.saturating_add(super::parse_wei(&r.received_wei).unwrap_or_default()));
+        Ok(ReceivedReport { wallet: wallet_text(&me), received, total_wei: total.to_string() })
+    }
+
+    /// Records the transfers into our wallet in the blocks not scanned yet (at most
+    /// `MAX_SCAN` a call); our address.
+    async fn scan_incoming(&self) -> Result<Address, PaymentError> {
         let me = self.me.ok_or_else(|| PaymentError::NoWallet(self.cfg.keystore.clone()))?;
         let chain = self.chain.as_ref().ok_or(PaymentError::NoChain)?;
         let head = chain.block_number().await?;
@@ -399,11 +410,7 @@ impl PaymentService {
             n += 1;
         }
         self.ledger.add_received(&found, to + 1)?;
-        let received = self.ledger.received()?;
-        let total = received
-            .iter()
-            .fold(U256::ZERO, |a, r| a.saturating_add(super::parse_wei(&r.received_wei).unwrap_or_default()));
-        Ok(ReceivedReport { wallet: wallet_text(&me), received, total_wei: total.to_string() })
+        Ok(me)
     }
 
     /// The wallets we served that are behind on payment: what we served them, at our own
@@ -411,7 +418,7 @@ impl PaymentService {
     /// two `threshold_wei` (a payer pays once it owes its threshold; one more may be on its
     /// way). Lowercase.
     pub async fn behind(&self) -> Result<Vec<String>, PaymentError> {
-        self.received().await?;
+        self.scan_incoming().await?;
         let allowance = self.cfg.threshold_wei.saturating_mul(U256::from(2u64));
         Ok(self
             .ledger

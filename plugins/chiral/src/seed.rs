@@ -134,10 +134,8 @@ impl SeedEntry {
     /// rate, which every seed pays too).
     pub fn with_upload_rate(mut self, rate: Option<u64>, shared: Option<Arc<RateLimiter>>) -> Self {
         self.pacer = match (rate.filter(|&r| r > 0), shared) {
-            (None, None) => None,
-            (Some(r), None) => Some(Arc::new(RateLimiter::new(r))),
-            (None, Some(s)) => Some(s),
-            (r, s) => Some(Arc::new(RateLimiter::within(r.unwrap_or(0), s))),
+            (None, shared) => shared,
+            (Some(r), shared) => Some(Arc::new(RateLimiter::within(r, shared))),
         };
         self
     }

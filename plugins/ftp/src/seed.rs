@@ -609,11 +609,10 @@ impl AsyncRead for Counting {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = (buf.filled().len() - before) as u64;
         self.seed.bytes_served.fetch_add(n, Ordering::Relaxed);
-        if let Some(rate) = self.seed.upload_rate.clone().filter(|_| n > 0) {
-            let wait = rate.reserve(n);
-            if !wait.is_zero() {
-                self.pause = Some(Box::pin(tokio::time::sleep(wait)));
-            }
+        let wait =
+            self.seed.upload_rate.as_ref().filter(|_| n > 0).map_or(std::time::Duration::ZERO, |rate| rate.reserve(n));
+        if !wait.is_zero() {
+            self.pause = Some(Box::pin(tokio::time::sleep(wait)));
         }
         r
     }

@@ -314,21 +314,20 @@ impl FileBody {
         }
         let n = self.unread.min(CHUNK);
         let (file, offset) = (self.file.clone(), self.next_offset);
-        let rate = self.seed.upload_rate.clone();
-        self.pending = Some(tokio::spawn(async move {
+        let read = move || {
+            // At most CHUNK, so it fits in usize.
+            let mut buf = vec![0u8; n as usize];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        };
+        self.pending = Some(match self.seed.upload_rate.clone() {
+            None => tokio::task::spawn_blocking(read),
             // The chunk is read once its bytes fit the upload rate.
-            if let Some(rate) = rate {
+            Some(rate) => tokio::spawn(async move {
                 rate.acquire(n).await;
-            }
-            tokio::task::spawn_blocking(move || {
-                // At most CHUNK, so it fits in usize.
-                let mut buf = vec![0u8; n as usize];
-                file.read_exact_at(&mut buf, offset)?;
-                Ok(Bytes::from(buf))
-            })
-            .await
-            .map_err(io::Error::other)?
-        }));
+                tokio::task::spawn_blocking(read).await.map_err(io::Error::other)?
+            }),
+        });
         self.next_offset += n;
         self.unread -= n;
     }
