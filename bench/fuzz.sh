@@ -6,7 +6,7 @@
 #   bash bench/fuzz.sh                      (every target, FUZZ_SECONDS=600 each)
 #   FUZZ_SECONDS=120 bash bench/fuzz.sh sdk/magnet ftp/reply layout
 #   bash bench/fuzz.sh --list
-# A target is named `<crate>/<target>` (crate: sdk, host, ftp, http, chiral, bittorrent) or by
+# A target is named `<crate>/<target>` (crate: sdk, host, ftp, http, chiral, bittorrent, rqbit) or by
 # its target name alone; a crate's name alone selects all its targets. Needs
 # `cargo install cargo-fuzz` and a nightly toolchain.
 # Each target starts from its committed seeds (`<crate>/fuzz/seeds/<target>/`) and the corpus
@@ -20,7 +20,7 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-600}"
 FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-$ROOT/target/fuzz}"
 FUZZ_LOGS="${FUZZ_LOGS:-$ROOT/target/fuzz-logs}"
 FUZZ_ARGS="${FUZZ_ARGS:-}"
-CRATES=(sdk:sdk host:host ftp:plugins/ftp http:plugins/http chiral:plugins/chiral bittorrent:plugins/bittorrent)
+CRATES=(sdk:sdk host:host ftp:plugins/ftp http:plugins/http chiral:plugins/chiral bittorrent:plugins/bittorrent rqbit:plugins/rqbit)
 
 die() { echo "fuzz: $*" >&2; exit 1; }
 

@@ -87,6 +87,56 @@ pub fn reach_of_host(host_or_url: &str) -> Option<Reach> {
     }
 }
 
+/// What a URL that a torrent or a magnet names is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedUrl {
+    /// A tracker (`announce`, `announce-list`, `tr=`).
+    Tracker,
+    /// A web seed (`url-list`, `ws=`).
+    WebSeed,
+}
+
+/// Why a URL that a torrent or a magnet names must not be requested, or `None` when it may be.
+/// A torrent from the Internet could name a service of the user's own machine or network as a
+/// "tracker" or "web seed" and have every client that opens it send a request there; so, like
+/// libtorrent's SSRF mitigation (extended from loopback to private networks), a tracker on a
+/// loopback or private address must be an `/announce` path, and a web seed there may carry no
+/// query string. No address a peer cannot have (unspecified, multicast, broadcast) is requested.
+/// What the user names directly (`--option tracker=`, `web_seed=`) is not checked.
+pub fn refuse_named_url(url: &str, what: NamedUrl) -> Option<String> {
+    let Ok(u) = url::Url::parse(url.trim()) else {
+        return Some("not a URL".into());
+    };
+    if !u.has_host() {
+        return Some("no host".into());
+    }
+    match reach_of_host(url) {
+        None => Some("an address no server can have".into()),
+        Some(Reach::Global) => None,
+        Some(_) if u.scheme() == "udp" => None,
+        Some(_) => match what {
+            NamedUrl::Tracker if !u.path().ends_with("/announce") => {
+                Some("a tracker on a local address must be an /announce URL".into())
+            }
+            NamedUrl::WebSeed if u.query().is_some() => {
+                Some("a web seed on a local address may not carry a query string".into())
+            }
+            _ => None,
+        },
+    }
+}
+
+/// Whether an HTTP redirect from `from` to `to` (a tracker's, a web seed's or a `.torrent`
+/// URL's) may be followed: never to a host more local than the one that redirected (a public
+/// server cannot bounce a request onto the user's machine or network), never to an address no
+/// server can have.
+pub fn redirect_permitted(from: &str, to: &str) -> bool {
+    match (reach_of_host(from), reach_of_host(to)) {
+        (Some(f), Some(t)) => t <= f,
+        _ => false,
+    }
+}
+
 /// The addresses one download may dial (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DialPolicy {
@@ -128,13 +178,23 @@ impl DialPolicy {
     /// Allows addresses as local as `addr` (an address the user or the torrent named).
     pub fn widen_to(&mut self, addr: SocketAddr) {
         if let Some(r) = reach(addr.ip()) {
-            self.up_to = self.up_to.max(r);
+            self.widen_to_reach(r);
         }
+    }
+
+    /// Allows addresses as local as `reach`.
+    pub fn widen_to_reach(&mut self, reach: Reach) {
+        self.up_to = self.up_to.max(reach);
+    }
+
+    /// Whether an address of this reach may be dialled.
+    pub fn allows(&self, reach: Reach) -> bool {
+        reach <= self.up_to
     }
 
     /// Whether `addr`, learned from the network, may be dialled.
     pub fn permits(&self, addr: SocketAddr) -> bool {
-        addr.port() != 0 && reach(addr.ip()).is_some_and(|r| r <= self.up_to)
+        addr.port() != 0 && reach(addr.ip()).is_some_and(|r| self.allows(r))
     }
 }
 
@@ -183,6 +243,35 @@ mod tests {
         assert_eq!(reach_of_host("router.bittorrent.com:6881"), Some(Reach::Global));
         assert_eq!(reach_of_host("https://tracker.example.org/announce"), Some(Reach::Global));
         assert_eq!(reach_of_host("http://0.0.0.0/"), None);
+    }
+
+    #[test]
+    fn local_trackers_and_web_seeds_named_by_a_torrent() {
+        use NamedUrl::*;
+        assert_eq!(refuse_named_url("https://tracker.example.org/x?y=1", Tracker), None);
+        assert_eq!(refuse_named_url("http://127.0.0.1:6969/announce", Tracker), None);
+        assert_eq!(refuse_named_url("http://127.0.0.1:6969/announce?passkey=1", Tracker), None);
+        assert_eq!(refuse_named_url("udp://127.0.0.1:6969", Tracker), None);
+        assert!(refuse_named_url("http://127.0.0.1:6379/flushall", Tracker).is_some());
+        assert!(refuse_named_url("http://192.168.1.1/admin/reboot.cgi", Tracker).is_some());
+        assert!(refuse_named_url("http://localhost:8080/api", Tracker).is_some());
+        assert!(refuse_named_url("http://0.0.0.0/announce", Tracker).is_some());
+        assert!(refuse_named_url("not a url", Tracker).is_some());
+        assert_eq!(refuse_named_url("http://127.0.0.1:8080/files/", WebSeed), None);
+        assert_eq!(refuse_named_url("http://mirror.example.org/f?x=1", WebSeed), None);
+        assert!(refuse_named_url("http://10.0.0.1/cgi-bin/x?cmd=reboot", WebSeed).is_some());
+    }
+
+    #[test]
+    fn redirects_never_lead_somewhere_more_local() {
+        assert!(redirect_permitted("https://a.example.org/t", "https://b.example.org/t"));
+        assert!(redirect_permitted("http://127.0.0.1:1/a", "http://127.0.0.1:2/b"));
+        assert!(redirect_permitted("http://192.168.0.2/a", "https://example.org/b"));
+        assert!(!redirect_permitted("https://a.example.org/t", "http://127.0.0.1:6379/"));
+        assert!(!redirect_permitted("https://a.example.org/t", "http://192.168.1.1/"));
+        assert!(!redirect_permitted("https://a.example.org/t", "http://localhost/"));
+        assert!(!redirect_permitted("http://192.168.0.2/a", "http://127.0.0.1/"));
+        assert!(!redirect_permitted("https://a.example.org/t", "http://0.0.0.0/"));
     }
 
     #[test]

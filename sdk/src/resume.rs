@@ -106,6 +106,43 @@ pub fn open_part(path: &Path, truncate: bool) -> std::io::Result<std::fs::File> 
     Ok(file)
 }
 
+/// Creates the folder `dir` inside the output folder `base` without going through a link
+/// planted inside it: `base` itself is the user's choice (made if missing, links followed);
+/// every folder between `base` and `dir` is made if missing, and one that is a symbolic link
+/// (or not a folder) is an error, so a link planted at a folder name of a multi-file download
+/// never sends its files elsewhere. A `dir` outside `base` is made as given.
+pub fn create_dirs_within(base: &Path, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(base)?;
+    let Ok(rel) = dir.strip_prefix(base) else {
+        return std::fs::create_dir_all(dir);
+    };
+    let mut at = base.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} is a symbolic link; a download never writes through one", at.display()),
+                ))
+            }
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} is in the way: not a folder", at.display()),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&at) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Whether `path` is a regular file of our own (a symlink there is not, whatever it points to).
 pub fn is_own_file(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
@@ -148,6 +185,27 @@ mod tests {
         let odd = dir.path().join("dir.part");
         std::fs::create_dir(&odd).unwrap();
         assert!(open_part(&odd, false).is_err());
+    }
+
+    #[test]
+    fn a_symlink_at_a_folder_name_is_never_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        create_dirs_within(&out, &out.join("album/disc1")).unwrap();
+        assert!(out.join("album/disc1").is_dir());
+        std::os::unix::fs::symlink(&elsewhere, out.join("planted")).unwrap();
+        let e = create_dirs_within(&out, &out.join("planted/sub")).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(!elsewhere.join("sub").exists());
+        std::fs::write(out.join("file"), b"x").unwrap();
+        assert!(create_dirs_within(&out, &out.join("file/sub")).is_err());
+        // The output folder itself may be a link: it is the user's choice.
+        let linked = d.path().join("linked-out");
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        create_dirs_within(&linked, &linked.join("a")).unwrap();
+        assert!(elsewhere.join("a").is_dir());
     }
 
     #[test]

@@ -419,3 +419,16 @@ pub fn fixture(name: &str, size: u64, seed: u64) -> Fixture {
     let sha = sha256_file(&file);
     Fixture { dir, file, sha }
 }
+
+/// microsocks (a real SOCKS5 server) on a free loopback port, its outgoing connections from
+/// 127.0.0.9 (so a server can tell a proxied connection from a direct one).
+pub fn microsocks() -> (Proc, u16) {
+    let bin = require("microsocks", "microsocks");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut c = Command::new(bin);
+    c.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-b", "127.0.0.9"]);
+    let p = spawn_logged(&mut c, "microsocks", dir.join("microsocks.log"));
+    assert!(wait_port(port, Duration::from_secs(10)), "microsocks did not start: {}", p.log_text());
+    (p, port)
+}

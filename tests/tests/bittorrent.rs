@@ -347,25 +347,19 @@ fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_completes_from_other
     assert!(err.contains("banning peer 127.0.0.1:") || err.contains("failed its SHA-1"), "no ban reported:\n{err}");
 }
 
-#[test]
-fn a_torrent_with_climbing_paths_writes_nothing_outside_the_folder() {
-    let tracker = Tracker::start();
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let piece = 1u64 << 15;
-    let pieces: Vec<u8> = data
-        .chunks(piece as usize)
-        .flat_map(|c| {
-            use sha1_smol_like::digest;
-            digest(c)
-        })
-        .collect();
-    let files = [
-        (vec!["..", "..", "escaped.txt"], 100_000u64),
-        (vec!["/tmp", "abs-escape.txt"], 100_000),
-        (vec!["ok", "inside.txt"], 100_000),
-    ];
+/// A multi-file `.torrent` built by hand (so its paths and URLs can be anything): the files
+/// `(path components, length)` under `name`, the `pieces` hashes, an `announce-list` of one
+/// tier per tracker and a `url-list`. Returns the file and its info hash.
+fn crafted_torrent(
+    name: &str,
+    files: &[(Vec<&str>, u64)],
+    pieces: &[u8],
+    piece: u64,
+    trackers: &[String],
+    web_seeds: &[String],
+) -> (Vec<u8>, [u8; 20]) {
     let mut flist = b"l".to_vec();
-    for (path, len) in &files {
+    for (path, len) in files {
         flist.extend_from_slice(b"d6:lengthi");
         flist.extend_from_slice(len.to_string().as_bytes());
         flist.extend_from_slice(b"e4:pathl");
@@ -378,16 +372,130 @@ fn a_torrent_with_climbing_paths_writes_nothing_outside_the_folder() {
     let mut info = b"d5:files".to_vec();
     info.extend_from_slice(&flist);
     info.extend_from_slice(b"4:name");
-    info.extend_from_slice(&be_str(b"../../top"));
-    info.extend_from_slice(b"12:piece lengthi32768e6:pieces");
-    info.extend_from_slice(&be_str(&pieces));
+    info.extend_from_slice(&be_str(name.as_bytes()));
+    info.extend_from_slice(format!("12:piece lengthi{piece}e6:pieces").as_bytes());
+    info.extend_from_slice(&be_str(pieces));
     info.push(b'e');
     let ih = sha1_smol_like::digest(&info);
-    let mut torrent = b"d8:announce".to_vec();
-    torrent.extend_from_slice(&be_str(tracker.url().as_bytes()));
+    let mut torrent = b"d".to_vec();
+    if let Some(first) = trackers.first() {
+        torrent.extend_from_slice(b"8:announce");
+        torrent.extend_from_slice(&be_str(first.as_bytes()));
+        torrent.extend_from_slice(b"13:announce-listl");
+        for t in trackers {
+            torrent.extend_from_slice(b"l");
+            torrent.extend_from_slice(&be_str(t.as_bytes()));
+            torrent.extend_from_slice(b"e");
+        }
+        torrent.extend_from_slice(b"e");
+    }
     torrent.extend_from_slice(b"4:info");
     torrent.extend_from_slice(&info);
+    if !web_seeds.is_empty() {
+        torrent.extend_from_slice(b"8:url-listl");
+        for w in web_seeds {
+            torrent.extend_from_slice(&be_str(w.as_bytes()));
+        }
+        torrent.extend_from_slice(b"e");
+    }
     torrent.push(b'e');
+    (torrent, ih)
+}
+
+fn piece_hashes(data: &[u8], piece: u64) -> Vec<u8> {
+    data.chunks(piece as usize).flat_map(sha1_smol_like::digest).collect()
+}
+
+/// A listener that counts the connections made to it and answers none of them.
+fn trap() -> (u16, Arc<Mutex<u32>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(Mutex::new(0u32));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            *h.lock().unwrap() += 1;
+            drop(c);
+        }
+    });
+    (port, hits)
+}
+
+#[test]
+fn a_torrent_naming_local_services_as_tracker_or_web_seed_sends_them_nothing() {
+    let tracker = Tracker::start();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let piece = 1u64 << 15;
+    let (trap_port, hits) = trap();
+    let files = [(vec!["a.bin"], 120_000u64), (vec!["b.bin"], 80_000)];
+    let (torrent, ih) = crafted_torrent(
+        "pair",
+        &files,
+        &piece_hashes(&data, piece),
+        piece,
+        &[format!("http://127.0.0.1:{trap_port}/admin/reboot?now=1"), tracker.url()],
+        &[format!("http://127.0.0.1:{trap_port}/cgi-bin/run?cmd=rm")],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let tor = work.path().join("local-services.torrent");
+    std::fs::write(&tor, &torrent).unwrap();
+    let (port, _) = scripted_peer(ih, Arc::new(data.clone()), piece, false);
+    tracker.add(&ih, port);
+
+    let node = Chiral::new();
+    let out = work.path().join("out");
+    let o = get(&node, tor.to_str().unwrap(), &out);
+    assert!(o.status.success(), "{}", last_error_line(&o));
+    assert_eq!(std::fs::read(out.join("pair/a.bin")).unwrap(), data[..120_000]);
+    let err = stderr(&o);
+    assert!(err.contains("tracker") && err.contains("must be an /announce URL"), "{err}");
+    assert!(err.contains("web seed") && err.contains("query string"), "{err}");
+    assert_eq!(*hits.lock().unwrap(), 0, "a request reached the local service the torrent named");
+}
+
+#[test]
+fn a_link_planted_at_a_folder_of_a_multi_file_download_is_not_followed() {
+    let tracker = Tracker::start();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 3 % 251) as u8).collect();
+    let piece = 1u64 << 15;
+    let files = [(vec!["sub", "a.bin"], 60_000u64), (vec!["b.bin"], 40_000)];
+    let (torrent, ih) = crafted_torrent("album", &files, &piece_hashes(&data, piece), piece, &[tracker.url()], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let tor = work.path().join("album.torrent");
+    std::fs::write(&tor, &torrent).unwrap();
+    let (port, _) = scripted_peer(ih, Arc::new(data.clone()), piece, false);
+    tracker.add(&ih, port);
+
+    let out = work.path().join("out");
+    let elsewhere = work.path().join("elsewhere");
+    std::fs::create_dir_all(out.join("album")).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, out.join("album/sub")).unwrap();
+    let node = Chiral::new();
+    let o = get(&node, tor.to_str().unwrap(), &out);
+    assert!(!o.status.success(), "wrote through the planted link");
+    assert!(last_error_line(&o).contains("symbolic link"), "{}", last_error_line(&o));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "something was written through the link");
+
+    // Without the link the same download completes.
+    std::fs::remove_file(out.join("album/sub")).unwrap();
+    let o = get(&node, tor.to_str().unwrap(), &out);
+    assert!(o.status.success(), "{}", last_error_line(&o));
+    assert_eq!(std::fs::read(out.join("album/sub/a.bin")).unwrap(), data[..60_000]);
+}
+
+#[test]
+fn a_torrent_with_climbing_paths_writes_nothing_outside_the_folder() {
+    let tracker = Tracker::start();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let piece = 1u64 << 15;
+    let pieces = piece_hashes(&data, piece);
+    let files = [
+        (vec!["..", "..", "escaped.txt"], 100_000u64),
+        (vec!["/tmp", "abs-escape.txt"], 100_000),
+        (vec!["ok", "inside.txt"], 100_000),
+    ];
+    let (torrent, ih) = crafted_torrent("../../top", &files, &pieces, piece, &[tracker.url()], &[]);
     let work = tempfile::tempdir().unwrap();
     let tor = work.path().join("evil.torrent");
     std::fs::write(&tor, &torrent).unwrap();

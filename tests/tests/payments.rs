@@ -441,6 +441,29 @@ fn with_the_chain_down_the_debt_is_kept_and_settled_later() {
     assert_eq!(serde_json::from_str::<Value>(&api).unwrap(), v, "the API and `chiral payments --json` agree");
 }
 
+/// With a proxy set, the JSON-RPC to the chain goes through it and never around it: a dead
+/// proxy makes the chain unreachable even though it listens on loopback; through microsocks
+/// the balance is read.
+#[test]
+fn the_chain_is_reached_through_the_proxy_and_never_around_it() {
+    let chain = Anvil::start();
+    let n = node(&chain.url(), PRICE, "");
+    let key = n.data_dir.path().join("key");
+    std::fs::write(&key, format!("{}\n", chain.key)).unwrap();
+    ok(&n, &["wallet", "import", "--private-key-file", key.to_str().unwrap()]);
+    let direct = json_of(&ok(&n, &["wallet", "balance", "--json"]));
+    assert_ne!(direct["balance_wei"], json!("0"), "{direct}");
+
+    let dead = format!("socks5h://127.0.0.1:{}", free_port());
+    let o = run(&n, &["--proxy", &dead, "wallet", "balance", "--json"]);
+    assert!(!o.status.success(), "the chain was reached around a dead proxy: {}", stdout(&o));
+    assert!(last_error_line(&o).contains("chain unreachable"), "{}", last_error_line(&o));
+
+    let (_socks, port) = microsocks();
+    let via = json_of(&ok(&n, &["--proxy", &format!("socks5h://127.0.0.1:{port}"), "wallet", "balance", "--json"]));
+    assert_eq!(via, direct, "the balance read through the proxy");
+}
+
 #[test]
 fn wallets_are_encrypted_and_never_replaced() {
     let n = Chiral::new();

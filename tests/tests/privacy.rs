@@ -8,25 +8,12 @@
 
 use std::{
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use chiral_tests::{bt::*, *};
 
 const MIB: u64 = 1 << 20;
-
-/// microsocks on a free loopback port, its outgoing connections from 127.0.0.9.
-fn socks() -> (Proc, u16) {
-    let bin = require("microsocks", "microsocks");
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap().keep();
-    let mut c = Command::new(bin);
-    c.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-b", "127.0.0.9"]);
-    let p = spawn_logged(&mut c, "microsocks", dir.join("microsocks.log"));
-    assert!(wait_port(port, Duration::from_secs(10)), "microsocks did not start: {}", p.log_text());
-    (p, port)
-}
 
 /// A port nothing listens on: a proxy there refuses every connection.
 fn dead_port() -> u16 {
@@ -54,7 +41,7 @@ fn an_unusable_proxy_is_an_error_and_a_password_never_shows() {
 
 #[test]
 fn ftp_control_and_data_go_through_the_proxy_and_never_around_it() {
-    let (_proxy, sp) = socks();
+    let (_proxy, sp) = microsocks();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).unwrap();
@@ -75,7 +62,7 @@ fn ftp_control_and_data_go_through_the_proxy_and_never_around_it() {
 
 #[test]
 fn bittorrent_tracker_and_peers_go_through_the_proxy() {
-    let (_proxy, sp) = socks();
+    let (_proxy, sp) = microsocks();
     let tracker = Tracker::start();
     let f = fixture("px.bin", 8 * MIB, 32);
     let (tor, ih, seeder) = aria2_swarm(&f.file, &tracker, 18, &[]);

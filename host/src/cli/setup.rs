@@ -123,6 +123,13 @@ pub(super) fn payments(s: &Settings) -> Result<Option<Arc<PaymentService>>> {
     Ok(service)
 }
 
+/// The `[payments]` settings in force, with the process's proxy (the chain is reached through it).
+pub(super) fn payments_config(s: &Settings) -> Result<PaymentsConfig> {
+    let mut cfg = PaymentsConfig::from_file(&s.config.payments, &s.data_dir)?;
+    cfg.proxy = s.proxy.as_ref().map(|p| p.url().to_string());
+    Ok(cfg)
+}
+
 /// The same service, not started: for commands that only read the ledger (`chiral payments`,
 /// `payments received`), which must not pay anything as a side effect of listing it.
 pub(super) fn payment_ledger(s: &Settings) -> Result<Option<Arc<PaymentService>>> {
@@ -130,8 +137,7 @@ pub(super) fn payment_ledger(s: &Settings) -> Result<Option<Arc<PaymentService>>
     if let Some(p) = SERVICE.get() {
         return Ok(Some(p.clone()));
     }
-    let cfg = PaymentsConfig::from_file(&s.config.payments, &s.data_dir)?;
-    let service = PaymentService::open(cfg)?;
+    let service = PaymentService::open(payments_config(s)?)?;
     if service.address().is_some() {
         if let Some(pass) = std::env::var("CHIRAL_WALLET_PASSPHRASE").ok().filter(|p| !p.is_empty()) {
             if let Err(e) = service.unlock(&pass) {

@@ -3,17 +3,17 @@
 use std::{io::Write as _, process::ExitCode};
 
 use anyhow::{bail, Context as _, Result};
-use chiral_host::payments::{wallet::Keystore, wallet_text, PaymentService, PaymentsConfig};
+use chiral_host::payments::{wallet::Keystore, wallet_text, PaymentService};
 use serde_json::json;
 
 use super::{
     args::{Global, WalletArgs, WalletCommand},
-    setup::settings,
+    setup::{payments_config, settings},
 };
 
 pub(crate) async fn run(g: &Global, a: WalletArgs) -> Result<ExitCode> {
     let s = settings(g)?;
-    let cfg = PaymentsConfig::from_file(&s.config.payments, &s.data_dir)?;
+    let cfg = payments_config(&s)?;
     let ks = Keystore::new(&cfg.keystore);
     match a.what {
         WalletCommand::New => {

@@ -72,11 +72,19 @@ pub enum Fees {
 }
 
 impl Chain {
-    /// `timeout` bounds each request.
-    pub fn new(url: &str, timeout: Duration) -> Self {
-        let client =
-            reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).no_proxy().build().unwrap_or_default();
-        Self { url: url.to_string(), client }
+    /// `timeout` bounds each request. With `proxy` (the host's `--proxy` / `proxy`, already
+    /// checked), every request goes through it, a loopback RPC too: never around it. The
+    /// environment's proxy variables are not read.
+    pub fn new(url: &str, timeout: Duration, proxy: Option<&str>) -> Result<Self, ChainError> {
+        let fail = |e: reqwest::Error| ChainError::Unreachable {
+            url: url.to_string(),
+            message: chiral_sdk::text::line(&e.to_string()),
+        };
+        let mut b = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).no_proxy();
+        if let Some(p) = proxy {
+            b = b.proxy(reqwest::Proxy::all(p).map_err(fail)?);
+        }
+        Ok(Self { url: url.to_string(), client: b.build().map_err(fail)? })
     }
 
     async fn call(&self, method: &str, params: Value) -> Result<Value, ChainError> {

@@ -91,6 +91,8 @@ pub struct PaymentsConfig {
     pub ledger: PathBuf,
     /// Keep the Chiral fast lane for peers that are not behind on payment (`fast_lane = "paid"`).
     pub fast_lane_paid: bool,
+    /// The host's proxy URL: the JSON-RPC to the chain goes through it (set by the caller).
+    pub proxy: Option<String>,
 }
 
 impl PaymentsConfig {
@@ -141,6 +143,7 @@ impl PaymentsConfig {
             settle_timeout,
             ledger: data_dir.join("payments.sqlite"),
             fast_lane_paid,
+            proxy: None,
         })
     }
 }

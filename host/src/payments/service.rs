@@ -107,7 +107,7 @@ impl PaymentService {
     pub fn open(cfg: PaymentsConfig) -> Result<Arc<Self>, PaymentError> {
         let ledger = Ledger::open(&cfg.ledger)?;
         let me = Keystore::new(&cfg.keystore).address().ok();
-        let chain = cfg.rpc.as_deref().map(|u| Chain::new(u, RPC_TIMEOUT));
+        let chain = cfg.rpc.as_deref().map(|u| Chain::new(u, RPC_TIMEOUT, cfg.proxy.as_deref())).transpose()?;
         Ok(Arc::new(Self {
             cfg,
             ledger,

@@ -63,7 +63,9 @@ use std::{
 
 use chiral_sdk::{
     abi::PeerStat,
-    capability, engine,
+    capability,
+    dial::{redirect_permitted, refuse_named_url, NamedUrl},
+    engine,
     listen::ConnLimit,
     options::Opts,
     plugin::BoxFut,
@@ -96,6 +98,20 @@ pub fn random_u64() -> u64 {
 
 pub fn random_u32() -> u32 {
     random_u64() as u32
+}
+
+/// The HTTP client's redirect rule (trackers, web seeds, `.torrent` URLs): at most five, and
+/// never to a host more local than the one that redirected ([`redirect_permitted`]).
+fn follow_redirect(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let from = attempt.previous().last().map(|u| u.as_str().to_string()).unwrap_or_default();
+    if attempt.previous().len() > 5 {
+        attempt.error("more than 5 redirects")
+    } else if !redirect_permitted(&from, attempt.url().as_str()) {
+        let to = attempt.url().host_str().unwrap_or_default().to_string();
+        attempt.error(format!("redirect to {to} refused: more local than the server that sent it"))
+    } else {
+        attempt.follow()
+    }
 }
 
 fn new_peer_id() -> [u8; 20] {
@@ -235,7 +251,7 @@ impl Plugin for BitTorrentPlugin {
             let mut b = reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .user_agent(concat!("chiral-bittorrent/", env!("CARGO_PKG_VERSION")))
-                .redirect(reqwest::redirect::Policy::limited(5));
+                .redirect(reqwest::redirect::Policy::custom(follow_redirect));
             if let Some(p) = &proxy {
                 let px = reqwest::Proxy::all(p.url()).map_err(|e| PluginError::invalid(format!("proxy {p}: {e}")))?;
                 b = b.proxy(px);
@@ -631,8 +647,22 @@ impl BitTorrentPlugin {
             ),
         };
         peers.extend(resolve_peer_names(peer_names, Duration::from_secs(5)).await);
+        // What the torrent names is checked (`refuse_named_url`); what the user adds is not.
+        let named_ok = |url: &String, what: NamedUrl| match refuse_named_url(url, what) {
+            None => true,
+            Some(why) => {
+                let what = if what == NamedUrl::Tracker { "tracker" } else { "web seed" };
+                events.warn(format!("bittorrent: {what} {} skipped: {why}", chiral_sdk::text::line(url)));
+                false
+            }
+        };
+        for tier in trackers.iter_mut() {
+            tier.retain(|t| named_ok(t, NamedUrl::Tracker));
+        }
+        trackers.retain(|tier| !tier.is_empty());
         let web_seed_urls: Vec<String> = web_seed_urls
             .into_iter()
+            .filter(|u| named_ok(u, NamedUrl::WebSeed))
             .chain(opts.get_all("web_seed"))
             .filter(|u| {
                 let l = u.to_ascii_lowercase();

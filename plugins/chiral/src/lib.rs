@@ -11,11 +11,14 @@
 //! - [`seed`]: hashing a file into its Merkle tree, serving chunks with proofs;
 //! - [`node`]: the swarm task and its handle (transports built in one place, `build_swarm`);
 //! - [`tls`]: libp2p's TLS upgrade with AES-GCM offered first;
+//! - [`dial_filter`]: the SDK dial policy on the addresses other nodes name (no dials to
+//!   loopback or private services unless the node's own network is that local);
 //! - [`source`]: a content as an engine source fetching verified chunks from many providers.
 //!
 //! The node starts on first use (`node`, `search`, `seed`, `open_source`) and runs on the
 //! plugin's runtime until the process exits.
 
+pub mod dial_filter;
 pub mod node;
 pub mod proxy_transport;
 pub mod records;
@@ -742,6 +745,53 @@ mod tests {
         let addr: serde_json::Value = serde_json::from_str(&addr).unwrap();
         let addr = addr["addrs"][0].as_str().unwrap().to_string();
         (boot, addr)
+    }
+
+    /// A node on a public address does not dial the loopback address a record or another node
+    /// names (a hostile peer pointing it at a local service); the same node on a loopback
+    /// network does (the control: the test can fail).
+    #[test]
+    fn a_public_node_dials_no_loopback_address_it_is_told() {
+        use std::{
+            net::TcpListener,
+            sync::atomic::{AtomicU32, Ordering},
+        };
+        let trap = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = trap.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicU32::new(0));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for c in trap.incoming() {
+                h.fetch_add(1, Ordering::SeqCst);
+                drop(c);
+            }
+        });
+        let told: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let ask = |listen: &str, dir: &Path| -> Result<wire::Response, PluginError> {
+            let mut cfg = chiral_sdk::testkit::config(dir);
+            cfg.no_dht = false;
+            cfg.listen_addr = listen.into();
+            let p = Arc::new(ChiralPlugin::new(cfg, Events::none()).unwrap());
+            let rt = p.runtime();
+            rt.block_on(async {
+                let node = p.node().await?;
+                let stranger = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+                node.add_addresses(stranger, vec![told.clone()]);
+                node.request(stranger, wire::Request::Manifest { root: [7; 32] }).await
+            })
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let public = ask("0.0.0.0", &dir.path().join("public"));
+        assert!(public.is_err(), "{public:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the public node dialled the loopback address it was told");
+        let local = ask("127.0.0.1", &dir.path().join("local"));
+        assert!(local.is_err(), "{local:?}");
+        // The trap counts on its own thread: give its accept a moment to be seen.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while hits.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(hits.load(Ordering::SeqCst) > 0, "the loopback node did not dial ({local:?}): the test proves nothing");
     }
 
     fn honest_key(p: &Arc<ChiralPlugin>) -> libp2p::identity::Keypair {

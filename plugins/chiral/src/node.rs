@@ -16,7 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chiral_sdk::{options::Opts, verify::Hash32, Events, HostConfig, PluginError};
+use chiral_sdk::{dial::DialPolicy, options::Opts, verify::Hash32, Events, HostConfig, PluginError};
+
+use crate::dial_filter::Filtered;
 use futures::StreamExt as _;
 use libp2p::{
     identify, identity,
@@ -57,9 +59,11 @@ const MAX_PER_PEER: u32 = 8;
 struct Behaviour {
     /// First: a connection over the limits is refused before any other behaviour sees it.
     limits: libp2p::connection_limits::Behaviour,
-    identify: identify::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-    chunks: request_response::Behaviour<ChunkCodec>,
+    /// Each behaviour that offers addresses for a dial offers only those the node's dial
+    /// policy permits ([`crate::dial_filter`]).
+    identify: Filtered<identify::Behaviour>,
+    kad: Filtered<kad::Behaviour<kad::store::MemoryStore>>,
+    chunks: Filtered<request_response::Behaviour<ChunkCodec>>,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -209,7 +213,7 @@ fn quic_of(tcp: &Multiaddr) -> Option<Multiaddr> {
     out.iter().any(|p| matches!(p, Protocol::Udp(_))).then(|| out.with(Protocol::QuicV1))
 }
 
-fn behaviour(key: &identity::Keypair) -> Behaviour {
+fn behaviour(key: &identity::Keypair, policy: DialPolicy) -> Behaviour {
     let id = key.public().to_peer_id();
     let mut kcfg = kad::Config::new(KAD_PROTOCOL);
     kcfg.set_record_filtering(StoreInserts::FilterBoth)
@@ -245,7 +249,12 @@ fn behaviour(key: &identity::Keypair) -> Behaviour {
             .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
             .with_max_established_per_peer(Some(MAX_PER_PEER)),
     );
-    Behaviour { limits, identify, kad, chunks }
+    Behaviour {
+        limits,
+        identify: Filtered::new(identify, policy),
+        kad: Filtered::new(kad, policy),
+        chunks: Filtered::new(chunks, policy),
+    }
 }
 
 /// The swarm: the transports (all built here, in one place) and the behaviour.
@@ -255,6 +264,7 @@ fn build_swarm(
     key: identity::Keypair,
     transport: Transport,
     proxy: Option<&chiral_sdk::net::Proxy>,
+    policy: DialPolicy,
 ) -> Result<Swarm<Behaviour>, PluginError> {
     let tcp_config = || tcp::Config::default().nodelay(true);
     let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
@@ -264,7 +274,10 @@ fn build_swarm(
     // The builder's type changes with each transport: the common tail as a macro.
     macro_rules! finish {
         ($b:expr) => {
-            $b.with_behaviour(behaviour).map_err(|e| behaviour_error(&e))?.with_swarm_config(swarm_config).build()
+            $b.with_behaviour(|k| behaviour(k, policy))
+                .map_err(|e| behaviour_error(&e))?
+                .with_swarm_config(swarm_config)
+                .build()
         };
     }
     let tls = (crate::tls::Config::new, noise::Config::new);
@@ -305,8 +318,11 @@ impl Node {
 
         // Proxy hook (privacy): with a proxy, TCP through it only (see proxy_transport.rs).
         let proxy = crate::proxy_transport::proxy(config, &events)?;
-        let transport = Transport::from_options(&Opts::from_abi(&config.options))?;
-        let mut swarm = build_swarm(key.clone(), transport, proxy.as_ref())?;
+        let opts = Opts::from_abi(&config.options);
+        let transport = Transport::from_options(&opts)?;
+        let allow_local = opts.get_bool("allow_local_peers").map_err(|e| PluginError::invalid(e.to_string()))?;
+        let policy = crate::dial_filter::policy(&bootstrap, &listen, allow_local.unwrap_or(false));
+        let mut swarm = build_swarm(key.clone(), transport, proxy.as_ref(), policy)?;
         if proxy.is_none() {
             swarm
                 .listen_on(listen.clone())
@@ -624,7 +640,8 @@ impl Task {
                 let id = self.kad().get_providers(kad::RecordKey::new(&key));
                 self.get_providers.insert(id, (HashSet::new(), reply));
             }
-            Cmd::Request(peer, addrs, req, reply) => {
+            Cmd::Request(peer, mut addrs, req, reply) => {
+                addrs.retain(|a| self.swarm.behaviour().chunks.permits(a));
                 let id = self.swarm.behaviour_mut().chunks.send_request_with_addresses(&peer, req, addrs);
                 self.requests.insert(id, reply);
             }
@@ -681,6 +698,8 @@ impl Task {
             return;
         }
         let first = *self.routable.borrow() == 0;
+        // Kept as told (the routing table answers other nodes with them); what this node
+        // dials is filtered at the dial (`Filtered`, `Cmd::Request`).
         lock(&self.shared.addrs).insert(peer, info.listen_addrs.clone());
         for a in info.listen_addrs {
             self.kad().add_address(&peer, a);

@@ -127,7 +127,7 @@ async fn stream_all(source: &FtpSource, out_dir: &Path, events: &Events) -> Resu
         } else {
             format!("{}{}", info.label, crate::target::encode_path(&f.rel))
         };
-        let got = stream_file(&mut conn, f, info.length_known, &final_path, &label, &mut progress).await?;
+        let got = stream_file(&mut conn, f, info.length_known, out_dir, &final_path, &label, &mut progress).await?;
         delivered += got;
         written.push(path_string(&final_path));
     }
@@ -142,6 +142,7 @@ async fn stream_file(
     conn: &mut Conn,
     f: &RemoteFile,
     length_known: bool,
+    out_dir: &Path,
     final_path: &Path,
     label: &str,
     progress: &mut Progress<'_>,
@@ -161,7 +162,7 @@ async fn stream_file(
         Err(StartError::Failed(e)) => return Err(e),
     };
     if let Some(dir) = final_path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(|e| io_error(dir, e))?;
+        chiral_sdk::resume::create_dirs_within(out_dir, dir).map_err(|e| io_error(dir, e))?;
     }
     let part = part_path(final_path);
     let mut file =

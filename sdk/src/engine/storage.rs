@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use super::{io_err, safe_relative, EngineError};
 use crate::{
     abi::ContentInfo,
-    resume::{is_own_file, open_part, part_path},
+    resume::{create_dirs_within, is_own_file, open_part, part_path},
     select::FileSelection,
 };
 
@@ -38,6 +38,8 @@ pub(super) struct StoredFile {
 /// The content's bytes on disk: one or more `.part` files at content offsets.
 pub(super) struct Storage {
     pub(super) files: Vec<StoredFile>,
+    /// The output folder: folders inside it are made without following links.
+    base: PathBuf,
 }
 
 impl Storage {
@@ -90,6 +92,7 @@ impl Storage {
                     file: None,
                     writing: Default::default(),
                 }],
+                base: out_dir.to_path_buf(),
             });
         }
         if info.files.len() > MAX_FILES {
@@ -122,7 +125,7 @@ impl Storage {
         if expect != info.length {
             return Err(EngineError::Layout(format!("files add up to {expect} bytes, content is {}", info.length)));
         }
-        Ok(Self { files })
+        Ok(Self { files, base: out_dir.to_path_buf() })
     }
 
     pub(super) fn all_final_exist(&self) -> bool {
@@ -137,7 +140,7 @@ impl Storage {
     pub(super) fn open(&mut self) -> Result<(), EngineError> {
         for f in self.files.iter_mut().filter(|f| f.wanted) {
             if let Some(dir) = f.part.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+                create_dirs_within(&self.base, dir).map_err(|e| io_err(dir, e))?;
             }
             let file = open_part(&f.part, false).map_err(|e| io_err(&f.part, e))?;
             let len = file.metadata().map_err(|e| io_err(&f.part, e))?.len();
