@@ -132,6 +132,8 @@ pub struct GetRequest {
     pub sequential: bool,
     /// This download's own rate limit (else the host's, [`Host::with_download_rate`]).
     pub download_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
+    /// A reader playing it while it downloads (the daemon's stream endpoint).
+    pub playhead: Option<Arc<chiral_sdk::engine::playhead::Playhead>>,
 }
 
 /// Per-source totals of a finished download.
@@ -433,6 +435,7 @@ impl Host {
         opts.sha256 = req.sha256;
         opts.download_rate = req.download_rate.clone().or_else(|| self.download_rate.clone());
         opts.sequential = req.sequential;
+        opts.playhead = req.playhead.clone();
         // `--files`, else the first magnet's `so=` (BEP 53).
         opts.files = req.files.clone().or_else(|| {
             req.identifiers.iter().find_map(|id| {

@@ -7,6 +7,8 @@
 //! - [`verify`]: the piece verifier (SHA-1 pieces, SHA-256 Merkle chunks with proofs);
 //! - [`layout`], [`picker`], [`resume`], [`engine`]: the multi-source engine, usable by a host
 //!   and by a plugin that runs a whole download itself;
+//! - [`http_range`]: `Range` and `Content-Range` headers as pure functions (the HTTP plugin and
+//!   the daemon's stream endpoint);
 //! - [`dial`]: which addresses from the network may be dialled (no local peers from a public
 //!   torrent);
 //! - [`bencode`]: the bounded bencode decoder and canonical encoder;
@@ -27,6 +29,7 @@ pub mod abi;
 pub mod bencode;
 pub mod dial;
 pub mod engine;
+pub mod http_range;
 pub mod ident;
 pub mod layout;
 pub mod listen;

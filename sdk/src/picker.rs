@@ -12,6 +12,9 @@ pub struct PiecePicker {
     remaining: u32,
     /// Lowest index first instead of rarest first (`--sequential`: play while downloading).
     sequential: bool,
+    /// A reader's position (a stream): pieces from here on first, in order, before anything
+    /// else; then the pieces before it.
+    cursor: Option<u32>,
 }
 
 /// The most requests for one piece at once (end-game duplicates included).
@@ -26,12 +29,19 @@ impl PiecePicker {
             availability: vec![0; n],
             remaining: count,
             sequential: false,
+            cursor: None,
         }
     }
 
     /// Picks the lowest index a source has instead of the rarest piece.
     pub fn set_sequential(&mut self, on: bool) {
         self.sequential = on;
+    }
+
+    /// Pieces from `cursor` on first, in index order, wrapping to the start (a reader plays
+    /// the content from there); `None`: the usual order.
+    pub fn set_cursor(&mut self, cursor: Option<u32>) {
+        self.cursor = cursor.filter(|&c| c < self.count());
     }
 
     pub fn count(&self) -> u32 {
@@ -81,7 +91,17 @@ impl PiecePicker {
 
     /// The next piece for a source that `has` pieces: the rarest piece nobody is fetching,
     /// lowest index on ties (sequential on byte-range sources, kind to disks). Marks it started.
+    /// With a cursor, the first piece from the cursor on (wrapping) that the source has.
     pub fn pick(&mut self, has: impl Fn(u32) -> bool) -> Option<u32> {
+        if let Some(c) = self.cursor {
+            let free = |i: &u32| {
+                let iu = *i as usize;
+                !self.done[iu] && self.in_flight[iu] == 0 && has(*i)
+            };
+            let i = (c..self.count()).chain(0..c).find(free)?;
+            self.in_flight[i as usize] += 1;
+            return Some(i);
+        }
         let mut best: Option<(u32, u32)> = None;
         for i in 0..self.count() {
             let iu = i as usize;
@@ -150,6 +170,20 @@ mod tests {
         assert_eq!(p.pick(|i| i != 1), Some(2));
         p.set_sequential(false);
         assert_eq!(p.pick(|_| true), Some(3));
+    }
+
+    #[test]
+    fn a_cursor_takes_the_pieces_from_it_on_first_then_wraps() {
+        let mut p = PiecePicker::new(6);
+        p.add_availability(Some(&[1, 1, 5, 5, 5, 5]));
+        p.mark_done(4);
+        p.set_cursor(Some(3));
+        let got: Vec<u32> = std::iter::from_fn(|| p.pick(|_| true)).collect();
+        assert_eq!(got, vec![3, 5, 0, 1, 2]);
+        let mut p = PiecePicker::new(3);
+        p.set_cursor(Some(9));
+        p.add_availability(Some(&[3, 1, 2]));
+        assert_eq!(p.pick(|_| true), Some(1), "a cursor past the end is no cursor");
     }
 
     #[test]

@@ -174,6 +174,7 @@ pub fn router_with_payments(
         .route("/api/v1/downloads/{id}", get(one_download).patch(update_download).delete(delete_download))
         .route("/api/v1/downloads/{id}/pause", post(pause))
         .route("/api/v1/downloads/{id}/resume", post(resume))
+        .route("/api/v1/downloads/{id}/stream", get(stream_download))
         .route("/api/v1/seeds", get(list_seeds).post(add_seed))
         .route("/api/v1/seeds/{id}", get(one_seed).delete(delete_seed))
         .route("/api/v1/seeds/{id}/stop", post(stop_seed))
@@ -216,7 +217,12 @@ async fn guard(State(api): St, req: Request, next: Next) -> Response {
             ApiError(StatusCode::FORBIDDEN, "the Host header does not name this daemon".into()).into_response(),
         );
     }
-    if req.uri().path().starts_with("/api/") && !api.access.token_ok(headers) {
+    // A media player cannot send a header: the stream endpoint takes the token as `?token=`.
+    let stream_token = (matches!(*req.method(), Method::GET | Method::HEAD) && req.uri().path().ends_with("/stream"))
+        .then(|| query_param(req.uri().query(), "token"))
+        .flatten()
+        .is_some_and(|t| same(&t, &api.access.token));
+    if req.uri().path().starts_with("/api/") && !stream_token && !api.access.token_ok(headers) {
         return finish(
             ApiError(StatusCode::UNAUTHORIZED, "missing or wrong token (Authorization: Bearer TOKEN)".into())
                 .into_response(),
@@ -456,6 +462,22 @@ async fn search(State(api): St, RawQuery(q): RawQuery) -> ApiResult<Response> {
         .await
         .map_err(DaemonError::host)?;
     Ok(Json(answer).into_response())
+}
+
+/// `GET /api/v1/downloads/{id}/stream[?file=N]`: file N (default: the first chosen) of a
+/// download, while it downloads, with `Range` ([`super::stream`]).
+async fn stream_download(
+    State(api): St,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let file = match query_param(q.as_deref(), "file") {
+        None => None,
+        Some(n) => Some(n.trim().parse::<usize>().map_err(|_| bad("file: a file's index (0, 1, ...)"))?),
+    };
+    let range = headers.get(header::RANGE).map(|v| v.as_bytes().to_vec());
+    Ok(super::stream::respond(api.daemon.clone(), id, file, range).await?)
 }
 
 /// `GET /api/v1/payments`: what `chiral payments --json` prints.

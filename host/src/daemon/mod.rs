@@ -15,6 +15,7 @@
 pub mod api;
 mod multipart;
 pub mod store;
+pub mod stream;
 
 use std::{
     collections::VecDeque,
@@ -23,7 +24,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chiral_sdk::{engine::EngineEvent, rate::RateLimiter, select::FileSelection, text};
+use chiral_sdk::{
+    engine::{playhead::Playhead, EngineEvent},
+    rate::RateLimiter,
+    select::FileSelection,
+    text,
+};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::{sync::broadcast, task::JoinHandle};
@@ -193,6 +199,9 @@ struct Dl {
     rec: DownloadRecord,
     /// Its own rate, inside the host's; changed in place while it runs.
     rate: Arc<RateLimiter>,
+    /// What its runs publish for the stream endpoint (pieces on disk, files), and the reader's
+    /// cursor they fetch first.
+    playhead: Arc<Playhead>,
     /// The run in flight and its generation (events of an older run are ignored).
     task: Option<JoinHandle<()>>,
     gen: u64,
@@ -234,7 +243,7 @@ impl Dl {
     /// A download not running, with its own rate limiter inside the host's.
     fn new(rec: DownloadRecord, host: &Host) -> Self {
         let rate = Arc::new(RateLimiter::within(rec.max_download_rate.unwrap_or(0), host.download_rate.clone()));
-        Dl { rec, rate, task: None, gen: 0, live: Live::default() }
+        Dl { rec, rate, playhead: Arc::default(), task: None, gen: 0, live: Live::default() }
     }
 }
 
@@ -398,6 +407,18 @@ impl Daemon {
     pub fn download(&self, id: &str) -> Result<DownloadView, DaemonError> {
         let inner = self.lock();
         inner.downloads.iter().find(|d| d.rec.id == id).map(|d| self.view(d)).ok_or_else(|| not_found(id))
+    }
+
+    /// What the stream endpoint reads of download `id`: its playhead, and its state.
+    pub fn stream_target(&self, id: &str) -> Result<stream::Target, DaemonError> {
+        let inner = self.lock();
+        let d = inner.downloads.iter().find(|d| d.rec.id == id).ok_or_else(|| not_found(id))?;
+        Ok(stream::Target {
+            playhead: d.playhead.clone(),
+            state: d.rec.state,
+            files: d.rec.files.clone(),
+            name: d.rec.name.clone(),
+        })
     }
 
     /// Adds a download (queued, or running at once when a slot is free).
@@ -615,7 +636,7 @@ impl Daemon {
             d.rec.state = DownloadState::Running;
             d.gen = gen;
             d.live = Live { dirty: true, ..Live::default() };
-            d.task = Some(self.spawn_run(&d.rec, &d.rate, gen));
+            d.task = Some(self.spawn_run(d, gen));
             running += 1;
             started.push(self.view(d));
         }
@@ -625,7 +646,8 @@ impl Daemon {
         !started.is_empty()
     }
 
-    fn spawn_run(self: &Arc<Self>, rec: &DownloadRecord, rate: &Arc<RateLimiter>, gen: u64) -> JoinHandle<()> {
+    fn spawn_run(self: &Arc<Self>, d: &Dl, gen: u64) -> JoinHandle<()> {
+        let rec = &d.rec;
         let req = GetRequest {
             identifiers: rec.identifiers.clone(),
             out_dir: rec.out_dir.clone(),
@@ -635,7 +657,8 @@ impl Daemon {
             // (checked when it was given)
             files: rec.file_selection.as_deref().and_then(|s| FileSelection::parse(s).ok()),
             sequential: rec.sequential,
-            download_rate: Some(rate.clone()),
+            download_rate: Some(d.rate.clone()),
+            playhead: Some(d.playhead.clone()),
         };
         let id = rec.id.clone();
         let (me, host) = (self.clone(), self.host.clone());

@@ -16,7 +16,8 @@
 pub mod client;
 pub mod download;
 pub mod names;
-pub mod range;
+/// Byte-range headers: one home in the SDK (the daemon's stream endpoint reads `Range` too).
+pub use chiral_sdk::http_range as range;
 pub mod server;
 
 use std::sync::Arc;

@@ -21,6 +21,7 @@
 //! that. Without any hash (plain URLs) the result is "unverified" unless `--sha256` is given.
 //! The engine is runtime-agnostic (plain futures and a ticker thread).
 
+pub mod playhead;
 mod scheduler;
 mod storage;
 #[cfg(test)]
@@ -81,6 +82,9 @@ pub struct Options {
     /// Pieces in order, lowest first, instead of rarest first (a file can be played while it
     /// downloads).
     pub sequential: bool,
+    /// A reader playing the content while it downloads: the engine publishes what is on disk
+    /// into it and fetches the pieces under its cursor first.
+    pub playhead: Option<Arc<playhead::Playhead>>,
 }
 
 impl Options {
@@ -96,6 +100,7 @@ impl Options {
             download_rate: None,
             files: None,
             sequential: false,
+            playhead: None,
         }
     }
 }
@@ -481,6 +486,25 @@ impl Phase {
         self.dirty = false;
     }
 
+    /// Tells the reader (if any) the layout, the files and what is done.
+    fn publish(&self, options: &Options) {
+        if let Some(ph) = &options.playhead {
+            let files = self
+                .storage
+                .files
+                .iter()
+                .map(|f| playhead::PlayFile {
+                    final_path: f.final_path.clone(),
+                    part: f.part.clone(),
+                    offset: f.offset,
+                    length: f.length,
+                    wanted: f.wanted,
+                })
+                .collect();
+            ph.publish(self.layout, files, self.sched.done_bits());
+        }
+    }
+
     fn done_bytes(&self) -> u64 {
         (0..self.layout.piece_count()).filter(|&i| self.sched.is_done(i)).map(|i| self.layout.piece(i).1).sum()
     }
@@ -619,6 +643,17 @@ pub async fn run_with_late_sources(
     if has_parts {
         resumed_bytes = driver.resume(&mut phase).await;
     }
+    phase.publish(options);
+    // However the run ends, a reader waiting on it looks again.
+    struct EndOnDrop<'a>(Option<&'a playhead::Playhead>);
+    impl Drop for EndOnDrop<'_> {
+        fn drop(&mut self) {
+            if let Some(ph) = self.0 {
+                ph.ended();
+            }
+        }
+    }
+    let _end = EndOnDrop(options.playhead.as_deref());
     let labels: Vec<String> = driver.srcs.iter().map(|s| s.report.label.clone()).collect();
     on_event(EngineEvent::Started {
         name: name.clone(),
@@ -678,6 +713,7 @@ pub async fn run_with_late_sources(
                         phase.active = false;
                         phase = new;
                         phase.save();
+                        phase.publish(options);
                         resumed_bytes = resumed_bytes.min(phase.done_bytes());
                     }
                 } else {
@@ -685,6 +721,9 @@ pub async fn run_with_late_sources(
                 }
             }
             Waited::Tick => {
+                if let Some(ph) = &options.playhead {
+                    phase.sched.set_cursor(ph.cursor_piece(&phase.layout));
+                }
                 if last_refresh.elapsed() >= REFRESH {
                     last_refresh = Instant::now();
                     driver.refresh(&mut phase);
@@ -1026,6 +1065,9 @@ impl Driver<'_> {
                     s.report.pieces += 1;
                     phase.writer[piece as usize] = Some(si);
                     phase.dirty = true;
+                    if let Some(ph) = &self.options.playhead {
+                        ph.piece_done(piece);
+                    }
                     (self.on_event)(EngineEvent::Piece { source: si, bytes: len });
                     self.apply(cancels);
                 }

@@ -157,6 +157,10 @@ impl Scheduler {
     pub fn set_sequential(&mut self, on: bool) {
         self.picker.set_sequential(on);
     }
+    /// A reader's piece: from it on first ([`PiecePicker::set_cursor`]).
+    pub fn set_cursor(&mut self, cursor: Option<u32>) {
+        self.picker.set_cursor(cursor);
+    }
     pub fn picker(&self) -> &PiecePicker {
         &self.picker
     }
