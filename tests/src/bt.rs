@@ -17,9 +17,12 @@ use crate::*;
 
 pub type Swarms = Arc<Mutex<HashMap<Vec<u8>, HashMap<(String, u16), Instant>>>>;
 
-/// A BEP 3 / BEP 23 HTTP tracker on 127.0.0.1 (compact peers, interval 5 s), in a thread.
+/// A BEP 3 / BEP 23 HTTP tracker on 127.0.0.1 (compact peers, interval 5 s), in a thread; or
+/// on `[::1]` (BEP 7: IPv6 peers as `peers6`).
 pub struct Tracker {
     pub port: u16,
+    /// The address it listens on, as written in a URL (`127.0.0.1` or `[::1]`).
+    pub host: String,
     pub swarms: Swarms,
     /// Every announce as it came: the connection's source address and the port announced.
     pub announces: Arc<Mutex<Vec<(String, u16)>>>,
@@ -45,7 +48,16 @@ pub fn pct_decode(s: &str) -> Vec<u8> {
 
 impl Tracker {
     pub fn start() -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1")
+    }
+
+    /// On IPv6 loopback: IPv6 peers are answered as `peers6` (BEP 7).
+    pub fn start_v6() -> Self {
+        Self::start_on("[::1]")
+    }
+
+    fn start_on(host: &str) -> Self {
+        let l = TcpListener::bind(format!("{host}:0")).unwrap();
         let port = l.local_addr().unwrap().port();
         let swarms: Swarms = Arc::default();
         let announces: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
@@ -56,7 +68,7 @@ impl Tracker {
                 std::thread::spawn(move || Tracker::serve(c, s3, a3));
             }
         });
-        Self { port, swarms, announces }
+        Self { port, host: host.to_string(), swarms, announces }
     }
 
     fn serve(mut c: TcpStream, swarms: Swarms, announces: Arc<Mutex<Vec<(String, u16)>>>) {
@@ -91,17 +103,23 @@ impl Tracker {
                     } else {
                         peers.insert(me.clone(), Instant::now());
                     }
-                    let mut compact = Vec::new();
+                    let (mut compact, mut compact6) = (Vec::new(), Vec::new());
                     for (p_ip, p_port) in peers.keys().filter(|k| **k != me) {
-                        let octets: Vec<u8> = p_ip.split('.').filter_map(|o| o.parse().ok()).collect();
-                        if octets.len() == 4 {
-                            compact.extend_from_slice(&octets);
-                            compact.extend_from_slice(&p_port.to_be_bytes());
+                        match p_ip.parse::<std::net::IpAddr>() {
+                            Ok(std::net::IpAddr::V4(v4)) => compact.extend_from_slice(&v4.octets()),
+                            Ok(std::net::IpAddr::V6(v6)) => compact6.extend_from_slice(&v6.octets()),
+                            Err(_) => continue,
                         }
+                        let out = if p_ip.contains(':') { &mut compact6 } else { &mut compact };
+                        out.extend_from_slice(&p_port.to_be_bytes());
                     }
                     let mut b = b"d8:intervali5e12:min intervali2e5:peers".to_vec();
                     b.extend_from_slice(format!("{}:", compact.len()).as_bytes());
                     b.extend_from_slice(&compact);
+                    if !compact6.is_empty() {
+                        b.extend_from_slice(format!("6:peers6{}:", compact6.len()).as_bytes());
+                        b.extend_from_slice(&compact6);
+                    }
                     b.push(b'e');
                     b
                 }
@@ -113,7 +131,7 @@ impl Tracker {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/announce", self.port)
+        format!("http://{}:{}/announce", self.host, self.port)
     }
 
     pub fn ports(&self, info_hash: &[u8]) -> Vec<u16> {

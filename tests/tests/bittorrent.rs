@@ -122,6 +122,42 @@ fn aria2_downloads_from_chiral_seed() {
     assert_eq!(v["seeds"][0]["state"], "stopped", "{v}");
 }
 
+/// BEP 7 over IPv6 loopback, both ways with aria2: a tracker on `[::1]` answers IPv6 peers as
+/// `peers6`; `chiral get` finds an aria2 seeder there and downloads over IPv6, and aria2 downloads
+/// from `chiral seed --listen ::1` (whose magnet names its IPv6 address).
+#[test]
+fn ipv6_peers_and_tracker_with_aria2_both_ways() {
+    let tracker = Tracker::start_v6();
+    let v6 = ["--interface=::1", "--disable-ipv6=false"];
+    let base = tempfile::tempdir().unwrap();
+    let file = base.path().join("six.bin");
+    make_file(&file, 12 * MIB, 71);
+    let want = sha256_file(&file);
+    let (tor, ih, seeder) = aria2_swarm(&file, &tracker, 18, &v6);
+    assert!(tracker.announces().iter().all(|(ip, _)| ip == "::1"), "{:?}", tracker.announces());
+    let node = Chiral::new();
+    let out = node.data_dir.path().join("from-aria2");
+    let mut args = vec!["--listen", "::1", "get", tor.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    args.extend(BT);
+    let o = run_with_timeout(node.cmd().args(&args), Duration::from_secs(120));
+    assert_got(&o, &out.join("six.bin"), &want, "chiral from aria2 over IPv6");
+    assert!(tracker.ports(&ih).len() >= 2, "chiral announced over IPv6 too: {:?}", tracker.announces());
+    drop(seeder);
+
+    let f = fixture("served6.bin", 8 * MIB, 72);
+    let (seed, lines) = start_seed(
+        &node,
+        &["--listen", "::1", f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url()],
+        1,
+    );
+    let magnet = lines.iter().find(|l| l.starts_with("magnet:")).unwrap_or_else(|| panic!("{lines:?}")).clone();
+    assert!(magnet.contains("x.pe=%5B%3A%3A1%5D"), "the magnet names the IPv6 address it listens on: {magnet}");
+    let out = node.data_dir.path().join("aria2-out6");
+    let (ok, log) = aria2_get_with(&magnet, &out, Duration::from_secs(120), &v6);
+    assert!(ok, "aria2c failed over IPv6: {log}\nseed: {}", seed.log_text());
+    assert_eq!(sha256_file(&find_file(&out, "served6.bin").expect("aria2 wrote it")), f.sha);
+}
+
 #[test]
 fn transmission_downloads_a_chiral_created_torrent_from_chiral_seed() {
     let tracker = Tracker::start();

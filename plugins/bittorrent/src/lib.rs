@@ -749,10 +749,14 @@ impl BitTorrentPlugin {
         if !meta.trackers.is_empty() {
             session.spawn(tokio::spawn(session.clone().announce_loop()));
         }
-        let host = if self.shared.advertise_host.is_empty() {
+        // The address peers reach us at: `--advertise`, else the address we listen on (an IPv6
+        // one too), else loopback for a wildcard listener.
+        let host = if !self.shared.advertise_host.is_empty() {
+            self.shared.advertise_host.clone()
+        } else if self.shared.listen_ip.is_unspecified() {
             "127.0.0.1".to_string()
         } else {
-            self.shared.advertise_host.clone()
+            self.shared.listen_ip.to_string()
         };
         let mut magnet = meta.magnet();
         magnet.push_str("&x.pe=");
