@@ -94,6 +94,16 @@ pub async fn sleep(d: Duration) {
     }
 }
 
+/// The limiter of one seed: its own `upload_rate` (the seed option, bytes per second) nested
+/// inside the plugin's `max_upload_rate` (both paid, the slower holds), or the plugin's alone
+/// when the seed has none.
+pub fn seed_limiter(own: Option<u64>, plugin: &Option<Arc<RateLimiter>>) -> Option<Arc<RateLimiter>> {
+    match own.filter(|&r| r > 0) {
+        Some(r) => Some(Arc::new(RateLimiter::within(r, plugin.clone()))),
+        None => plugin.clone(),
+    }
+}
+
 /// A limiter for an optional rate (0 or none: unlimited).
 pub fn limiter(bytes_per_sec: Option<u64>) -> Option<Arc<RateLimiter>> {
     bytes_per_sec.filter(|&r| r > 0).map(|r| Arc::new(RateLimiter::new(r)))

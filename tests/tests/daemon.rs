@@ -572,6 +572,37 @@ fn a_torrent_streams_while_it_downloads_from_where_the_player_reads() {
     drop(seeder);
 }
 
+/// A seed added through the API with its own `max_upload_rate` holds it (and shows it); a bad
+/// value is a one-line 400.
+#[test]
+fn a_seed_added_with_its_own_upload_rate_holds_it() {
+    let node = Chiral::new();
+    let d = Daemon::start(&node);
+    let files = tempfile::tempdir().unwrap();
+    let f = files.path().join("slow-seed.bin");
+    make_file(&f, 12 * MIB, 45);
+    let (status, v) =
+        d.api("POST", "/api/v1/seeds", Some(&json!({ "path": f, "via": ["http"], "max_upload_rate": "fast" })));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("max_upload_rate") && !e.contains('\n')), "{v}");
+    let (status, v) =
+        d.api("POST", "/api/v1/seeds", Some(&json!({ "path": f, "via": ["http"], "max_upload_rate": "4M" })));
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["max_upload_rate"], 4 * MIB, "{v}");
+    let url = v["identifiers"][0].as_str().unwrap().to_string();
+    let out = files.path().join("got.bin");
+    let t0 = std::time::Instant::now();
+    let curl = require("curl", "curl");
+    let o = run_with_timeout(
+        std::process::Command::new(curl).args(["-sSf", "-o"]).arg(&out).arg(&url),
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "curl {url}: {}", stderr(&o));
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(sha256_file(&out), sha256_file(&f));
+    assert!(secs >= 2.0, "12 MiB in {secs:.2} s from a seed limited to 4 MiB/s");
+}
+
 /// A small deterministic generator for the kill points (seeded from the clock; the seed is
 /// printed so a failing run can be replayed with CHIRAL_SOAK_SEED).
 struct Lcg(u64);

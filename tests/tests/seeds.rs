@@ -395,3 +395,69 @@ fn max_upload_rate_holds_for_the_http_ftp_and_chiral_seeders() {
     }
     drop(seeds);
 }
+
+/// `--max-upload-rate` holds an upload to someone's FTP server too (`--option ftp_upload=`),
+/// against a real pure-ftpd: 12 MiB at 4 MiB/s takes at least 2 s, and arrives intact.
+#[test]
+fn max_upload_rate_holds_an_ftp_upload() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const SIZE: u64 = 12 * 1024 * KIB;
+    let files = tempfile::tempdir().unwrap();
+    let f = files.path().join("up.bin");
+    make_file(&f, SIZE, 43);
+    let want = sha256_file(&f);
+    let root = tempfile::tempdir().unwrap();
+    let server = PureFtpd::start(root.path(), "uploader", "pw7");
+    // The virtual user writes as an unprivileged account.
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let node = Chiral::new();
+    let upload = format!("ftp_upload={}", server.url_with("pw7", ""));
+    let t0 = Instant::now();
+    let (_seed, lines) =
+        start_seed(&node, &[f.to_str().unwrap(), "--via", "ftp", "--option", &upload, "--max-upload-rate", "4M"], 1);
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(lines[0].contains(&format!("ftp://uploader@127.0.0.1:{}/up.bin", server.port)), "{lines:?}");
+    assert_eq!(sha256_file(&root.path().join("up.bin")), want);
+    // 12 MiB at 4 MiB/s: 3 s, less what may go before the bucket starts to count.
+    assert!(secs >= 2.0, "12 MiB uploaded in {secs:.2} s under --max-upload-rate 4M");
+}
+
+/// A seed's own limit (`--option upload_rate=`), with no global one: the HTTP, FTP and
+/// BitTorrent seeders each hold it (12 MiB at 4 MiB/s takes at least 2 s; curl for HTTP and FTP,
+/// `chiral get` of the magnet for BitTorrent), and the file arrives intact.
+#[test]
+fn a_seeds_own_upload_rate_holds_for_http_ftp_and_bittorrent() {
+    const SIZE: u64 = 12 * 1024 * KIB;
+    let files = tempfile::tempdir().unwrap();
+    let f = files.path().join("own.bin");
+    make_file(&f, SIZE, 44);
+    let want = sha256_file(&f);
+    let seeder = Chiral::new();
+    let curl = require("curl", "curl");
+    for via in ["http", "ftp", "bittorrent"] {
+        let (_seed, lines) = start_seed(&seeder, &[f.to_str().unwrap(), "--via", via, "--option", "upload_rate=4M"], 1);
+        let id = lines
+            .iter()
+            .flat_map(|l| l.split_whitespace())
+            .find(|w| w.contains("://") || w.starts_with("magnet:"))
+            .unwrap_or_else(|| panic!("{via}: no identifier in {lines:?}"))
+            .to_string();
+        let out = files.path().join(format!("got-{via}"));
+        let t0 = Instant::now();
+        if via == "bittorrent" {
+            let getter = Chiral::new();
+            let o = getter.run(&["get", &id, "--backend", "bittorrent", "-o", out.to_str().unwrap()]);
+            assert!(o.status.success(), "chiral get {id}: {}", stderr(&o));
+            std::fs::rename(out.join("own.bin"), files.path().join("got-bt.bin")).unwrap();
+            std::fs::remove_dir_all(&out).unwrap();
+            std::fs::rename(files.path().join("got-bt.bin"), &out).unwrap();
+        } else {
+            let o =
+                run_with_timeout(Command::new(&curl).args(["-sSf", "-o"]).arg(&out).arg(&id), Duration::from_secs(60));
+            assert!(o.status.success(), "curl {id}: {}", stderr(&o));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!(sha256_file(&out), want, "{via}");
+        assert!(secs >= 2.0, "{via}: 12 MiB in {secs:.2} s under its seed's upload_rate=4M");
+    }
+}

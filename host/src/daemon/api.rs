@@ -295,15 +295,17 @@ struct AddBody {
 
 /// A rate as given: a number of bytes per second or a size string; 0, `""` or null: none.
 fn rate_value(v: &serde_json::Value) -> ApiResult<Option<u64>> {
+    named_rate_value(v, "max_download_rate")
+}
+
+fn named_rate_value(v: &serde_json::Value, name: &str) -> ApiResult<Option<u64>> {
     let r = match v {
         serde_json::Value::Null => 0,
-        serde_json::Value::Number(n) => {
-            n.as_u64().ok_or_else(|| bad(format!("max_download_rate {n} is not a size")))?
-        }
+        serde_json::Value::Number(n) => n.as_u64().ok_or_else(|| bad(format!("{name} {n} is not a size")))?,
         serde_json::Value::String(s) if s.trim().is_empty() => 0,
         serde_json::Value::String(s) => chiral_sdk::options::parse_size(s.trim())
-            .ok_or_else(|| bad(format!("max_download_rate {:?} is not a size", chiral_sdk::text::line(s))))?,
-        other => return Err(bad(format!("max_download_rate {other} is not a size"))),
+            .ok_or_else(|| bad(format!("{name} {:?} is not a size", chiral_sdk::text::line(s))))?,
+        other => return Err(bad(format!("{name} {other} is not a size"))),
     };
     Ok(Some(r).filter(|&r| r > 0))
 }
@@ -419,12 +421,21 @@ struct SeedBody {
     /// Tracker announce URLs for BitTorrent seeds.
     #[serde(default)]
     trackers: Vec<String>,
+    /// This seed's own upload limit (bytes per second or a size), inside the global one.
+    #[serde(default)]
+    max_upload_rate: Option<serde_json::Value>,
 }
 
 /// `via` naming one plugin answers that seed; several or none answer `{"seeds": [...]}`.
 async fn add_seed(State(api): St, body: Bytes) -> ApiResult<Response> {
     let b: SeedBody = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
-    let options: Vec<(String, String)> = b.trackers.iter().map(|t| ("tracker".to_string(), t.clone())).collect();
+    let mut options: Vec<(String, String)> = b.trackers.iter().map(|t| ("tracker".to_string(), t.clone())).collect();
+    if let Some(rate) =
+        b.max_upload_rate.as_ref().map(|v| named_rate_value(v, "max_upload_rate")).transpose()?.flatten()
+    {
+        // Every seeding plugin takes its seed's own limit as the option `upload_rate`.
+        options.push(("upload_rate".to_string(), rate.to_string()));
+    }
     let seeds = api.daemon.add_seed(&b.path, &b.via, &options).await?;
     match (b.via.len(), seeds.as_slice()) {
         (1, [one]) => Ok((StatusCode::CREATED, Json(one.clone())).into_response()),

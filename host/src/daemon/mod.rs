@@ -137,6 +137,8 @@ pub struct SeedView {
     pub bytes_served: u64,
     pub error: Option<String>,
     pub added_at: u64,
+    /// Its own upload limit (bytes per second), inside the global one; none: the global alone.
+    pub max_upload_rate: Option<u64>,
 }
 
 /// One change for the event stream: `kind` is `download`, `seed` or `removed`; `data` its JSON.
@@ -1214,6 +1216,7 @@ fn seed_view(s: &Sd, live: &[crate::session::SeedLine]) -> SeedView {
         bytes_served: running.map_or(s.served, |l| l.bytes_served),
         error: s.error.clone(),
         added_at: s.entry.added_at,
+        max_upload_rate: s.entry.options.iter().find(|(k, _)| k == "upload_rate").and_then(|(_, v)| v.parse().ok()),
     }
 }
 

@@ -21,7 +21,7 @@
 //!
 //! Options (config `[plugins.bittorrent]`, then per request): `port`, `tracker`, `peer`,
 //! `web_seed`, `piece_size`, `private`, `name`, `reputation`, `wallet`, `payment_threshold`,
-//! `threads` (the runtime's workers), `max_upload_rate` (bytes/s, all peers), `encryption` (`prefer` (default): MSE/PE when dialling, with a
+//! `threads` (the runtime's workers), `max_upload_rate` (bytes/s, all peers), `upload_rate` (a seed's own, inside it), `encryption` (`prefer` (default): MSE/PE when dialling, with a
 //! plaintext retry, both accepted; `require`: RC4 only, both ways; `off`: plaintext only), `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes are used and the node
 //! answers queries at once (server mode); `none` starts a new network), `dht_port`,
 //! `allow_local_peers` (dial loopback and private peers learned from trackers, the DHT and
@@ -672,7 +672,15 @@ impl BitTorrentPlugin {
         for t in opts.get_all("tracker") {
             trackers.push(vec![t]);
         }
-        let session = Session::new(self.shared.clone(), info_hash, meta, trackers.clone(), Mode::Leech, events.clone());
+        let session = Session::new(
+            self.shared.clone(),
+            info_hash,
+            meta,
+            trackers.clone(),
+            Mode::Leech,
+            self.shared.upload_rate.clone(),
+            events.clone(),
+        );
         self.shared.register(&session);
         let guard = StopOnDrop(session.clone());
         for p in peers.iter().copied().chain(opts.get_all("peer").iter().filter_map(|p| p.parse().ok())) {
@@ -743,6 +751,7 @@ impl BitTorrentPlugin {
             Some(meta.clone()),
             meta.trackers.clone(),
             Mode::Seed(storage),
+            chiral_sdk::rate::seed_limiter(opts.get_bytes("upload_rate")?, &self.shared.upload_rate),
             events.clone(),
         );
         self.shared.register(&session);

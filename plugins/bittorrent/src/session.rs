@@ -70,6 +70,9 @@ pub struct Session {
     events: Events,
     pub label: String,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// What every upload of this torrent pays: a seed's own `upload_rate` inside the plugin's
+    /// `max_upload_rate`, or the plugin's alone.
+    upload_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,6 +129,7 @@ impl Session {
         meta: Option<Arc<TorrentMetadata>>,
         trackers: Vec<Vec<String>>,
         mode: Mode,
+        upload_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
         events: Events,
     ) -> Arc<Self> {
         let local = Local {
@@ -156,6 +160,7 @@ impl Session {
             events,
             label: format!("bittorrent:{}", &hex::encode(info_hash)[..12]),
             tasks: Mutex::new(Vec::new()),
+            upload_rate,
         });
         if let Some(m) = meta {
             let _ = s.meta.set(m);
@@ -747,7 +752,7 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        if let Some(rate) = &session.shared.upload_rate {
+        if let Some(rate) = &session.upload_rate {
             rate.acquire(batch.len() as u64).await;
         }
         // Flushed: an encrypted stream holds what the socket has not taken yet.

@@ -638,7 +638,13 @@ impl Conn {
     }
 
     /// Stores the local file `from` as `path` (`STOR`), returning the bytes sent.
-    pub async fn store(&mut self, from: &Path, path: &str) -> Result<u64, PluginError> {
+    /// Uploads `from` as `path` (`STOR`), at most at `rate` when one is given.
+    pub async fn store(
+        &mut self,
+        from: &Path,
+        path: &str,
+        rate: Option<&chiral_sdk::rate::RateLimiter>,
+    ) -> Result<u64, PluginError> {
         let mut file =
             tokio::fs::File::open(from).await.map_err(|e| PluginError::io(format!("{}: {e}", from.display())))?;
         let mut data = match self.start(&format!("STOR {path}"), 0, None).await {
@@ -648,12 +654,16 @@ impl Conn {
             }
             Err(StartError::Failed(e)) => return Err(e),
         };
-        let mut buf = vec![0u8; 1 << 20];
+        // Paced: small writes, so the rate holds evenly rather than in bursts of a MiB.
+        let mut buf = vec![0u8; if rate.is_some() { 64 << 10 } else { 1 << 20 }];
         let mut sent = 0u64;
         loop {
             let n = file.read(&mut buf).await.map_err(|e| PluginError::io(format!("{}: {e}", from.display())))?;
             if n == 0 {
                 break;
+            }
+            if let Some(r) = rate {
+                r.acquire(n as u64).await;
             }
             let w = timeout(READ_TIMEOUT, data.write_all(&buf[..n])).await;
             let reason = match w {

@@ -126,6 +126,7 @@ impl Seeder {
         if let Some(dest) = options.get_str("ftp_upload") {
             return self.upload(settings, &path, dest, options, events).await;
         }
+        let own_rate = options.get_bytes("upload_rate")?;
         let served = |s: &Seed| s.path == path && s.vpath.is_some();
         if let Some((id, existing)) = self.seeds.find_entry(served) {
             return Ok(existing.info(&id));
@@ -147,7 +148,7 @@ impl Seeder {
                 fs: Some(Arc::new(fs)),
                 url,
                 bytes_served: AtomicU64::new(0),
-                upload_rate: self.upload_rate.clone(),
+                upload_rate: chiral_sdk::rate::seed_limiter(own_rate, &self.upload_rate),
             }
         });
         if new {
@@ -174,7 +175,9 @@ impl Seeder {
             target.path.clone()
         };
         let mut conn = crate::conn::Conn::open(&target, tls, Arc::new(true.into())).await?;
-        let sent = conn.store(path, &remote).await?;
+        // Held by the plugin's upload rate like every other upload (`max_upload_rate`).
+        let rate = chiral_sdk::rate::seed_limiter(options.get_bytes("upload_rate")?, &self.upload_rate);
+        let sent = conn.store(path, &remote, rate.as_deref()).await?;
         conn.quit().await;
         let url = upload_url(&target, &remote);
         let (id, seed, _) = self.seeds.insert_new(

@@ -66,7 +66,10 @@ impl Plugin for HttpPlugin {
     }
 
     fn seed(self: Arc<Self>, request: SeedRequest, events: Events) -> BoxFut<SeedInfo> {
-        Box::pin(async move { self.seeder.seed(&request.path, &events).await })
+        Box::pin(async move {
+            let own = Opts::from_abi(&request.options).get_bytes("upload_rate")?;
+            self.seeder.seed(&request.path, own, &events).await
+        })
     }
 
     fn list_seeds(&self) -> Vec<SeedInfo> {

@@ -56,7 +56,8 @@ struct Seed {
     name: String,
     url: String,
     bytes_served: AtomicU64,
-    /// The plugin's upload rate (`max_upload_rate`), shared by every transfer of every seed.
+    /// Its own upload rate (`upload_rate`) inside the plugin's (`max_upload_rate`, shared by
+    /// every transfer of every seed), or the plugin's alone.
     upload_rate: Option<Arc<RateLimiter>>,
 }
 
@@ -103,7 +104,8 @@ impl Seeder {
     }
 
     /// Starts serving `path` (a regular file); seeding the same path again returns the same seed.
-    pub async fn seed(&self, path: &str, events: &Events) -> Result<SeedInfo, PluginError> {
+    /// `upload_rate`: this seed's own limit (bytes per second), inside the plugin's.
+    pub async fn seed(&self, path: &str, upload_rate: Option<u64>, events: &Events) -> Result<SeedInfo, PluginError> {
         let path = check_file(path).await?;
         if let Some((id, existing)) = self.seeds.find_entry(|s| s.path == path) {
             return Ok(existing.info(&id));
@@ -120,7 +122,7 @@ impl Seeder {
                     name,
                     url,
                     bytes_served: AtomicU64::new(0),
-                    upload_rate: self.upload_rate.clone(),
+                    upload_rate: chiral_sdk::rate::seed_limiter(upload_rate, &self.upload_rate),
                 }
             },
         );
