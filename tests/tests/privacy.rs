@@ -100,6 +100,51 @@ fn bittorrent_tracker_and_peers_go_through_the_proxy() {
     drop(seeder);
 }
 
+/// The rqbit backend through a real SOCKS5 proxy: its tracker announce and peer connections go
+/// through microsocks (the tracker sees the proxy's side only), the torrent's UDP tracker gets
+/// no datagram (dropped, with a warning), the file is intact; an HTTP CONNECT proxy is refused
+/// in one line (librqbit speaks SOCKS5 only).
+#[test]
+fn rqbit_goes_through_the_proxy_and_never_around_it() {
+    let (_proxy, sp) = microsocks();
+    let tracker = Tracker::start();
+    let f = fixture("rq.bin", 8 * MIB, 33);
+    let (tor, ih, seeder) = aria2_swarm(&f.file, &tracker, 18, &[]);
+    let port = seeder_port(&tracker, &ih);
+    // The same content with a UDP tracker first: a trap that counts datagrams.
+    let trap = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let udp = format!("udp://127.0.0.1:{}/announce", trap.local_addr().unwrap().port());
+    let tor2 = f.dir.path().join("rq-udp.torrent");
+    let o = std::process::Command::new(require("mktorrent", "mktorrent"))
+        .args(["-a", &udp, "-a", &tracker.url(), "-l", "18", "-o"])
+        .arg(&tor2)
+        .arg(&f.file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mktorrent: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(info_hash_of(&tor2), ih, "same content, same info hash");
+
+    let node = Chiral::new();
+    let out = node.data_dir.path().join("out");
+    let o = get_via(&node, &format!("socks5h://127.0.0.1:{sp}"), tor2.to_str().unwrap(), &out, &["--backend", "rqbit"]);
+    assert!(o.status.success(), "rqbit through the proxy: {}", last_error_line(&o));
+    assert_eq!(sha256_file(&out.join("rq.bin")), f.sha);
+    assert!(stderr(&o).contains("UDP tracker(s) skipped"), "{}", stderr(&o));
+    let seen = tracker.announces();
+    assert!(seen.iter().any(|(ip, _)| ip == "127.0.0.9"), "no announce came through the proxy: {seen:?}");
+    assert!(seen.iter().all(|(ip, p)| ip == "127.0.0.9" || *p == port), "a direct announce: {seen:?}");
+    let mut buf = [0u8; 2048];
+    assert!(trap.recv_from(&mut buf).is_err(), "the UDP tracker got a datagram around the proxy");
+
+    let http_proxy = format!("http://127.0.0.1:{sp}");
+    let o =
+        get_via(&node, &http_proxy, tor.to_str().unwrap(), &node.data_dir.path().join("o3"), &["--backend", "rqbit"]);
+    assert!(!o.status.success());
+    assert!(last_error_line(&o).contains("SOCKS5"), "{}", last_error_line(&o));
+    drop(seeder);
+}
+
 #[test]
 fn max_download_rate_holds_an_http_download() {
     let dir = tempfile::tempdir().unwrap();

@@ -66,7 +66,14 @@ pub async fn run(
     if out_dir.as_os_str().is_empty() {
         return Err(PluginError::invalid("no output folder"));
     }
-    let trackers = opts.get_all("tracker");
+    let proxied = plugin.settings.proxy.is_some();
+    let mut trackers = opts.get_all("tracker");
+    let mut udp_dropped = 0;
+    if proxied {
+        let before = trackers.len();
+        trackers.retain(|t| !is_udp(t.as_bytes()));
+        udp_dropped += before - trackers.len();
+    }
     let mut peers: Vec<std::net::SocketAddr> = Vec::new();
     for p in opts.get_all("peer") {
         match tokio::net::lookup_host(p.as_str()).await {
@@ -82,6 +89,11 @@ pub async fn run(
             peers.extend(magnet.peers.iter().copied());
             for t in &trackers {
                 magnet.add_tracker(t);
+            }
+            if proxied {
+                let before = magnet.trackers.len();
+                magnet.trackers.retain(|t| !is_udp(t.as_bytes()));
+                udp_dropped += before - magnet.trackers.len();
             }
             (AddTorrent::from_url(magnet.to_uri()), magnet.info_hash_hex())
         }
@@ -112,6 +124,19 @@ pub async fn run(
         }
     };
 
+    // Through a proxy, a torrent's UDP trackers are not contacted (UDP cannot go through it).
+    let add = match add {
+        AddTorrent::TorrentFileBytes(bytes) if proxied => {
+            let (stripped, n) = without_udp_trackers(&bytes)?;
+            udp_dropped += n;
+            AddTorrent::from_bytes(stripped)
+        }
+        other => other,
+    };
+    if udp_dropped > 0 {
+        events
+            .warn(format!("rqbit: {udp_dropped} UDP tracker(s) skipped: a proxy is set and UDP cannot go through it"));
+    }
     let tmp = temp_dir(&out_dir, &info_hash);
     tokio::fs::create_dir_all(&tmp).await.map_err(|e| PluginError::io(format!("{}: {e}", tmp.display())))?;
     let add_opts = AddTorrentOptions {
@@ -298,6 +323,55 @@ async fn same_content(a: &Path, b: &Path) -> bool {
 pub struct NotATorrent(anyhow::Error);
 
 /// The BTv1 info hash (hex) of a `.torrent`.
+fn is_udp(url: &[u8]) -> bool {
+    url.len() >= 6 && url[..6].eq_ignore_ascii_case(b"udp://")
+}
+
+/// `torrent` without its UDP trackers (`announce`, `announce-list`), and how many it had: what
+/// librqbit gets while a proxy is set (UDP cannot go through it). Every other value, the info
+/// dictionary first of all, is copied byte for byte, so the info hash stays.
+pub fn without_udp_trackers(torrent: &[u8]) -> Result<(Vec<u8>, usize), PluginError> {
+    use chiral_sdk::bencode::{decode_with_spans, encode, Limits, Value};
+    let (v, spans) =
+        decode_with_spans(torrent, Limits::TORRENT).map_err(|e| PluginError::invalid(format!("torrent: {e}")))?;
+    let mut out = Vec::with_capacity(torrent.len());
+    out.push(b'd');
+    let mut dropped = 0;
+    for (key, range) in &spans {
+        let kept: Option<Vec<u8>> = match key.as_slice() {
+            b"announce" if v.get("announce").and_then(Value::as_bytes).is_some_and(is_udp) => {
+                dropped += 1;
+                None
+            }
+            b"announce-list" => {
+                let tiers: Vec<Value> = v
+                    .get("announce-list")
+                    .and_then(Value::as_list)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|tier| {
+                        let urls = tier.as_list().unwrap_or_default();
+                        let keep: Vec<Value> =
+                            urls.iter().filter(|u| !u.as_bytes().is_some_and(is_udp)).cloned().collect();
+                        dropped += urls.len() - keep.len();
+                        Value::List(keep)
+                    })
+                    .filter(|tier| tier.as_list().is_some_and(|l| !l.is_empty()))
+                    .collect();
+                (!tiers.is_empty()).then(|| encode(&Value::List(tiers)))
+            }
+            _ => Some(torrent[range.clone()].to_vec()),
+        };
+        if let Some(value) = kept {
+            out.extend_from_slice(format!("{}:", key.len()).as_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(&value);
+        }
+    }
+    out.push(b'e');
+    Ok((out, dropped))
+}
+
 pub fn info_hash_of(bytes: &[u8]) -> Result<String, NotATorrent> {
     librqbit::torrent_from_bytes(bytes).map(|t| t.info_hash.as_string()).map_err(|e| NotATorrent(e.into()))
 }

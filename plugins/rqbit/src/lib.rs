@@ -193,15 +193,27 @@ impl RqbitPlugin {
         let port = pick_port(ip, s.want_port, &self.events)?;
         let bootstrap = self.options.get_all("dht_bootstrap");
         let lan_discovery = !s.no_dht && self.options.get_bool("lsd")?.unwrap_or(true);
-        // librqbit proxies peer connections only: its DHT, UDP trackers, local discovery and
-        // name lookups would still go out directly. With a proxy set it refuses to run.
-        if let Some(p) = &s.proxy {
-            let shown = chiral_sdk::net::Proxy::parse(p).map(|p| p.to_string()).unwrap_or_else(|e| e.to_string());
-            return Err(PluginError::unsupported(format!(
-                "rqbit: a proxy is set ({shown}), and librqbit would still reach DHT nodes and UDP trackers directly: use --backend bittorrent"
-            )));
-        }
-        let proxy_url = None;
+        // With a proxy: librqbit sends peer connections (SOCKS5) and HTTP trackers and
+        // `.torrent` URLs (reqwest) through it; what it would still do directly is turned off
+        // here: the DHT and local service discovery (UDP), and UDP trackers (dropped from each
+        // torrent, `download::without_udp_trackers`). librqbit speaks SOCKS5 only.
+        let proxy_url = match &s.proxy {
+            None => None,
+            Some(p) => {
+                let parsed = chiral_sdk::net::Proxy::parse(p).map_err(|e| PluginError::invalid(e.to_string()))?;
+                if !matches!(parsed.kind, chiral_sdk::net::ProxyKind::Socks5 { .. }) {
+                    return Err(PluginError::unsupported(format!(
+                        "rqbit: librqbit reaches peers through a SOCKS5 proxy only, not {parsed}: use socks5h:// or --backend bittorrent"
+                    )));
+                }
+                self.events.warn(format!(
+                    "rqbit: through the proxy {parsed}: DHT, local discovery and UDP trackers off (UDP cannot go through it)"
+                ));
+                Some(p.clone())
+            }
+        };
+        let proxied = proxy_url.is_some();
+        let lan_discovery = lan_discovery && !proxied;
         // Chunk requests in flight per peer: librqbit's default (128, never above the peer's
         // reqq) unless the `request_window` option says otherwise.
         let window = self.options.get_u64_in("request_window", 1..=4096)?.map(|w| w as usize);
@@ -211,7 +223,7 @@ impl RqbitPlugin {
             ..Default::default()
         });
         let opts = SessionOptions {
-            dht: if s.no_dht {
+            dht: if s.no_dht || proxied {
                 None
             } else {
                 Some(DhtSessionConfig {

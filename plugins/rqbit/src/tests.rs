@@ -259,3 +259,25 @@ fn a_cancelled_download_leaves_no_torrent_and_no_final_file() {
     });
     assert!(!out.join("nobody-seeds.bin").exists(), "a cancelled download left a file at the final name");
 }
+
+/// Through a proxy the torrent handed to librqbit has no UDP tracker left, and the same info
+/// hash (the info dictionary is copied byte for byte, even when not canonical).
+#[test]
+fn udp_trackers_are_dropped_and_the_info_hash_kept() {
+    // `pieces` before `piece length` is not canonical order: a re-encoding would change it.
+    let info = b"d6:lengthi5e4:name1:x6:pieces20:aaaaaaaaaaaaaaaaaaaa12:piece lengthi16384ee";
+    let mut t = b"d8:announce21:udp://127.0.0.1:1/ann13:announce-listll21:udp://127.0.0.1:1/annel".to_vec();
+    t.extend_from_slice(b"29:http://127.0.0.1:2/announce/xee4:info");
+    t.extend_from_slice(info);
+    t.push(b'e');
+    let before = crate::download::info_hash_of(&t).unwrap();
+    let (stripped, dropped) = crate::download::without_udp_trackers(&t).unwrap();
+    assert_eq!(dropped, 2);
+    assert_eq!(crate::download::info_hash_of(&stripped).unwrap(), before);
+    let text = String::from_utf8_lossy(&stripped);
+    assert!(!text.contains("udp://"), "{text}");
+    assert!(text.contains("http://127.0.0.1:2/announce/x"), "{text}");
+    // Nothing to drop: the same bytes.
+    let (same, none) = crate::download::without_udp_trackers(&stripped).unwrap();
+    assert_eq!((same, none), (stripped, 0));
+}
