@@ -6,7 +6,8 @@ need=()
 for pair in nginx:nginx-light aria2c:aria2 curl:curl nm:binutils vsftpd:vsftpd openssl:openssl \
             transmission-cli:transmission-cli transmission-show:transmission-cli \
             transmission-daemon:transmission-daemon mktorrent:mktorrent \
-            chromium:chromium node:nodejs npm:npm microsocks:microsocks; do
+            chromium:chromium node:nodejs npm:npm microsocks:microsocks danted:dante-server \
+            opentracker:opentracker; do
     prog="${pair%%:*}"; pkg="${pair#*:}"
     command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || need+=("$pkg")
 done

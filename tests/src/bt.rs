@@ -450,3 +450,43 @@ pub fn microsocks() -> (Proc, u16) {
     assert!(wait_port(port, Duration::from_secs(10)), "microsocks did not start: {}", p.log_text());
     (p, port)
 }
+
+/// Dante (`danted`), a SOCKS5 server that also relays UDP (`UDP ASSOCIATE`), on a free
+/// loopback port, its outgoing side from 127.0.0.9; no login.
+pub fn dante() -> (Proc, u16) {
+    let bin = require("danted", "dante-server");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    let users = if root { "user.privileged: root\nuser.unprivileged: nobody\n" } else { "" };
+    let conf = format!(
+        "logoutput: {log}\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.9\n\
+         socksmethod: none\nclientmethod: none\n{users}\
+         client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\n\
+         socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: bind connect udpassociate bindreply udpreply }}\n",
+        log = dir.join("danted.log").display()
+    );
+    let conf_path = dir.join("danted.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut c = Command::new(bin);
+    c.arg("-f").arg(&conf_path).args(["-N", "1"]);
+    let p = spawn_logged(&mut c, "danted", dir.join("danted.out"));
+    assert!(wait_port(port, Duration::from_secs(10)), "danted did not start: {}", p.log_text());
+    (p, port)
+}
+
+/// opentracker on 127.0.0.1 serving `info_hashes` (Debian builds it with a whitelist): its UDP
+/// (BEP 15) port.
+pub fn opentracker(info_hashes: &[&[u8]]) -> (Proc, u16) {
+    let bin = require("opentracker", "opentracker");
+    let (tcp, udp) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap().keep();
+    let list: String = info_hashes.iter().map(|h| format!("{}\n", hex::encode(h))).collect();
+    std::fs::write(dir.join("whitelist"), list).unwrap();
+    let mut c = Command::new(bin);
+    c.current_dir(&dir).args(["-i", "127.0.0.1", "-p", &tcp.to_string(), "-P", &udp.to_string(), "-w"]);
+    c.arg(dir.join("whitelist"));
+    let p = spawn_logged(&mut c, "opentracker", dir.join("opentracker.log"));
+    assert!(wait_port(tcp, Duration::from_secs(10)), "opentracker did not start: {}", p.log_text());
+    (p, udp)
+}

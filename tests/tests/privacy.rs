@@ -145,6 +145,89 @@ fn rqbit_goes_through_the_proxy_and_never_around_it() {
     drop(seeder);
 }
 
+/// Tells opentracker's UDP port that `port` on 127.0.0.1 seeds `info_hash` (BEP 15 connect and
+/// announce): the seeder, aria2, is built without UDP trackers.
+fn udp_announce_for(tracker_port: u16, info_hash: &[u8], port: u16) {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.connect(("127.0.0.1", tracker_port)).unwrap();
+    let mut req = 0x0417_2710_1980u64.to_be_bytes().to_vec();
+    req.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7]);
+    s.send(&req).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf).expect("opentracker answers connect");
+    assert!(n >= 16 && buf[..8] == [0, 0, 0, 0, 0, 0, 0, 7], "connect reply {:?}", &buf[..n]);
+    let mut a = buf[8..16].to_vec();
+    a.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 8]);
+    a.extend_from_slice(info_hash);
+    a.extend_from_slice(b"-AR0001-seeder000000");
+    a.extend_from_slice(&[0; 24]); // downloaded, left (a seeder), uploaded
+    a.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 50]); // started, ip, key, numwant
+    a.extend_from_slice(&port.to_be_bytes());
+    // opentracker loads its whitelist on a thread of its own after it starts: until then it
+    // answers an announce with no body.
+    let mut last = Vec::new();
+    let listed = wait_until(Duration::from_secs(10), || {
+        s.send(&a).unwrap();
+        let n = s.recv(&mut buf).expect("opentracker answers announce");
+        last = buf[..n].to_vec();
+        n >= 20 && buf[..8] == [0, 0, 0, 1, 0, 0, 0, 8]
+    });
+    assert!(listed, "announce reply {last:?}");
+}
+
+/// A UDP tracker through a proxy that relays UDP (Dante, SOCKS5 UDP ASSOCIATE): a torrent
+/// whose only tracker is opentracker's UDP port downloads from an aria2 seeder listed there,
+/// the announce and the peer connection both through Dante. Through microsocks, which relays no
+/// UDP, the same tracker is skipped with a warning and nothing is found: so nothing was ever
+/// sent to it directly.
+#[test]
+fn a_udp_tracker_is_asked_through_the_proxys_udp_relay() {
+    let (_dante, dp) = dante();
+    let f = fixture("udp.bin", 8 * MIB, 34);
+    // The tracker's port goes into the torrent, whose info hash goes into the tracker's
+    // whitelist: the info hash does not depend on the announce URL, so a first torrent names it.
+    let tor = f.dir.path().join("udp.torrent");
+    mktorrent(&f.file, &tor, "udp://127.0.0.1:1/announce", 18, false);
+    let ih = info_hash_of(&tor);
+    let (_tracker, udp_port) = opentracker(&[&ih]);
+    std::fs::remove_file(&tor).unwrap();
+    mktorrent(&f.file, &tor, &format!("udp://127.0.0.1:{udp_port}/announce"), 18, false);
+    assert_eq!(info_hash_of(&tor), ih);
+    let port = free_port();
+    let seeder = aria2_seed(&tor, f.dir.path(), port, &[]);
+    assert!(wait_port(port, Duration::from_secs(30)), "aria2 did not listen: {}", seeder.log_text());
+    udp_announce_for(udp_port, &ih, port);
+    let node = Chiral::new();
+    let out = node.data_dir.path().join("out");
+    let o =
+        get_via(&node, &format!("socks5h://127.0.0.1:{dp}"), tor.to_str().unwrap(), &out, &["--backend", "bittorrent"]);
+    assert!(o.status.success(), "through Dante: {}\naria2: {}", last_error_line(&o), seeder.log_text());
+    assert_eq!(sha256_file(&out.join("udp.bin")), f.sha);
+
+    let (_socks, sp) = microsocks();
+    let out2 = node.data_dir.path().join("out2");
+    let err = node.data_dir.path().join("micro.err");
+    let mut child = node
+        .cmd()
+        .args(["--proxy", &format!("socks5h://127.0.0.1:{sp}"), "get", tor.to_str().unwrap(), "-o"])
+        .arg(&out2)
+        .args(["--backend", "bittorrent"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let warned = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&err).unwrap_or_default().contains("the proxy does not relay UDP")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "{}", std::fs::read_to_string(&err).unwrap_or_default());
+    assert!(!out2.join("udp.bin").exists(), "a peer was found without the UDP tracker");
+    drop(seeder);
+}
+
 #[test]
 fn max_download_rate_holds_an_http_download() {
     let dir = tempfile::tempdir().unwrap();

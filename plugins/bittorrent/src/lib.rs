@@ -143,8 +143,11 @@ pub struct Shared {
     pub dht_bootstrap: Vec<String>,
     /// `allow_local_peers`: dial loopback and private peers whatever the torrent's origins.
     pub allow_local_peers: bool,
-    /// The host's proxy: every peer connection, tracker and web seed goes through it; no UDP.
+    /// The host's proxy: every peer connection, tracker and web seed goes through it; UDP
+    /// trackers through its UDP relay when it has one.
     pub proxy: Option<chiral_sdk::net::Proxy>,
+    /// Whether the proxy relays UDP (SOCKS5 UDP ASSOCIATE), once asked.
+    proxy_udp: tokio::sync::OnceCell<bool>,
     /// Protocol encryption (MSE/PE) for dialled and accepted peers (option `encryption`).
     pub encryption: mse::Policy,
     /// Upload rate shared by every peer connection (option `max_upload_rate`, bytes/s).
@@ -172,6 +175,10 @@ impl Shared {
     /// Every live session.
     fn live_sessions(&self) -> Vec<Arc<Session>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().filter_map(Weak::upgrade).collect()
+    }
+    /// Whether `proxy` relays UDP: asked once (a UDP ASSOCIATE that is then closed).
+    pub async fn proxy_relays_udp(&self, proxy: &chiral_sdk::net::Proxy) -> bool {
+        *self.proxy_udp.get_or_init(|| async { proxy.udp_associate().await.is_ok() }).await
     }
     pub fn fast_lane(&self) -> swarm::FastLane {
         self.fast_lane.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -305,6 +312,7 @@ impl Plugin for BitTorrentPlugin {
             dht_bootstrap: options.get_all("dht_bootstrap"),
             allow_local_peers: options.get_bool("allow_local_peers")?.unwrap_or(false),
             proxy,
+            proxy_udp: tokio::sync::OnceCell::new(),
             encryption,
             upload_rate: chiral_sdk::rate::limiter(options.get_bytes("max_upload_rate")?),
             fast_lane: Mutex::new(swarm::FastLane::default()),

@@ -571,24 +571,27 @@ impl Session {
             key: self.shared.key,
         };
         let mut tiers = lock(&self.trackers).clone();
-        if self.shared.proxy.is_some() {
-            // Neither SOCKS5 CONNECT nor HTTP CONNECT carries UDP: a UDP tracker would be asked
-            // directly, revealing this address. Skipped, and said once.
-            let before: usize = tiers.iter().map(Vec::len).sum();
-            for t in tiers.iter_mut() {
-                t.retain(|u| !u.starts_with("udp://"));
-            }
-            tiers.retain(|t| !t.is_empty());
-            if tiers.iter().map(Vec::len).sum::<usize>() < before {
-                self.events
-                    .warn(format!("{}: UDP trackers skipped: a proxy is set and UDP cannot go through it", self.label));
+        if let Some(proxy) = &self.shared.proxy {
+            // UDP trackers go through the proxy's UDP relay (SOCKS5 UDP ASSOCIATE). A proxy
+            // that has none (an HTTP proxy, microsocks) would leave them to be asked directly,
+            // revealing this address: they are skipped instead, and that is said once.
+            let has_udp = tiers.iter().flatten().any(|u| u.starts_with("udp://"));
+            if has_udp && !self.shared.proxy_relays_udp(proxy).await {
+                for t in tiers.iter_mut() {
+                    t.retain(|u| !u.starts_with("udp://"));
+                }
+                tiers.retain(|t| !t.is_empty());
+                self.events.warn(format!(
+                    "{}: UDP trackers skipped: the proxy does not relay UDP (SOCKS5 UDP ASSOCIATE)",
+                    self.label
+                ));
                 *lock(&self.trackers) = tiers.clone();
             }
         }
         if tiers.is_empty() {
             return Err(tracker::TrackerError::NoTrackers);
         }
-        let r = tracker::announce_tiers(&self.shared.http, &mut tiers, &a).await;
+        let r = tracker::announce_tiers(&self.shared.http, &mut tiers, &a, self.shared.proxy.as_ref()).await;
         *lock(&self.trackers) = tiers;
         r
     }

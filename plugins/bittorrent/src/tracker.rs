@@ -246,7 +246,35 @@ async fn announce_http(client: &reqwest::Client, url: &str, a: &Announce) -> Res
     parse_http_reply(&body)
 }
 
-async fn announce_udp(url: &str, a: &Announce) -> Result<AnnounceReply, TrackerError> {
+/// Where a UDP tracker's datagrams go: straight to it, or through the proxy's UDP relay.
+enum UdpLink {
+    Direct(tokio::net::UdpSocket),
+    Relay(chiral_sdk::net::UdpRelay, String, u16),
+}
+
+impl UdpLink {
+    async fn send(&self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            UdpLink::Direct(s) => s.send(data).await.map(|_| ()),
+            UdpLink::Relay(r, host, port) => r.send_to(data, host, *port).await,
+        }
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            UdpLink::Direct(s) => s.recv(buf).await,
+            UdpLink::Relay(r, ..) => r.recv(buf).await,
+        }
+    }
+}
+
+/// BEP 15 over UDP, through `proxy`'s UDP relay when one is given (the tracker's name then
+/// goes to the proxy, never to a local resolver with `socks5h://`).
+async fn announce_udp(
+    url: &str,
+    a: &Announce,
+    proxy: Option<&chiral_sdk::net::Proxy>,
+) -> Result<AnnounceReply, TrackerError> {
     let hostport = url
         .strip_prefix("udp://")
         .ok_or(TrackerError::UnsupportedScheme)?
@@ -254,24 +282,36 @@ async fn announce_udp(url: &str, a: &Announce) -> Result<AnnounceReply, TrackerE
         .next()
         .unwrap_or_default()
         .to_string();
-    let addr = tokio::net::lookup_host(&hostport).await?.next().ok_or(TrackerError::NoAddress)?;
-    let bind: SocketAddr =
-        if addr.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
-    let sock = tokio::net::UdpSocket::bind(bind).await?;
-    sock.connect(addr).await?;
+    let (link, v6) = match proxy {
+        Some(p) => {
+            let (host, port) = hostport.rsplit_once(':').ok_or(TrackerError::NoAddress)?;
+            let port: u16 = port.parse().map_err(|_| TrackerError::NoAddress)?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let v6 = host.parse::<std::net::Ipv6Addr>().is_ok();
+            (UdpLink::Relay(p.udp_associate().await?, host, port), v6)
+        }
+        None => {
+            let addr = tokio::net::lookup_host(&hostport).await?.next().ok_or(TrackerError::NoAddress)?;
+            let bind: SocketAddr =
+                if addr.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
+            let sock = tokio::net::UdpSocket::bind(bind).await?;
+            sock.connect(addr).await?;
+            (UdpLink::Direct(sock), addr.is_ipv6())
+        }
+    };
     let mut buf = vec![0u8; 20 + 18 * MAX_PEERS_PER_REPLY];
     for attempt in 0..3u32 {
         let wait = Duration::from_secs(2 << attempt);
         let tx = crate::random_u32();
-        let _ = sock.send(&udp_connect_request(tx)).await;
-        let conn = match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
+        let _ = link.send(&udp_connect_request(tx)).await;
+        let conn = match tokio::time::timeout(wait, link.recv(&mut buf)).await {
             Ok(Ok(n)) => parse_udp_connect(&buf[..n], tx)?,
             _ => continue,
         };
         let tx = crate::random_u32();
-        let _ = sock.send(&udp_announce_request(conn, tx, a)).await;
-        match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
-            Ok(Ok(n)) => return parse_udp_announce(&buf[..n], tx, addr.is_ipv6()),
+        let _ = link.send(&udp_announce_request(conn, tx, a)).await;
+        match tokio::time::timeout(wait, link.recv(&mut buf)).await {
+            Ok(Ok(n)) => return parse_udp_announce(&buf[..n], tx, v6),
             _ => continue,
         }
     }
@@ -279,9 +319,16 @@ async fn announce_udp(url: &str, a: &Announce) -> Result<AnnounceReply, TrackerE
 }
 
 /// Announces to one tracker URL.
-pub async fn announce(client: &reqwest::Client, url: &str, a: &Announce) -> Result<AnnounceReply, TrackerError> {
+/// `proxy`: UDP trackers are asked through its UDP relay (HTTP ones through `client`, which
+/// has the proxy already).
+pub async fn announce(
+    client: &reqwest::Client,
+    url: &str,
+    a: &Announce,
+    proxy: Option<&chiral_sdk::net::Proxy>,
+) -> Result<AnnounceReply, TrackerError> {
     let r = if url.starts_with("udp://") {
-        announce_udp(url, a).await
+        announce_udp(url, a, proxy).await
     } else if url.starts_with("http://") || url.starts_with("https://") {
         announce_http(client, url, a).await
     } else {
@@ -296,11 +343,12 @@ pub async fn announce_tiers(
     client: &reqwest::Client,
     tiers: &mut [Vec<String>],
     a: &Announce,
+    proxy: Option<&chiral_sdk::net::Proxy>,
 ) -> Result<AnnounceReply, TrackerError> {
     let mut errors = Vec::new();
     for tier in tiers.iter_mut() {
         for i in 0..tier.len() {
-            match announce(client, &tier[i], a).await {
+            match announce(client, &tier[i], a, proxy).await {
                 Ok(r) => {
                     let u = tier.remove(i);
                     tier.insert(0, u);
