@@ -311,6 +311,15 @@ pub struct TransmissionSeeder {
 
 impl TransmissionSeeder {
     pub fn start(torrent: &Path, dir: &Path, port: u16) -> Self {
+        Self::start_with(torrent, dir, port, 0)
+    }
+
+    /// Seeding with protocol encryption required (`"encryption": 2`): plaintext peers refused.
+    pub fn start_requiring_encryption(torrent: &Path, dir: &Path, port: u16) -> Self {
+        Self::start_with(torrent, dir, port, 2)
+    }
+
+    fn start_with(torrent: &Path, dir: &Path, port: u16, encryption: u8) -> Self {
         let daemon = require("transmission-daemon", "transmission-daemon");
         let remote = require("transmission-remote", "transmission-cli");
         let conf = tempfile::tempdir().unwrap();
@@ -318,7 +327,7 @@ impl TransmissionSeeder {
         let settings = format!(
             r#"{{"bind-address-ipv4":"127.0.0.1","bind-address-ipv6":"::1","peer-port":{port},"peer-port-random-on-start":false,
 "port-forwarding-enabled":false,"dht-enabled":false,"lpd-enabled":false,"pex-enabled":false,"utp-enabled":false,
-"blocklist-enabled":false,"encryption":0,"download-dir":"{dir}","incomplete-dir-enabled":false,"start-added-torrents":true,
+"blocklist-enabled":false,"encryption":{encryption},"download-dir":"{dir}","incomplete-dir-enabled":false,"start-added-torrents":true,
 "speed-limit-up-enabled":false,"speed-limit-down-enabled":false,"alt-speed-enabled":false,"ratio-limit-enabled":false,
 "idle-seeding-limit-enabled":false,"cache-size-mb":64,"rpc-enabled":true,"rpc-bind-address":"127.0.0.1","rpc-port":{rpc},
 "rpc-authentication-required":false,"rpc-whitelist-enabled":true,"rpc-whitelist":"127.0.0.1","rpc-host-whitelist-enabled":false,"message-level":2}}"#,
@@ -374,12 +383,24 @@ pub struct TransmissionLeecher {
 
 impl TransmissionLeecher {
     pub fn start(torrent: &Path, tracker: &Tracker, info_hash: &[u8]) -> Self {
+        Self::start_with(torrent, tracker, info_hash, false)
+    }
+
+    /// Leeching with protocol encryption required (`-er`): plaintext peers refused.
+    pub fn start_requiring_encryption(torrent: &Path, tracker: &Tracker, info_hash: &[u8]) -> Self {
+        Self::start_with(torrent, tracker, info_hash, true)
+    }
+
+    fn start_with(torrent: &Path, tracker: &Tracker, info_hash: &[u8], require_encryption: bool) -> Self {
         let cli = require("transmission-cli", "transmission-cli");
         let conf = tempfile::tempdir().unwrap();
+        let encryption = if require_encryption { 2 } else { 0 };
         std::fs::write(
             conf.path().join("settings.json"),
-            r#"{"bind-address-ipv4":"127.0.0.1","dht-enabled":false,"lpd-enabled":false,"pex-enabled":false,"utp-enabled":false,
-"port-forwarding-enabled":false,"blocklist-enabled":false,"encryption":0,"speed-limit-up-enabled":false,"speed-limit-down-enabled":false,"message-level":1}"#,
+            format!(
+                r#"{{"bind-address-ipv4":"127.0.0.1","dht-enabled":false,"lpd-enabled":false,"pex-enabled":false,"utp-enabled":false,
+"port-forwarding-enabled":false,"blocklist-enabled":false,"encryption":{encryption},"speed-limit-up-enabled":false,"speed-limit-down-enabled":false,"message-level":1}}"#
+            ),
         )
         .unwrap();
         // The completion hook touches a file: the event the test waits for.
@@ -396,7 +417,7 @@ impl TransmissionLeecher {
                 .arg(conf.path())
                 .arg("-w")
                 .arg(&out)
-                .args(["-p", &port.to_string(), "-M", "-D", "-U", "-ep", "-f"])
+                .args(["-p", &port.to_string(), "-M", "-D", "-U", if require_encryption { "-er" } else { "-ep" }, "-f"])
                 .arg(&hook)
                 .arg(torrent),
             "transmission-cli",

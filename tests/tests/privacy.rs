@@ -293,6 +293,41 @@ fn seeder_port(tracker: &Tracker, ih: &[u8]) -> u16 {
     tracker.ports(ih)[0]
 }
 
+/// MSE/PE with Transmission requiring encryption, both ways: its daemon seeds to `chiral get`
+/// (chiral dials and starts MSE), and transmission-cli requiring encryption downloads from
+/// `chiral seed` with `encryption = "require"` (chiral answers MSE).
+#[test]
+fn mse_with_transmission_requiring_encryption_both_ways() {
+    let tracker = Tracker::start();
+    let f = fixture("tmse.bin", 8 * MIB, 46);
+    let tor = f.dir.path().join("tmse.torrent");
+    mktorrent(&f.file, &tor, &tracker.url(), 18, false);
+    let ih = info_hash_of(&tor);
+    let port = free_port();
+    let seeder = TransmissionSeeder::start_requiring_encryption(&tor, f.dir.path(), port);
+    assert!(tracker.wait_for(&ih, port, Duration::from_secs(60)), "transmission never announced");
+    let node = Chiral::new();
+    std::fs::write(
+        node.data_dir.path().join("config/chiral/config.toml"),
+        "no_dht = true\n[plugins.bittorrent]\nencryption = \"require\"\n",
+    )
+    .unwrap();
+    let out = node.data_dir.path().join("out");
+    let o = node.run(&["get", tor.to_str().unwrap(), "-o", out.to_str().unwrap(), "--backend", "bittorrent"]);
+    assert!(o.status.success(), "from Transmission requiring encryption: {}", last_error_line(&o));
+    assert_eq!(sha256_file(&out.join("tmse.bin")), f.sha);
+    drop(seeder);
+
+    let (seed, _ids) = start_seed(
+        &node,
+        &[f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url(), "--listen", "127.0.0.1"],
+        1,
+    );
+    let leecher = TransmissionLeecher::start_requiring_encryption(&tor, &tracker, &ih);
+    leecher.wait_done(&seed);
+    assert_eq!(sha256_file(&find_file(&leecher.out, "tmse.bin").expect("transmission wrote it")), f.sha);
+}
+
 #[test]
 fn mse_with_aria2_requiring_rc4_both_ways() {
     let tracker = Tracker::start();
