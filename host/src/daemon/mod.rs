@@ -415,12 +415,7 @@ impl Daemon {
     pub fn stream_target(&self, id: &str) -> Result<stream::Target, DaemonError> {
         let inner = self.lock();
         let d = inner.downloads.iter().find(|d| d.rec.id == id).ok_or_else(|| not_found(id))?;
-        Ok(stream::Target {
-            playhead: d.playhead.clone(),
-            state: d.rec.state,
-            files: d.rec.files.clone(),
-            name: d.rec.name.clone(),
-        })
+        Ok(stream::Target { playhead: d.playhead.clone(), state: d.rec.state, files: d.rec.files.clone() })
     }
 
     /// Adds a download (queued, or running at once when a slot is free).

@@ -40,7 +40,6 @@ pub struct Target {
     pub state: DownloadState,
     /// The files it wrote, when finished.
     pub files: Vec<PathBuf>,
-    pub name: String,
 }
 
 /// The answer to a stream request for file `file` (default: the first chosen file) of download

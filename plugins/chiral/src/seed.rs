@@ -133,10 +133,7 @@ impl SeedEntry {
     /// Caps what this seed sends to `rate` bytes per second, inside `shared` (the plugin's
     /// rate, which every seed pays too).
     pub fn with_upload_rate(mut self, rate: Option<u64>, shared: Option<Arc<RateLimiter>>) -> Self {
-        self.pacer = match (rate.filter(|&r| r > 0), shared) {
-            (None, shared) => shared,
-            (Some(r), shared) => Some(Arc::new(RateLimiter::within(r, shared))),
-        };
+        self.pacer = chiral_sdk::rate::seed_limiter(rate, &shared);
         self
     }
 
