@@ -294,8 +294,9 @@ fn seeder_port(tracker: &Tracker, ih: &[u8]) -> u16 {
 }
 
 /// MSE/PE with Transmission requiring encryption, both ways: its daemon seeds to `chiral get`
-/// (chiral dials and starts MSE), and transmission-cli requiring encryption downloads from
-/// `chiral seed` with `encryption = "require"` (chiral answers MSE).
+/// (chiral dials and starts MSE, with `encryption = "require"` and with the default), and
+/// transmission-cli requiring encryption downloads from `chiral seed` with
+/// `encryption = "require"` (chiral answers MSE).
 #[test]
 fn mse_with_transmission_requiring_encryption_both_ways() {
     let tracker = Tracker::start();
@@ -315,6 +316,13 @@ fn mse_with_transmission_requiring_encryption_both_ways() {
     let out = node.data_dir.path().join("out");
     let o = node.run(&["get", tor.to_str().unwrap(), "-o", out.to_str().unwrap(), "--backend", "bittorrent"]);
     assert!(o.status.success(), "from Transmission requiring encryption: {}", last_error_line(&o));
+    assert_eq!(sha256_file(&out.join("tmse.bin")), f.sha);
+    // The default (`allow`): the first dial offers plaintext under MSE, Transmission declines
+    // it, the second offers RC4.
+    let plain = Chiral::new();
+    let out = plain.data_dir.path().join("out");
+    let o = plain.run(&["get", tor.to_str().unwrap(), "-o", out.to_str().unwrap(), "--backend", "bittorrent"]);
+    assert!(o.status.success(), "default settings, from Transmission requiring encryption: {}", last_error_line(&o));
     assert_eq!(sha256_file(&out.join("tmse.bin")), f.sha);
     drop(seeder);
 

@@ -41,14 +41,19 @@ pub const CRYPTO_RC4: u32 = 0x02;
 /// How long a whole handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// What this end asks for and accepts (`encryption = prefer | require | off`).
+/// What this end asks for and accepts (`encryption = allow | prefer | require | off`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Policy {
     /// Off: plaintext BitTorrent only (an encrypted incoming handshake is refused).
     Off,
-    /// Dial with MSE offering RC4 or plaintext (falling back to a plain handshake when the peer
-    /// does not answer MSE); accept both.
+    /// Allow (the default): dial with a plain handshake, and again with MSE offering RC4 or
+    /// plaintext when the peer drops it (it requires encryption); accept both, choosing
+    /// plaintext when offered. Clients users run (qBittorrent, Transmission) pick RC4 whenever
+    /// MSE offers it, and RC4 on the data stream costs both ends CPU.
     #[default]
+    Allow,
+    /// Dial with MSE offering RC4 or plaintext (falling back to a plain handshake when the peer
+    /// does not answer MSE); accept both; RC4 chosen when offered.
     Prefer,
     /// RC4 only, both ways.
     Require,
@@ -58,7 +63,8 @@ impl Policy {
     pub fn parse(v: &str) -> Option<Self> {
         match v.trim().to_ascii_lowercase().as_str() {
             "off" | "no" | "false" | "plaintext" | "disabled" => Some(Self::Off),
-            "prefer" | "prefered" | "preferred" | "allow" | "auto" | "on" => Some(Self::Prefer),
+            "allow" | "allowed" | "enabled" | "auto" | "on" | "tolerate" | "tolerated" => Some(Self::Allow),
+            "prefer" | "prefered" | "preferred" => Some(Self::Prefer),
             "require" | "required" | "force" | "forced" => Some(Self::Require),
             _ => None,
         }
@@ -74,16 +80,18 @@ impl Policy {
 
     /// What a responder selects from `provide`, if anything.
     pub fn select(self, provide: u32) -> Option<u32> {
+        let plain = (provide & CRYPTO_PLAINTEXT != 0).then_some(CRYPTO_PLAINTEXT);
+        let rc4 = (provide & CRYPTO_RC4 != 0).then_some(CRYPTO_RC4);
         match self {
-            Self::Off => (provide & CRYPTO_PLAINTEXT != 0).then_some(CRYPTO_PLAINTEXT),
-            Self::Prefer if provide & CRYPTO_RC4 != 0 => Some(CRYPTO_RC4),
-            Self::Prefer => (provide & CRYPTO_PLAINTEXT != 0).then_some(CRYPTO_PLAINTEXT),
-            Self::Require => (provide & CRYPTO_RC4 != 0).then_some(CRYPTO_RC4),
+            Self::Off => plain,
+            Self::Allow => plain.or(rc4),
+            Self::Prefer => rc4.or(plain),
+            Self::Require => rc4,
         }
     }
 
     /// Whether an initiator accepts the responder's `select`.
-    pub fn accepts(self, provided: u32, select: u32) -> bool {
+    pub fn accepts(provided: u32, select: u32) -> bool {
         (select == CRYPTO_RC4 || select == CRYPTO_PLAINTEXT) && provided & select != 0
     }
 }
@@ -261,15 +269,16 @@ async fn sync_on<R: AsyncRead + Unpin>(r: &mut R, needle: &[u8], limit: usize) -
     Err(MseError::NoSync)
 }
 
-/// Dials as A: DH, then the negotiated stream (RC4 or plaintext) over `tcp`.
-pub async fn initiate(tcp: TcpStream, skey: &[u8; 20], policy: Policy) -> Result<PeerStream, MseError> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, initiate_on(tcp, skey, policy)).await.map_err(|_| MseError::Timeout)?
+/// Dials as A offering `provide` (a [`Policy::provide`]): DH, then the negotiated stream (RC4
+/// or plaintext) over `tcp`.
+pub async fn initiate(tcp: TcpStream, skey: &[u8; 20], provide: u32) -> Result<PeerStream, MseError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, initiate_on(tcp, skey, provide)).await.map_err(|_| MseError::Timeout)?
 }
 
 async fn initiate_on<S: AsyncRead + AsyncWrite + Unpin>(
     mut tcp: S,
     skey: &[u8; 20],
-    policy: Policy,
+    provide: u32,
 ) -> Result<PeerStream<S>, MseError> {
     let keys = KeyPair::generate();
     let mut first = keys.public.to_vec();
@@ -279,7 +288,6 @@ async fn initiate_on<S: AsyncRead + AsyncWrite + Unpin>(
     tcp.read_exact(&mut yb).await?;
     let s = keys.secret(&yb)?;
     let (mut enc, mut dec) = ciphers(&s, skey, true);
-    let provide = policy.provide();
     let mut third = req1(&s).to_vec();
     third.extend_from_slice(&req23(skey, &s));
     third.extend(step3_tail(&mut enc, provide));
@@ -299,7 +307,7 @@ async fn initiate_on<S: AsyncRead + AsyncWrite + Unpin>(
     let mut padd = vec![0u8; pad];
     tcp.read_exact(&mut padd).await?;
     dec.apply(&mut padd);
-    if !policy.accepts(provide, select) {
+    if !Policy::accepts(provide, select) {
         return Err(MseError::NoMethod(select));
     }
     Ok(PeerStream::negotiated(tcp, select, enc, dec, Vec::new()))
@@ -542,7 +550,12 @@ mod tests {
         assert_eq!(Policy::Prefer.select(1), Some(CRYPTO_PLAINTEXT));
         assert_eq!(Policy::Require.select(1), None);
         assert_eq!(Policy::Off.select(2), None);
-        assert!(Policy::Prefer.accepts(3, 1) && !Policy::Require.accepts(2, 1) && !Policy::Prefer.accepts(3, 3));
+        assert_eq!(Policy::Allow.select(3), Some(CRYPTO_PLAINTEXT));
+        assert_eq!(Policy::Allow.select(2), Some(CRYPTO_RC4));
+        assert_eq!(Policy::default(), Policy::Allow);
+        assert_eq!(Policy::parse("allow"), Some(Policy::Allow));
+        assert_eq!(Policy::parse("prefer"), Some(Policy::Prefer));
+        assert!(Policy::accepts(3, 1) && !Policy::accepts(2, 1) && !Policy::accepts(3, 3));
         assert_eq!(find_end(b"xxabcyy", b"abc"), Some(5));
         assert_eq!(find_end(b"xxab", b"abc"), None);
     }
@@ -559,7 +572,7 @@ mod tests {
             y.read_exact(&mut first).await?;
             respond_on(y, first, &[[1; 20], ih], b).await
         };
-        tokio::join!(initiate_on(x, &ih, a), resp)
+        tokio::join!(initiate_on(x, &ih, a.provide()), resp)
     }
 
     #[test]
@@ -570,6 +583,12 @@ mod tests {
                 (Policy::Prefer, Policy::Prefer, true),
                 (Policy::Require, Policy::Prefer, true),
                 (Policy::Prefer, Policy::Require, true),
+                (Policy::Require, Policy::Allow, true),
+                (Policy::Allow, Policy::Require, true),
+                (Policy::Allow, Policy::Prefer, true),
+                // The default answering: plaintext whenever the dialler offers it.
+                (Policy::Allow, Policy::Allow, false),
+                (Policy::Prefer, Policy::Allow, false),
             ] {
                 let (ra, rb) = handshake(a, b).await;
                 let mut sa = ra.unwrap();

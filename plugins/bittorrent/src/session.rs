@@ -122,6 +122,18 @@ pub enum ConnError {
     Mse(#[from] mse::MseError),
 }
 
+impl ConnError {
+    /// Whether the peer closed or reset the connection (before its handshake: it refused ours).
+    fn is_dropped(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            Self::Closed => true,
+            Self::Io(e) => matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe),
+            _ => false,
+        }
+    }
+}
+
 impl Session {
     pub fn new(
         shared: Arc<Shared>,
@@ -423,7 +435,27 @@ impl Session {
     }
 
     async fn dial(self: &Arc<Self>, addr: SocketAddr) -> Result<(), ConnError> {
-        let mut stream = self.open_stream(addr).await?;
+        let (stream, theirs) = if self.shared.encryption == mse::Policy::Allow {
+            // Plaintext first; a peer that drops a plain handshake requires encryption.
+            match self.handshake(PeerStream::plain(self.tcp_to(addr).await?)).await {
+                Ok(done) => done,
+                Err(e) if e.is_dropped() => {
+                    self.events
+                        .debug(format!("{}: peer {addr} dropped a plain handshake ({e}); trying MSE", self.label));
+                    let stream =
+                        mse::initiate(self.tcp_to(addr).await?, &self.info_hash, mse::Policy::Allow.provide()).await?;
+                    self.handshake(stream).await?
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.handshake(self.open_stream(addr).await?).await?
+        };
+        self.run_peer(stream, addr, theirs).await
+    }
+
+    /// Our BitTorrent handshake out, the peer's in (it must name this torrent).
+    async fn handshake(&self, mut stream: PeerStream) -> Result<(PeerStream, Handshake), ConnError> {
         let ours =
             Handshake { reserved: peer_wire::reserved(false), info_hash: self.info_hash, peer_id: self.shared.peer_id };
         stream.write_all(&ours.encode()).await?;
@@ -435,29 +467,31 @@ impl Session {
         if theirs.info_hash != self.info_hash {
             return Err(ConnError::OtherInfoHash);
         }
-        self.run_peer(stream, addr, theirs).await
+        Ok((stream, theirs))
     }
 
-    /// A connection to `addr` (through the proxy when there is one), encrypted as the
-    /// `encryption` policy says: `prefer` tries MSE first and dials again in plaintext when the
-    /// peer does not answer it; `require` accepts RC4 only.
+    /// A TCP connection to `addr`, through the proxy when there is one.
+    async fn tcp_to(&self, addr: SocketAddr) -> Result<tokio::net::TcpStream, ConnError> {
+        tokio::time::timeout(Duration::from_secs(10), net::dial_addr(self.shared.proxy.as_ref(), addr))
+            .await
+            .map_err(|_| ConnError::Timeout("connect"))?
+            .map_err(ConnError::from)
+    }
+
+    /// A connection to `addr` encrypted as the `encryption` policy says (`allow` is handled by
+    /// [`Self::dial`]): `prefer` tries MSE first and dials again in plaintext when the peer does
+    /// not answer it; `require` accepts RC4 only.
     async fn open_stream(&self, addr: SocketAddr) -> Result<PeerStream, ConnError> {
-        let connect = || async {
-            tokio::time::timeout(Duration::from_secs(10), net::dial_addr(self.shared.proxy.as_ref(), addr))
-                .await
-                .map_err(|_| ConnError::Timeout("connect"))?
-                .map_err(ConnError::from)
-        };
         let policy = self.shared.encryption;
         if policy == mse::Policy::Off {
-            return Ok(PeerStream::plain(connect().await?));
+            return Ok(PeerStream::plain(self.tcp_to(addr).await?));
         }
-        match mse::initiate(connect().await?, &self.info_hash, policy).await {
+        match mse::initiate(self.tcp_to(addr).await?, &self.info_hash, policy.provide()).await {
             Ok(s) => Ok(s),
             Err(e) if policy == mse::Policy::Require => Err(ConnError::Mse(e)),
             Err(e) => {
                 self.events.debug(format!("{}: peer {addr}: {e}; trying plaintext", self.label));
-                Ok(PeerStream::plain(connect().await?))
+                Ok(PeerStream::plain(self.tcp_to(addr).await?))
             }
         }
     }
