@@ -21,10 +21,9 @@
 //!
 //! Options (config `[plugins.bittorrent]`, then per request): `port`, `tracker`, `peer`,
 //! `web_seed`, `piece_size`, `private`, `name`, `reputation`, `wallet`, `payment_threshold`,
-//! `threads` (the runtime's workers), `max_upload_rate` (bytes/s, all peers), `upload_rate` (a seed's own, inside it), `encryption` (`allow` (default): MSE/PE handshakes offering
-//! plaintext, RC4 on a retry when the peer declines, plaintext when it does not speak MSE, everything
-//! accepted with plaintext chosen when offered; `prefer`: the same offering and choosing RC4 first;
-//! `require`: RC4 only, both ways; `off`: plaintext only), `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes are used and the node
+//! `threads` (the runtime's workers), `max_upload_rate` (bytes/s, all peers), `upload_rate` (a seed's own, inside it), `encryption` (`allow` (default): a plain handshake first, MSE
+//! offering RC4 or plaintext when the peer drops it, everything accepted with plaintext chosen when
+//! offered; `prefer`: MSE first, RC4 chosen when offered; `require`: RC4 only, both ways; `off`: plaintext only), `dht_bootstrap` (repeatable `host:port`; when given, ONLY these nodes are used and the node
 //! answers queries at once (server mode); `none` starts a new network), `dht_port`,
 //! `allow_local_peers` (dial loopback and private peers learned from trackers, the DHT and
 //! peers even when no tracker, peer or bootstrap node of the download is local; see
