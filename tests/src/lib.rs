@@ -473,17 +473,21 @@ pub fn spawn_printing_env(
     env: &[(&str, &str)],
 ) -> (Proc, std::sync::mpsc::Receiver<String>) {
     let log = node.data_dir.path().join(format!("{command}-{}.stderr", free_port()));
-    let mut child = node
-        .cmd()
-        .envs(env.iter().copied())
-        .arg(command)
-        .args(args)
+    let mut cmd = node.cmd();
+    cmd.envs(env.iter().copied()).arg(command).args(args);
+    spawn_lines(cmd, &format!("chiral {command}"), log)
+}
+
+/// Starts `cmd` (stderr to `log`) and returns it with a channel of the lines it prints on
+/// stdout, as they come.
+pub fn spawn_lines(mut cmd: Command, name: &str, log: PathBuf) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn chiral {command}: {e}"));
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
     let mut out = child.stdout.take().expect("stdout");
-    let proc = Proc { child, name: format!("chiral {command}"), log };
+    let proc = Proc { child, name: name.to_string(), log };
     // Read lines as they come (the process keeps running, so no read_to_end).
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

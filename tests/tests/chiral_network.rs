@@ -443,3 +443,114 @@ fn an_idle_crowd_costs_a_chiral_node_at_most_its_connection_caps() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sha256_file(&out_dir.join("after-crowd.bin")), sha256_file(&file));
 }
+
+/// Starts the hostile node (`plugins/chiral/examples/hostile_node.rs`, a process of its own with
+/// its own identity) joined through `bootstrap`, running one attack; returns it once it printed
+/// `ready <peer id>`, with that peer id.
+fn start_hostile(dir: &std::path::Path, bootstrap: &str, attack: &[&str]) -> (Proc, String) {
+    let bin = bin_dir().join("examples/hostile_node");
+    assert!(bin.exists(), "{} is missing: `cargo test --release --workspace` builds it", bin.display());
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg(dir).arg(bootstrap).args(attack);
+    let (proc, rx) = spawn_lines(cmd, &format!("hostile_node {}", attack[0]), dir.join("stderr.log"));
+    match rx.recv_timeout(Duration::from_secs(90)) {
+        Ok(l) if l.starts_with("ready ") => (proc, l[6..].trim().to_string()),
+        other => panic!("hostile node ({attack:?}) not ready: {other:?}; stderr:\n{}", proc.log_text()),
+    }
+}
+
+/// Index flooding and a metadata overwrite from separate processes: one hostile node signs 512
+/// roots under the keyword of an honest file, another a metadata record of another size under
+/// its root listing itself as the seeder. A reader's `chiral search` still lists the honest
+/// entry (with its true size), at most 16 of the flooder's, and `chiral get` downloads the
+/// honest bytes.
+#[test]
+fn a_flooding_process_and_a_metadata_overwriting_process_leave_the_honest_publisher() {
+    let a = Chiral::new();
+    let (_pa, addr_a) = start_node(&a, &[]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("Zeppelin_Flight.bin");
+    let size = 3 * MIB + 7;
+    make_file(&file, size, 71);
+    let want = sha256_file(&file);
+    let b = Chiral::new();
+    let (_pb, lines) = start_seed(&b, &[file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr_a], 1);
+    let cid = cid_of(&lines);
+
+    let (_flood, _) = start_hostile(&src.path().join("flooder"), &addr_a, &["flood", "zeppelin", "512"]);
+    let lie = (size + 5).to_string();
+    let (_over, over_id) =
+        start_hostile(&src.path().join("overwriter"), &addr_a, &["overwrite", &cid, "Zeppelin_Flight.bin", &lie]);
+
+    let e = Chiral::new();
+    let s = e.run(&["search", "zeppelin", "--bootstrap", &addr_a, "--json"]);
+    assert!(s.status.success(), "search failed: {}", stderr(&s));
+    let v = json_of(&s);
+    let results = v["search"]["results"].as_array().cloned().unwrap_or_default();
+    let flood = results.iter().filter(|r| r["name"].as_str().is_some_and(|n| n.contains("flood"))).count();
+    eprintln!("search zeppelin: {} results, {flood} of the flooder's", results.len());
+    let honest = results.iter().find(|r| r["id"] == cid.as_str());
+    let honest = honest.unwrap_or_else(|| panic!("the honest entry is gone under the flood: {v}"));
+    assert_eq!(honest["size"], size, "{honest}");
+    assert!(flood >= 1, "the flood reached the network (else this test shows nothing): {v}");
+    assert!(flood <= 16, "one publisher holds at most 16 entries under a key: {flood}");
+
+    let out_dir = e.data_dir.path().join("dl");
+    let out = e.run(&["get", &cid, "--bootstrap", &addr_a, "-o", out_dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json_of(&out);
+    assert_eq!(v["download"]["bytes"], size, "the length the root commits to");
+    assert_eq!(sha256_file(&out_dir.join("Zeppelin_Flight.bin")), want);
+    let totals = provider_totals(&v);
+    assert!(totals.get(&over_id).is_none_or(|t| t.0 == 0), "no byte from the overwriter: {totals:?}");
+}
+
+/// A provider that lies about the size, from a process of its own, with a good name in the
+/// reader's kept reputation (so it is asked first): it serves the genuine chunks and proofs but
+/// a manifest 5 bytes longer. The length comes from the root (the verified last chunk), the
+/// liar is dropped with bad data on its record, and the honest provider serves the file and
+/// gains reputation; both outlast the run in the reader's data dir.
+#[test]
+fn a_process_lying_about_the_size_is_outlived() {
+    let a = Chiral::new();
+    let (_pa, addr_a) = start_node(&a, &[]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("honest/sized.bin");
+    let size = 4 * MIB + 100;
+    make_file(&file, size, 72);
+    let want = sha256_file(&file);
+    let copy = src.path().join("liar/sized.bin");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(&file, &copy).unwrap();
+    let b = Chiral::new();
+    let b_id = peer_id_for(&b);
+    let (_pb, lines) = start_seed(&b, &[file.to_str().unwrap(), "--via", "chiral", "--bootstrap", &addr_a], 1);
+    let cid = cid_of(&lines);
+    let (_liar, liar_id) = start_hostile(&src.path().join("liar-node"), &addr_a, &["lie-size", copy.to_str().unwrap()]);
+
+    let e = Chiral::new();
+    let kept = e.data_dir.path().join("chiral/reputation.json");
+    std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+    let good_name = serde_json::json!({ liar_id.clone(): {
+        "score": 0.99, "successes": 500, "failures": 0, "bad_data": 0, "bytes": 1u64 << 30 } });
+    std::fs::write(&kept, good_name.to_string()).unwrap();
+    let out_dir = e.data_dir.path().join("dl");
+    let out = e.run(&["get", &cid, "--bootstrap", &addr_a, "-o", out_dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json_of(&out);
+    assert_eq!(v["download"]["bytes"], size);
+    assert_eq!(sha256_file(&out_dir.join("sized.bin")), want);
+    let totals = provider_totals(&v);
+    eprintln!("size liar: per provider {totals:?}");
+    let (liar_bytes, liar_rep, liar_banned) = totals[&liar_id];
+    let (honest_bytes, honest_rep, honest_banned) = totals[&b_id];
+    assert!(liar_banned && !honest_banned, "{totals:?}");
+    assert_eq!(liar_bytes, 0, "nothing of the liar's is kept");
+    assert!(honest_bytes >= size, "{honest_bytes}");
+    assert!(liar_rep < 990 && honest_rep > liar_rep, "liar {liar_rep}, honest {honest_rep}");
+    let after: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&kept).unwrap()).unwrap();
+    assert!(after[&liar_id]["bad_data"].as_u64() >= Some(1), "the lie is remembered: {after}");
+    assert!(after[&liar_id]["score"].as_f64() < Some(0.99), "{after}");
+    assert!(after[&b_id]["successes"].as_u64() >= Some(1), "{after}");
+}
