@@ -572,6 +572,43 @@ fn a_torrent_streams_while_it_downloads_from_where_the_player_reads() {
     drop(seeder);
 }
 
+/// `?file=N` numbers every file of the content, chosen or not, the same while the download runs
+/// and after it finished: with only the second of three files chosen, file 1 streams it and
+/// file 0 is refused, before and after completion.
+#[test]
+fn stream_file_numbers_stay_the_same_once_a_download_with_chosen_files_finishes() {
+    let tracker = Tracker::start();
+    let base = tempfile::tempdir().unwrap();
+    let set = base.path().join("show");
+    for (i, (name, size)) in [("e1.mkv", 2 * MIB), ("e2.mkv", 3 * MIB), ("e3.mkv", 2 * MIB)].into_iter().enumerate() {
+        make_file(&set.join(name), size, 90 + i as u64);
+    }
+    let want = std::fs::read(set.join("e2.mkv")).unwrap();
+    let (tor, _ih, seeder) = aria2_swarm(&set, &tracker, 18, &[]);
+    let node = Chiral::new();
+    let d = Daemon::start(&node);
+    let out = node.data_dir.path().join("out");
+    let add = json!({ "identifiers": [tor], "out_dir": out, "backend": "bittorrent", "file_selection": "2",
+                      "max_download_rate": "1M" });
+    let (status, v) = d.api("POST", "/api/v1/downloads", Some(&add));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    d.wait_state(&id, "running", Duration::from_secs(30));
+    let auth = format!("Authorization: Bearer {}\r\n", d.token);
+    let stream = format!("/api/v1/downloads/{id}/stream");
+    let check = |when: &str| {
+        let (status, h, body) = get_bytes(d.port, &format!("{stream}?file=1"), &auth);
+        assert_eq!(status, 200, "{when}: {h:?}");
+        assert!(body == want, "{when}: file 1 is not the chosen episode");
+        let (status, _, _) = get_bytes(d.port, &format!("{stream}?file=0"), &auth);
+        assert_eq!(status, 409, "{when}: file 0 is not chosen");
+    };
+    check("running");
+    d.wait_state(&id, "completed", Duration::from_secs(60));
+    check("completed");
+    drop(seeder);
+}
+
 /// A seed added through the API with its own `max_upload_rate` holds it (and shows it); a bad
 /// value is a one-line 400.
 #[test]

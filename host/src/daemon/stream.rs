@@ -52,7 +52,12 @@ pub async fn respond(
 ) -> Result<Response, DaemonError> {
     let t = daemon.stream_target(&id)?;
     let (files, complete) = match t.state {
-        DownloadState::Completed => (finished_files(&t.files)?, true),
+        // The same numbering as while it ran (every file of the content) when this daemon ran
+        // it; a download finished before a restart only knows the files it wrote.
+        DownloadState::Completed => match t.playhead.files() {
+            Some(files) => (files, true),
+            None => (finished_files(&t.files)?, true),
+        },
         DownloadState::Queued => {
             return Err(DaemonError::Conflict(format!("{id} is queued: it can be streamed once it runs")))
         }
