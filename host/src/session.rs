@@ -219,9 +219,15 @@ pub struct Host {
     /// The download rate every download of this host shares (`--max-download-rate`), unless a
     /// request brings its own.
     pub download_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
+    /// The BitTorrent plugin was handed the identity link (once per host).
+    linked: tokio::sync::OnceCell<bool>,
 }
 
 type OnEvent = Arc<dyn Fn(EngineEvent) + Send + Sync>;
+
+/// A Chiral network score under this costs a peer linked to it the BitTorrent fast lane (the
+/// network plugin's own "poor" line).
+const POOR_NETWORK_SCORE: f64 = 0.15;
 
 fn options(pairs: &[(String, String)]) -> RVec<Tuple2<RString, RString>> {
     pairs.iter().map(|(k, v)| Tuple2(RString::from(k.as_str()), RString::from(v.as_str()))).collect()
@@ -253,7 +259,58 @@ pub fn log_event(plugin: &str, e: &Event) {
 
 impl Host {
     pub fn new(registry: Registry) -> Self {
-        Self { registry, download_rate: None }
+        Self { registry, download_rate: None, linked: tokio::sync::OnceCell::new() }
+    }
+
+    /// Links this node's two Chiral identities (`chiral_sdk::link`) when both the BitTorrent and
+    /// the Chiral network plugins are loaded: the network key vouches for the BitTorrent Chiral
+    /// peer id (once per host), then the BitTorrent plugin is told which network keys have a poor
+    /// reputation there (every call, so a long-running host passes on what it learned). Local
+    /// work only: no node is started, nothing is sent. Failures are logged at debug level.
+    pub async fn link_identities(&self) {
+        if self.registry.by_name("bittorrent").is_none() || self.registry.by_name("chiral").is_none() {
+            return;
+        }
+        let linked = *self
+            .linked
+            .get_or_init(|| async {
+                let step = async {
+                    let id = self.command(Some("bittorrent"), "", "chiral_id", &[]).await?;
+                    let id = id["id"].as_str().unwrap_or_default().to_string();
+                    let proof = self.command(Some("chiral"), "", "link_proof", &[("bt_id".into(), id)]).await?;
+                    let arg = |k: &str| (k.to_string(), proof[k].as_str().unwrap_or_default().to_string());
+                    self.command(Some("bittorrent"), "", "link", &[arg("key"), arg("signature")]).await
+                };
+                match step.await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!("no identity link between the BitTorrent and Chiral network plugins: {e}");
+                        false
+                    }
+                }
+            })
+            .await;
+        if !linked {
+            return;
+        }
+        let poor = match self.command(Some("chiral"), "", "reputation", &[]).await {
+            Ok(v) => v["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["score"].as_f64().is_some_and(|s| s < POOR_NETWORK_SCORE))
+                .filter_map(|p| p["key"].as_str().map(str::to_string))
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::debug!("no Chiral network reputation for the BitTorrent fast lane: {e}");
+                return;
+            }
+        };
+        if let Err(e) =
+            self.command(Some("bittorrent"), "", "network_reputation", &[("poor".into(), poor.join(","))]).await
+        {
+            tracing::debug!("the BitTorrent plugin took no Chiral network reputation: {e}");
+        }
     }
 
     /// The same, with one download rate for all its downloads (bytes per second).
@@ -297,6 +354,10 @@ impl Host {
             if entry.has(capability::SOURCE) && ident::trust_root(id).is_some() {
                 seed_lists.push((entry, id.clone()));
             }
+        }
+
+        if routed.iter().any(|r| r.1 == "bittorrent") || extras.iter().any(|e| e.1 == "bittorrent") {
+            self.link_identities().await;
         }
 
         // An identifier names its content by a hash, but the plugin that won it gives no piece
@@ -675,6 +736,9 @@ impl Host {
                     continue;
                 }
             };
+            if name == "bittorrent" {
+                self.link_identities().await;
+            }
             let req = SeedRequest { path: path.to_string_lossy().into_owned().into(), options: options(opts) };
             match handler.seed(req, self.registry.sink(&name)).await.into_result() {
                 Ok(info) => lines.push(seed_line(&name, info)),

@@ -32,6 +32,7 @@ pub mod engine;
 pub mod http_range;
 pub mod ident;
 pub mod layout;
+pub mod link;
 pub mod listen;
 pub mod magnet;
 pub mod net;

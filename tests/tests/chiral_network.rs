@@ -554,3 +554,48 @@ fn a_process_lying_about_the_size_is_outlived() {
     assert!(after[&liar_id]["score"].as_f64() < Some(0.99), "{after}");
     assert!(after[&b_id]["successes"].as_u64() >= Some(1), "{after}");
 }
+
+/// Reputation travels from the Chiral network to BitTorrent: the seeder's Chiral network plugin
+/// remembers one downloader's network identity for bad data (its reputation file); both
+/// downloaders' hosts link their BitTorrent Chiral id to their network key, the seeder's host
+/// hands its BitTorrent plugin the poor scores, and `chiral seed --via bittorrent` gives the
+/// fast lane to the good downloader only (the other still gets the file, in the regular slots).
+#[test]
+fn a_poor_chiral_network_reputation_costs_a_peer_the_bittorrent_fast_lane() {
+    use chiral_tests::bt::{fixture, info_hash_of, mktorrent, Tracker};
+    let tracker = Tracker::start();
+    let f = fixture("lane.bin", 8 * MIB, 73);
+    let tor = f.dir.path().join("lane.bin.torrent");
+    mktorrent(&f.file, &tor, &tracker.url(), 18, false);
+    let ih = info_hash_of(&tor);
+    let (bad, good) = (Chiral::new(), Chiral::new());
+    let bad_id = peer_id_for(&bad);
+    let seeder = Chiral::new();
+    let kept = seeder.data_dir.path().join("chiral/reputation.json");
+    std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+    let record = serde_json::json!({ bad_id.clone(): {
+        "score": 0.02, "successes": 0, "failures": 2, "bad_data": 3, "bytes": 0 } });
+    std::fs::write(&kept, record.to_string()).unwrap();
+    let args = [f.file.to_str().unwrap(), "--via", "bittorrent", "--tracker", &tracker.url(), "-v"];
+    let (seed, _) = start_seed(&seeder, &args, 1);
+    assert!(wait_until(Duration::from_secs(30), || !tracker.ports(&ih).is_empty()), "the seed never announced");
+    let lanes = |with: &str| {
+        seed.log_text()
+            .lines()
+            .filter(|l| l.contains("proven;") && l.contains(with))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    for (who, node) in [("bad", &bad), ("good", &good)] {
+        let out = node.data_dir.path().join("dl");
+        let o = node.run(&["get", tor.to_str().unwrap(), "-o", out.to_str().unwrap(), "--backend", "bittorrent"]);
+        assert!(o.status.success(), "{who}: {}", stderr(&o));
+        assert_eq!(sha256_file(&out.join("lane.bin")), f.sha, "{who}");
+    }
+    let refused = lanes("no fast lane: poor reputation on the Chiral network");
+    let given = lanes("; fast lane)");
+    assert_eq!(refused.len(), 1, "the poorly reputed downloader lost the fast lane:\n{}", seed.log_text());
+    assert_eq!(given.len(), 1, "the other kept it:\n{}", seed.log_text());
+    assert!(given[0].contains("Chiral network key"), "the good downloader was linked too: {}", given[0]);
+    eprintln!("{}\n{}", refused[0], given[0]);
+}

@@ -179,6 +179,10 @@ pub struct ChiralHello {
     /// in its extended handshake (see [`crate::identity::Identity::prove`]). Without it (or
     /// with one of another length) the hello is unproven.
     pub signature: Option<Vec<u8>>,
+    /// The sender's Chiral network identity, vouching for `chiral_peer_id`
+    /// (`chiral_sdk::link`): the network's ed25519 key and its signature. Checked by the
+    /// receiver ([`crate::identity::Identity::verify_link`]); dropped when of another length.
+    pub network_link: Option<([u8; 32], [u8; 64])>,
 }
 
 impl ChiralHello {
@@ -193,6 +197,10 @@ impl ChiralHello {
         }
         if let Some(sig) = &self.signature {
             items.push(("signature", Value::Bytes(sig.clone())));
+        }
+        if let Some((key, sig)) = &self.network_link {
+            items.push(("network_key", Value::Bytes(key.to_vec())));
+            items.push(("network_sig", Value::Bytes(sig.to_vec())));
         }
         bencode::encode(&dict(items))
     }
@@ -210,6 +218,13 @@ impl ChiralHello {
                 .and_then(Value::as_bytes)
                 .filter(|sig| sig.len() == CHIRAL_SIGNATURE_LEN)
                 .map(<[u8]>::to_vec),
+            network_link: {
+                let bytes = |k: &str| v.get(k).and_then(Value::as_bytes);
+                match (bytes("network_key").map(<[u8; 32]>::try_from), bytes("network_sig").map(<[u8; 64]>::try_from)) {
+                    (Some(Ok(key)), Some(Ok(sig))) => Some((key, sig)),
+                    _ => None,
+                }
+            },
         })
     }
 }
@@ -499,8 +514,15 @@ mod tests {
             reputation_score: 900,
             wallet_address: Some("0xw".into()),
             signature: None,
+            network_link: None,
         };
         assert_eq!(ChiralHello::decode(&h.encode()).unwrap(), h);
+        // A network link: a 32-byte key and a 64-byte signature, else dropped.
+        let linked = ChiralHello { network_link: Some(([3; 32], [4; 64])), ..h.clone() };
+        assert_eq!(ChiralHello::decode(&linked.encode()).unwrap(), linked);
+        let short =
+            [h.encode().strip_suffix(b"e").unwrap(), b"11:network_key2:ab11:network_sig1:ce".as_slice()].concat();
+        assert_eq!(ChiralHello::decode(&short).unwrap().network_link, None);
         assert!(ChiralHello::decode(b"de").is_err());
         // An older hello without a signature still decodes (unproven).
         let old = b"d14:chiral_peer_id3:abc8:msg_type5:hello16:reputation_scorei900ee";

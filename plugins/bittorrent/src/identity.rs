@@ -90,6 +90,14 @@ impl Identity {
         VerifyingKey::from_bytes(&pk).is_ok_and(|k| k.verify_strict(&message(nonce, info_hash), &sig).is_ok())
     }
 
+    /// Whether `signature` by the Chiral network key `network_key` vouches for the BitTorrent
+    /// Chiral peer id `bt_id` (`chiral_sdk::link`): the peer holds that network identity.
+    pub fn verify_link(bt_id: &str, network_key: &[u8; 32], signature: &[u8; 64]) -> bool {
+        let sig = Signature::from_bytes(signature);
+        VerifyingKey::from_bytes(network_key)
+            .is_ok_and(|k| k.verify_strict(&chiral_sdk::link::message(bt_id), &sig).is_ok())
+    }
+
     /// A fresh random nonce for a peer to sign.
     pub fn new_nonce() -> [u8; 32] {
         random32()

@@ -155,6 +155,10 @@ pub struct Shared {
     pub upload_rate: Option<Arc<chiral_sdk::rate::RateLimiter>>,
     /// Who gets the Chiral fast lane (the host's `fast_lane` command changes it).
     pub fast_lane: Mutex<swarm::FastLane>,
+    /// Our Chiral network key vouching for our Chiral peer id (the host's `link` command).
+    pub network_link: Mutex<Option<([u8; 32], [u8; 64])>>,
+    /// Chiral network keys with a poor reputation there (the host's `network_reputation`).
+    pub poor_network: Mutex<std::collections::HashSet<String>>,
     sessions: Mutex<HashMap<[u8; 20], Weak<Session>>>,
 }
 
@@ -318,6 +322,8 @@ impl Plugin for BitTorrentPlugin {
             encryption,
             upload_rate: chiral_sdk::rate::limiter(options.get_bytes("max_upload_rate")?),
             fast_lane: Mutex::new(swarm::FastLane::default()),
+            network_link: Mutex::new(None),
+            poor_network: Mutex::new(Default::default()),
             sessions: Mutex::new(HashMap::new()),
         });
         let listener = {
@@ -413,6 +419,42 @@ impl Plugin for BitTorrentPlugin {
                         s.set_fast_lane(policy.clone());
                     }
                     Ok(serde_json::json!({ "sessions": sessions.len() }).to_string())
+                }
+                // This node's Chiral peer id on BitTorrent (what the Chiral network key vouches
+                // for in `link`).
+                "chiral_id" => Ok(serde_json::json!({ "id": self.shared.identity.id() }).to_string()),
+                // The Chiral network key's signature over our Chiral peer id (chiral_sdk::link,
+                // from the Chiral network plugin's `link_proof`): sent in every hello from now.
+                "link" => {
+                    let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or_default();
+                    let mut key = [0u8; 32];
+                    let mut sig = [0u8; 64];
+                    let ok = hex::decode_to_slice(arg("key"), &mut key).is_ok()
+                        && hex::decode_to_slice(arg("signature"), &mut sig).is_ok()
+                        && identity::Identity::verify_link(&self.shared.identity.id(), &key, &sig);
+                    if !ok {
+                        return Err(PluginError::invalid("link: the key and signature do not vouch for our Chiral id"));
+                    }
+                    *self.shared.network_link.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, sig));
+                    Ok(serde_json::json!({ "linked": hex::encode(key) }).to_string())
+                }
+                // The Chiral network keys whose reputation there is poor (`poor=` hex keys,
+                // comma-separated): no fast lane for a peer linked to one.
+                "network_reputation" => {
+                    let poor = args.iter().find(|(n, _)| n == "poor").map(|(_, v)| v.as_str()).unwrap_or_default();
+                    let poor: std::collections::HashSet<String> = poor
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|k| chiral_sdk::link::is_key_hex(k))
+                        .take(100_000)
+                        .map(str::to_string)
+                        .collect();
+                    *self.shared.poor_network.lock().unwrap_or_else(|p| p.into_inner()) = poor.clone();
+                    let sessions = self.shared.live_sessions();
+                    for s in &sessions {
+                        s.set_poor_network(poor.clone());
+                    }
+                    Ok(serde_json::json!({ "poor": poor.len(), "sessions": sessions.len() }).to_string())
                 }
                 // The info dictionary of a torrent this plugin seeds, for other networks to
                 // publish beside the info hash (the Chiral network's info_hash_idx).

@@ -151,10 +151,12 @@ impl Session {
             reputation: shared.reputation,
             wallet: shared.wallet.clone(),
             payment_threshold: shared.payment_threshold,
+            network_link: *shared.network_link.lock().unwrap_or_else(|p| p.into_inner()),
         };
         let seeding = matches!(mode, Mode::Seed(_));
         let mut swarm = Swarm::new(info_hash, local, seeding, meta.clone(), trackers.clone(), crate::random_u64());
         swarm.set_fast_lane(shared.fast_lane(), Instant::now());
+        swarm.set_poor_network(shared.poor_network.lock().unwrap_or_else(|p| p.into_inner()).clone(), Instant::now());
         let policy = if shared.allow_local_peers {
             DialPolicy::any()
         } else {
@@ -385,6 +387,10 @@ impl Session {
     /// Who gets the Chiral fast lane from now on.
     pub fn set_fast_lane(self: &Arc<Self>, policy: crate::swarm::FastLane) {
         self.with(|s| s.set_fast_lane(policy, Instant::now()));
+    }
+
+    pub fn set_poor_network(self: &Arc<Self>, poor: std::collections::HashSet<String>) {
+        self.with(|s| s.set_poor_network(poor, Instant::now()));
     }
 
     /// Reads ahead of the engine only when `on`: the engine says whether this swarm is the

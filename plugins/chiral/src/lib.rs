@@ -19,6 +19,7 @@
 //! plugin's runtime until the process exits.
 
 pub mod dial_filter;
+pub mod link;
 pub mod node;
 pub mod proxy_transport;
 pub mod records;
@@ -427,6 +428,26 @@ impl Plugin for ChiralPlugin {
                         })
                         .collect();
                     Ok(json!({ "peers": peers }).to_string())
+                }
+                // The identity link (chiral_sdk::link): this node's network key vouches for
+                // the BitTorrent plugin's Chiral peer id `bt_id`. No node is started for it.
+                "link_proof" => {
+                    let bt_id = args.iter().find(|(k, _)| k == "bt_id").map(|(_, v)| v.as_str()).unwrap_or_default();
+                    let key = match self.node.get() {
+                        Some(n) => n.shared.keypair.clone(),
+                        None => node::load_identity(Path::new(self.config.data_dir.as_str()))?,
+                    };
+                    let (key, signature) = link::prove(&key, bt_id)?;
+                    Ok(json!({ "key": key, "signature": signature }).to_string())
+                }
+                // The kept scores of peers with ed25519 identities, by public key (the running
+                // node's, else the data dir's): for the BitTorrent fast lane.
+                "reputation" => {
+                    let metrics = match self.node.get() {
+                        Some(n) => n.shared.metrics.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                        None => reputation::load(Path::new(self.config.data_dir.as_str()), &events),
+                    };
+                    Ok(json!({ "peers": link::scores(&metrics) }).to_string())
                 }
                 other => Err(PluginError::unsupported(format!("plugin chiral has no command {other:?}"))),
             }

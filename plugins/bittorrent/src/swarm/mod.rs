@@ -129,6 +129,8 @@ pub struct Local {
     pub wallet: Option<String>,
     /// Bytes served to one Chiral peer between two `served` payment reports.
     pub payment_threshold: u64,
+    /// Our Chiral network key and its signature over our Chiral peer id (`chiral_sdk::link`).
+    pub network_link: Option<([u8; 32], [u8; 64])>,
 }
 
 /// Who gets the Chiral fast lane when we upload (always unchoked first, a deeper upload
@@ -149,6 +151,18 @@ impl FastLane {
             FastLane::Paid { behind } => c.wallet.as_ref().is_some_and(|w| !behind.contains(&w.to_ascii_lowercase())),
         }
     }
+}
+
+/// Whether `c` gets the fast lane: the policy admits it, and its linked Chiral network identity
+/// (if it showed one) is not among those with a poor reputation there; with the reason when not.
+fn lane_for(policy: &FastLane, poor: &HashSet<String>, c: &ChiralPeer) -> Result<(), &'static str> {
+    if c.network.as_ref().is_some_and(|k| poor.contains(k)) {
+        return Err("poor reputation on the Chiral network");
+    }
+    if !policy.admits(c) {
+        return Err("behind on payment or no wallet");
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,6 +252,8 @@ pub struct Swarm<W> {
     info_hash: [u8; 20],
     local: Local,
     fast_lane: FastLane,
+    /// Chiral network keys (hex) whose reputation there is poor: no fast lane for them.
+    poor_network: HashSet<String>,
     seeding: bool,
     meta: Option<Arc<TorrentMetadata>>,
     trackers: Vec<Vec<String>>,
@@ -300,6 +316,7 @@ impl<W> Swarm<W> {
             stopped: false,
             choker: Choker::new(UPLOAD_SLOTS),
             fast_lane: FastLane::default(),
+            poor_network: HashSet::new(),
             last_rotate: None,
             rng: seed | 1,
             now: None,
@@ -693,10 +710,25 @@ impl<W> Swarm<W> {
             return;
         }
         self.fast_lane = policy;
+        self.judge_lanes();
+    }
+
+    /// The Chiral network keys with a poor reputation there (the host's `network_reputation`):
+    /// each Chiral peer is judged again, as for [`Self::set_fast_lane`].
+    pub fn set_poor_network(&mut self, poor: HashSet<String>, now: Instant) {
+        self.now = Some(now);
+        if self.poor_network == poor {
+            return;
+        }
+        self.poor_network = poor;
+        self.judge_lanes();
+    }
+
+    fn judge_lanes(&mut self) {
         let mut changed = Vec::new();
         for p in self.peers.values_mut() {
             let Some(c) = &p.chiral else { continue };
-            let lane = self.fast_lane.admits(c);
+            let lane = lane_for(&self.fast_lane, &self.poor_network, c).is_ok();
             if lane != p.fast_lane {
                 p.fast_lane = lane;
                 changed.push((c.id.clone(), c.wallet.clone(), lane));
@@ -1297,6 +1329,7 @@ impl<W> Swarm<W> {
                         reputation_score: self.local.reputation,
                         wallet_address: self.local.wallet.clone(),
                         signature,
+                        network_link: self.local.network_link,
                     };
                     p.send(&Message::Extended { id: cid, payload: hello.encode() }, now);
                 }
@@ -1323,19 +1356,29 @@ impl<W> Swarm<W> {
                 }
                 if p.chiral.is_none() {
                     let reputation = hello.reputation_score.clamp(0, 1000);
+                    let network = hello
+                        .network_link
+                        .filter(|(key, sig)| Identity::verify_link(&hello.chiral_peer_id, key, sig))
+                        .map(|(key, _)| hex::encode(key));
                     let c = ChiralPeer {
                         id: hello.chiral_peer_id.clone(),
                         reputation,
                         wallet: hello.wallet_address.clone(),
+                        network,
                     };
-                    let lane = self.fast_lane.admits(&c);
-                    p.fast_lane = lane;
+                    let lane = lane_for(&self.fast_lane, &self.poor_network, &c);
+                    p.fast_lane = lane.is_ok();
+                    let linked =
+                        c.network.as_ref().map_or_else(String::new, |k| format!(", Chiral network key {}", &k[..16]));
                     p.chiral = Some(c);
-                    let lane = if lane { "fast lane" } else { "no fast lane: behind on payment or no wallet" };
+                    let lane = match lane {
+                        Ok(()) => "fast lane".to_string(),
+                        Err(why) => format!("no fast lane: {why}"),
+                    };
                     self.log(
                         Level::Info,
                         format!(
-                            "{}: {addr} is Chiral peer {} (reputation {reputation}, proven; {lane})",
+                            "{}: {addr} is Chiral peer {} (reputation {reputation}{linked}, proven; {lane})",
                             self.label(),
                             hello.chiral_peer_id
                         ),

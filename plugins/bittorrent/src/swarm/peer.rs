@@ -24,6 +24,8 @@ pub struct ChiralPeer {
     pub id: String,
     pub reputation: i64,
     pub wallet: Option<String>,
+    /// Its Chiral network key (hex), when its hello carried a link that verified.
+    pub network: Option<String>,
 }
 
 pub struct Peer {

@@ -40,6 +40,7 @@ fn local() -> Local {
         reputation: 500,
         wallet: None,
         payment_threshold: 1 << 40,
+        network_link: None,
     }
 }
 
@@ -515,6 +516,7 @@ fn chiral_status_is_earned_with_a_signature_over_our_nonce() {
             reputation_score: 1000,
             wallet_address: None,
             signature: sig,
+            network_link: None,
         }
         .encode(),
     };
@@ -670,6 +672,16 @@ impl T {
 
     /// The same, announcing `wallet`.
     fn chiral_peer_with(&mut self, n: u8, wallet: Option<&str>) -> PeerKey {
+        self.chiral_peer_linked(n, wallet, |_| None)
+    }
+
+    /// A proven Chiral peer whose hello carries the network link `link` makes for its id.
+    fn chiral_peer_linked(
+        &mut self,
+        n: u8,
+        wallet: Option<&str>,
+        link: impl FnOnce(&str) -> Option<([u8; 32], [u8; 64])>,
+    ) -> PeerKey {
         let them = Identity::generate();
         let k = self.connect_from(addr(n), pid(n), true);
         let nonce = self.s.peer(k).unwrap().nonce.clone();
@@ -684,6 +696,7 @@ impl T {
             reputation_score: 500,
             wallet_address: wallet.map(str::to_string),
             signature: Some(them.prove(&nonce, &self.meta.info_hash)),
+            network_link: link(&them.id()),
         };
         self.recv(k, Message::Extended { id: CHIRAL_ID, payload: hello.encode() });
         assert!(self.s.peer(k).unwrap().chiral.is_some());
@@ -874,4 +887,32 @@ fn the_fast_lane_can_be_kept_for_peers_that_pay() {
     t.s.set_fast_lane(FastLane::Paid { behind: HashSet::new() }, t.now);
     t.run();
     assert!(t.logs.iter().all(|l| !l.contains("fast lane")), "{:?}", t.logs);
+}
+
+/// A Chiral peer linked to a Chiral network key with a poor reputation there gets no fast lane,
+/// and gets it back when the network forgives it; a link that does not verify counts for
+/// nothing (the peer is judged as an unlinked one).
+#[test]
+fn a_poor_chiral_network_reputation_costs_the_fast_lane() {
+    use ed25519_dalek::{Signer as _, SigningKey};
+    let mut t = T::seed(4 * PIECE as usize);
+    let network = SigningKey::from_bytes(&[9; 32]);
+    let key = network.verifying_key().to_bytes();
+    let poor: HashSet<String> = [hex::encode(key)].into();
+    t.s.set_poor_network(poor.clone(), t.now);
+    let linked =
+        t.chiral_peer_linked(1, None, |id| Some((key, network.sign(&chiral_sdk::link::message(id)).to_bytes())));
+    // The same key, but its signature is over another id: not linked.
+    let forged = t.chiral_peer_linked(2, None, |_| {
+        Some((key, network.sign(&chiral_sdk::link::message(&"00".repeat(32))).to_bytes()))
+    });
+    let plain = t.chiral_peer(3);
+    let lanes = |t: &T| [linked, forged, plain].map(|k| t.s.peer(k).unwrap().fast_lane);
+    assert_eq!(t.s.peer(linked).unwrap().chiral.as_ref().unwrap().network, Some(hex::encode(key)));
+    assert_eq!(t.s.peer(forged).unwrap().chiral.as_ref().unwrap().network, None);
+    assert_eq!(lanes(&t), [false, true, true]);
+    t.s.set_poor_network(HashSet::new(), t.now);
+    assert_eq!(lanes(&t), [true, true, true]);
+    t.s.set_poor_network(poor, t.now);
+    assert_eq!(lanes(&t), [false, true, true]);
 }
