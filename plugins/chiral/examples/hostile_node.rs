@@ -44,6 +44,7 @@ async fn run(args: &[String]) -> Res<()> {
     config.no_dht = false;
     config.bootstrap = vec![args[1].clone().into()].into();
     let node = Node::start(&config, Events::none()).await?;
+    node.serve();
     node.join().await;
     let key = &node.shared.keypair;
     let expires = records::now() + 3600;

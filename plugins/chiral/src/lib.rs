@@ -404,6 +404,7 @@ impl Plugin for ChiralPlugin {
             match name.as_str() {
                 "node" => {
                     let node = self.node().await?;
+                    node.serve();
                     // Join the network in the background; the node keeps running.
                     let n = node.clone();
                     tokio::spawn(async move { n.join().await });

@@ -95,6 +95,7 @@ enum Cmd {
     GetProviders(Vec<u8>, Reply<HashSet<PeerId>>),
     Request(PeerId, Vec<Multiaddr>, Request, Reply<Result<Response, NodeError>>),
     Bootstrap(Reply<()>),
+    Serve,
 }
 
 /// State shared by the swarm task and the handles.
@@ -231,7 +232,10 @@ fn behaviour(key: &identity::Keypair, policy: DialPolicy) -> Behaviour {
         },
     );
     let mut kad = kad::Behaviour::with_config(id, store, kcfg);
-    kad.set_mode(Some(kad::Mode::Server));
+    // A client until it serves something (Node::serve): a transient `chiral get` or `search`
+    // must not enter other nodes' routing tables, where it would be dialled long after it left
+    // (over QUIC, each such dial waits out the handshake timeout).
+    kad.set_mode(Some(kad::Mode::Client));
     let identify = identify::Behaviour::new(
         identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
             .with_agent_version(format!("chiral-plugin-chiral/{}", env!("CARGO_PKG_VERSION"))),
@@ -469,6 +473,12 @@ impl Node {
             .await;
     }
 
+    /// From now on a DHT server: it answers Kademlia queries and enters other nodes' routing
+    /// tables (a `chiral node`, and any node that seeds). Until then it only asks.
+    pub fn serve(&self) {
+        let _ = self.tx.send(Cmd::Serve);
+    }
+
     fn send(&self, cmd: Cmd) -> Result<(), PluginError> {
         self.tx.send(cmd).map_err(|_| PluginError::other("the chiral node stopped"))
     }
@@ -534,8 +544,10 @@ impl Node {
         f(lock(&self.shared.metrics).entry(peer).or_default())
     }
 
+    /// Serves `entry` under `root`; a node that seeds is a DHT server from then on.
     pub fn add_seed(&self, root: Hash32, entry: Arc<SeedEntry>) {
         lock(&self.shared.seeds).insert(root, entry);
+        self.serve();
     }
 
     pub fn seeds(&self) -> Vec<Arc<SeedEntry>> {
@@ -645,6 +657,7 @@ impl Task {
                 let id = self.swarm.behaviour_mut().chunks.send_request_with_addresses(&peer, req, addrs);
                 self.requests.insert(id, reply);
             }
+            Cmd::Serve => self.kad().set_mode(Some(kad::Mode::Server)),
             Cmd::Bootstrap(reply) => {
                 if self.bootstrap_query.is_none() {
                     match self.kad().bootstrap() {
@@ -701,8 +714,14 @@ impl Task {
         // Kept as told (the routing table answers other nodes with them); what this node
         // dials is filtered at the dial (`Filtered`, `Cmd::Request`).
         lock(&self.shared.addrs).insert(peer, info.listen_addrs.clone());
-        for a in info.listen_addrs {
-            self.kad().add_address(&peer, a);
+        // Only DHT servers enter the routing table: a client (a transient `chiral get`) would
+        // be handed to other nodes and dialled by them long after it left.
+        if info.protocols.contains(&KAD_PROTOCOL) {
+            for a in info.listen_addrs {
+                self.kad().add_address(&peer, a);
+            }
+        } else {
+            self.kad().remove_peer(&peer);
         }
         self.update_routable();
         // The first peer (usually the bootstrap node) lets us fill the table.
