@@ -266,9 +266,15 @@ impl Host {
     /// the Chiral network plugins are loaded: the network key vouches for the BitTorrent Chiral
     /// peer id (once per host), then the BitTorrent plugin is told which network keys have a poor
     /// reputation there (every call, so a long-running host passes on what it learned). Local
-    /// work only: no node is started, nothing is sent. Failures are logged at debug level.
+    /// work only: no node is started, nothing is sent. Not done through a proxy. Failures are
+    /// logged at debug level.
     pub async fn link_identities(&self) {
         if self.registry.by_name("bittorrent").is_none() || self.registry.by_name("chiral").is_none() {
+            return;
+        }
+        // Through a proxy, the two identities stay apart: the link would let BitTorrent peers
+        // tie this node to its Chiral network key (docs/privacy.md).
+        if self.registry.config().proxy.is_some() {
             return;
         }
         let linked = *self
