@@ -225,10 +225,6 @@ pub struct Host {
 
 type OnEvent = Arc<dyn Fn(EngineEvent) + Send + Sync>;
 
-/// A Chiral network score under this costs a peer linked to it the BitTorrent fast lane (the
-/// network plugin's own "poor" line).
-const POOR_NETWORK_SCORE: f64 = 0.15;
-
 fn options(pairs: &[(String, String)]) -> RVec<Tuple2<RString, RString>> {
     pairs.iter().map(|(k, v)| Tuple2(RString::from(k.as_str()), RString::from(v.as_str()))).collect()
 }
@@ -304,7 +300,7 @@ impl Host {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|p| p["score"].as_f64().is_some_and(|s| s < POOR_NETWORK_SCORE))
+                .filter(|p| p["poor"].as_bool() == Some(true))
                 .filter_map(|p| p["key"].as_str().map(str::to_string))
                 .collect::<Vec<_>>(),
             Err(e) => {

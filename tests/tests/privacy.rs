@@ -317,8 +317,8 @@ fn mse_with_transmission_requiring_encryption_both_ways() {
     let o = node.run(&["get", tor.to_str().unwrap(), "-o", out.to_str().unwrap(), "--backend", "bittorrent"]);
     assert!(o.status.success(), "from Transmission requiring encryption: {}", last_error_line(&o));
     assert_eq!(sha256_file(&out.join("tmse.bin")), f.sha);
-    // The default (`allow`): the first dial offers plaintext under MSE, Transmission declines
-    // it, the second offers RC4.
+    // The default (`allow`): Transmission drops the plain handshake, the second dial is MSE
+    // and gets RC4.
     let plain = Chiral::new();
     let out = plain.data_dir.path().join("out");
     let o = plain.run(&["get", tor.to_str().unwrap(), "-o", out.to_str().unwrap(), "--backend", "bittorrent"]);

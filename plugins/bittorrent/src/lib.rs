@@ -384,6 +384,7 @@ impl Plugin for BitTorrentPlugin {
 
     fn command(self: Arc<Self>, name: String, args: Vec<(String, String)>, _events: Events) -> BoxFut<String> {
         Box::pin(async move {
+            let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
             match name.as_str() {
                 "create" => {
                     let opts = Opts::from_pairs(args.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -393,7 +394,6 @@ impl Plugin for BitTorrentPlugin {
                 // `mode=paid` with `behind=` the wallets behind on payment, comma-separated
                 // (the host's payment service sends it, docs/payments.md).
                 "fast_lane" => {
-                    let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
                     let policy = match arg("mode") {
                         Some("all") | None => swarm::FastLane::AllChiral,
                         Some("paid") => {
@@ -426,11 +426,10 @@ impl Plugin for BitTorrentPlugin {
                 // The Chiral network key's signature over our Chiral peer id (chiral_sdk::link,
                 // from the Chiral network plugin's `link_proof`): sent in every hello from now.
                 "link" => {
-                    let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or_default();
                     let mut key = [0u8; 32];
                     let mut sig = [0u8; 64];
-                    let ok = hex::decode_to_slice(arg("key"), &mut key).is_ok()
-                        && hex::decode_to_slice(arg("signature"), &mut sig).is_ok()
+                    let ok = hex::decode_to_slice(arg("key").unwrap_or_default(), &mut key).is_ok()
+                        && hex::decode_to_slice(arg("signature").unwrap_or_default(), &mut sig).is_ok()
                         && identity::Identity::verify_link(&self.shared.identity.id(), &key, &sig);
                     if !ok {
                         return Err(PluginError::invalid("link: the key and signature do not vouch for our Chiral id"));
@@ -441,8 +440,8 @@ impl Plugin for BitTorrentPlugin {
                 // The Chiral network keys whose reputation there is poor (`poor=` hex keys,
                 // comma-separated): no fast lane for a peer linked to one.
                 "network_reputation" => {
-                    let poor = args.iter().find(|(n, _)| n == "poor").map(|(_, v)| v.as_str()).unwrap_or_default();
-                    let poor: std::collections::HashSet<String> = poor
+                    let poor: std::collections::HashSet<String> = arg("poor")
+                        .unwrap_or_default()
                         .split(',')
                         .map(str::trim)
                         .filter(|k| chiral_sdk::link::is_key_hex(k))
@@ -459,7 +458,7 @@ impl Plugin for BitTorrentPlugin {
                 // The info dictionary of a torrent this plugin seeds, for other networks to
                 // publish beside the info hash (the Chiral network's info_hash_idx).
                 "info_dict" => {
-                    let want = args.iter().find(|(k, _)| k == "info_hash").map(|(_, v)| v.to_ascii_lowercase());
+                    let want = arg("info_hash").map(str::to_ascii_lowercase);
                     let want = want.ok_or_else(|| PluginError::invalid("info_dict needs info_hash"))?;
                     let dict = self
                         .seeds
@@ -475,7 +474,7 @@ impl Plugin for BitTorrentPlugin {
                 // torrent's `url-list`, a magnet's `ws=` links as given. A multi-file torrent's
                 // web seeds stay inside this plugin's swarm source (pieces span files).
                 "web_seeds" => {
-                    let id = args.iter().find(|(k, _)| k == "identifier").map(|(_, v)| v.clone());
+                    let id = arg("identifier").map(str::to_string);
                     let id = id.ok_or_else(|| PluginError::invalid("web_seeds needs identifier"))?;
                     let urls: Vec<String> = match self.resolve(&id).await? {
                         Torrent::File(m) if !m.multi_file => {

@@ -401,6 +401,7 @@ impl Plugin for ChiralPlugin {
 
     fn command(self: Arc<Self>, name: String, args: Vec<(String, String)>, events: Events) -> BoxFut<String> {
         Box::pin(async move {
+            let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or_default();
             match name.as_str() {
                 "node" => {
                     let node = self.node().await?;
@@ -410,10 +411,7 @@ impl Plugin for ChiralPlugin {
                     tokio::spawn(async move { n.join().await });
                     Ok(json!({ "peer_id": node.peer_id().to_string(), "addrs": node.addrs() }).to_string())
                 }
-                "search" => {
-                    let word = args.iter().find(|(k, _)| k == "word").map(|(_, v)| v.clone()).unwrap_or_default();
-                    self.search(&word, &events).await
-                }
+                "search" => self.search(arg("word"), &events).await,
                 "peers" => {
                     let node = self.node().await?;
                     let m = node.shared.metrics.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -433,16 +431,16 @@ impl Plugin for ChiralPlugin {
                 // The identity link (chiral_sdk::link): this node's network key vouches for
                 // the BitTorrent plugin's Chiral peer id `bt_id`. No node is started for it.
                 "link_proof" => {
-                    let bt_id = args.iter().find(|(k, _)| k == "bt_id").map(|(_, v)| v.as_str()).unwrap_or_default();
                     let key = match self.node.get() {
                         Some(n) => n.shared.keypair.clone(),
                         None => node::load_identity(Path::new(self.config.data_dir.as_str()))?,
                     };
-                    let (key, signature) = link::prove(&key, bt_id)?;
+                    let (key, signature) = link::prove(&key, arg("bt_id"))?;
                     Ok(json!({ "key": key, "signature": signature }).to_string())
                 }
                 // The kept scores of peers with ed25519 identities, by public key (the running
-                // node's, else the data dir's): for the BitTorrent fast lane.
+                // node's, else the data dir's), each marked `poor` below the poor line: for the
+                // BitTorrent fast lane.
                 "reputation" => {
                     let metrics = match self.node.get() {
                         Some(n) => n.shared.metrics.lock().unwrap_or_else(|p| p.into_inner()).clone(),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chiral_sdk::PluginError;
 use libp2p::{identity, PeerId};
 
-use crate::reputation::{PeerMetrics, MAX_KEPT};
+use crate::reputation::{PeerMetrics, MAX_KEPT, POOR_SCORE};
 
 /// `(network key, signature)`, both hex, vouching for `bt_id`.
 pub fn prove(key: &identity::Keypair, bt_id: &str) -> Result<(String, String), PluginError> {
@@ -32,14 +32,17 @@ pub fn ed25519_key(peer: &PeerId) -> Option<[u8; 32]> {
     Some(public.try_into_ed25519().ok()?.to_bytes())
 }
 
-/// Every kept score of a peer with an ed25519 identity, as `{"key": hex, "score", "bad_data"}`.
+/// Every kept score of a peer with an ed25519 identity, as `{"key": hex, "score", "bad_data",
+/// "poor"}` (`poor`: under [`POOR_SCORE`]).
 pub fn scores(metrics: &HashMap<PeerId, PeerMetrics>) -> Vec<serde_json::Value> {
     metrics
         .iter()
         .filter(|(_, m)| m.successes + m.failures + m.bad_data > 0)
         .filter_map(|(p, m)| {
             let key = ed25519_key(p)?;
-            Some(serde_json::json!({ "key": hex::encode(key), "score": m.score, "bad_data": m.bad_data }))
+            Some(serde_json::json!({
+                "key": hex::encode(key), "score": m.score, "bad_data": m.bad_data, "poor": m.score < POOR_SCORE,
+            }))
         })
         .take(MAX_KEPT)
         .collect()
@@ -66,5 +69,6 @@ mod tests {
         let s = scores(&m);
         assert_eq!(s.len(), 1, "{s:?}");
         assert_eq!(s[0]["key"], pk);
+        assert_eq!(s[0]["poor"], true);
     }
 }
